@@ -1,0 +1,157 @@
+"""The model metadata schema: what an artifact says about itself so the runtime needs no flags.
+
+Export writes it as JSON under the ONNX ``metadata_props`` key ``glimmer`` (and into an engine's
+sidecar JSON); the runtime, calibration and checks read it back through :meth:`ModelMeta.from_json`.
+An ONNX made by ultralytics' own exporter (no ``glimmer`` key) is read from its ``names`` /
+``imgsz`` / ``stride`` / ``task`` keys, with ``ast.literal_eval``, never ``eval``.
+"""
+import ast
+import json
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, Dict, List, Mapping, Optional, Tuple
+
+from .errors import GlimmerError
+
+METADATA_KEY = "glimmer"
+SCHEMA_VERSION = 1
+TASKS = ("classify", "detect")
+CHANNEL_ORDERS = ("RGB", "BGR")
+PRECISIONS = ("fp32", "fp16", "int8")
+
+
+@dataclass
+class ModelMeta:
+    """Everything between a camera frame and the model input, and how to read its output.
+
+    Attributes:
+        task: ``classify`` (logits ``[B, nc]``) or ``detect`` (``[B, 4 + nc, anchors]``, xywh).
+        name: model name (``glimmernet``, ``yolov8m-pruned``...).
+        class_names: one name per output class, index order.
+        input_size: (height, width) of the network input.
+        channel_order: order the network expects; frames arrive BGR from OpenCV.
+        scale: multiplier applied to uint8 pixels (1/255 maps to [0, 1]).
+        mean, std: optional per-channel normalisation after scaling (in ``channel_order``).
+        letterbox: keep aspect ratio and pad (detection) instead of a plain resize.
+        pad_value: letterbox fill value (ultralytics uses 114).
+        stride: the detector's largest stride (input sizes must be multiples of it).
+        precision: numeric form of the artifact: ``fp32``, ``fp16`` or ``int8``.
+        batch: fixed batch size, or None when the batch dimension is dynamic.
+        source_sha256: sha256 of the checkpoint the artifact was made from.
+        extra: free-form provenance (arch config, dilation mode, metrics).
+    """
+
+    task: str
+    name: str
+    class_names: List[str]
+    input_size: Tuple[int, int]
+    channel_order: str = "RGB"
+    scale: float = 1.0 / 255.0
+    mean: Optional[Tuple[float, float, float]] = None
+    std: Optional[Tuple[float, float, float]] = None
+    letterbox: bool = False
+    pad_value: int = 114
+    stride: Optional[int] = None
+    precision: str = "fp32"
+    batch: Optional[int] = 1
+    source_sha256: str = ""
+    extra: Dict[str, Any] = field(default_factory=dict)
+    schema: int = SCHEMA_VERSION
+
+    def __post_init__(self) -> None:
+        self.input_size = tuple(int(v) for v in self.input_size)  # type: ignore[assignment]
+        self.class_names = [str(c) for c in self.class_names]
+        if self.mean is not None:
+            self.mean = tuple(float(v) for v in self.mean)  # type: ignore[assignment]
+        if self.std is not None:
+            self.std = tuple(float(v) for v in self.std)  # type: ignore[assignment]
+        self.validate()
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def validate(self) -> None:
+        """Raise :class:`GlimmerError` naming the first offending key."""
+        if self.task not in TASKS:
+            raise GlimmerError("metadata key 'task' must be one of {}, got {!r}".format(TASKS, self.task))
+        if not self.class_names:
+            raise GlimmerError("metadata key 'class_names' is empty")
+        if len(self.input_size) != 2 or min(self.input_size) <= 0:
+            raise GlimmerError("metadata key 'input_size' must be [height, width] > 0, got {!r}"
+                               .format(list(self.input_size)))
+        if self.channel_order not in CHANNEL_ORDERS:
+            raise GlimmerError("metadata key 'channel_order' must be RGB or BGR, got {!r}"
+                               .format(self.channel_order))
+        if self.precision not in PRECISIONS:
+            raise GlimmerError("metadata key 'precision' must be one of {}, got {!r}"
+                               .format(PRECISIONS, self.precision))
+        for key in ("mean", "std"):
+            value = getattr(self, key)
+            if value is not None and len(value) != 3:
+                raise GlimmerError("metadata key {!r} must have 3 values".format(key))
+        if self.std is not None and min(self.std) <= 0:
+            raise GlimmerError("metadata key 'std' must be positive")
+        if self.batch is not None and int(self.batch) <= 0:
+            raise GlimmerError("metadata key 'batch' must be positive or null")
+
+    def to_dict(self) -> Dict[str, Any]:
+        data = asdict(self)
+        data["input_size"] = list(self.input_size)
+        return data
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], origin: str = "metadata") -> "ModelMeta":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise GlimmerError("{}: unknown metadata key {!r}".format(origin, unknown[0]))
+        for key in ("task", "name", "class_names", "input_size"):
+            if key not in data:
+                raise GlimmerError("{}: metadata key {!r} is missing".format(origin, key))
+        if int(data.get("schema", SCHEMA_VERSION)) > SCHEMA_VERSION:
+            raise GlimmerError("{}: metadata schema {} is newer than this runtime understands ({})"
+                               .format(origin, data["schema"], SCHEMA_VERSION))
+        try:
+            return cls(**dict(data))
+        except (TypeError, ValueError) as exc:
+            raise GlimmerError("{}: malformed metadata: {}".format(origin, exc)) from None
+
+    @classmethod
+    def from_json(cls, text: str, origin: str = "metadata") -> "ModelMeta":
+        try:
+            data = json.loads(text)
+        except ValueError as exc:
+            raise GlimmerError("{}: metadata is not valid JSON: {}".format(origin, exc)) from None
+        if not isinstance(data, dict):
+            raise GlimmerError("{}: metadata must be a JSON object".format(origin))
+        return cls.from_dict(data, origin)
+
+    @classmethod
+    def from_props(cls, props: Mapping[str, str], origin: str = "model") -> "ModelMeta":
+        """Read from ONNX metadata_props: ours if present, else ultralytics' keys."""
+        if METADATA_KEY in props:
+            return cls.from_json(props[METADATA_KEY], origin)
+        if "names" in props and "imgsz" in props:
+            return _from_ultralytics(props, origin)
+        raise GlimmerError("{}: no model metadata (export it with glimmer-export, which records task, "
+                           "classes and preprocessing)".format(origin))
+
+
+def _from_ultralytics(props: Mapping[str, str], origin: str) -> ModelMeta:
+    try:
+        names = ast.literal_eval(props["names"])
+        imgsz = ast.literal_eval(props["imgsz"])
+        stride = int(ast.literal_eval(props.get("stride", "32")))
+        batch = int(ast.literal_eval(props.get("batch", "1")))
+    except (ValueError, SyntaxError) as exc:
+        raise GlimmerError("{}: unreadable ultralytics metadata: {}".format(origin, exc)) from None
+    task = props.get("task", "detect")
+    if task != "detect":
+        raise GlimmerError("{}: ultralytics task {!r} is not supported (detect only)".format(origin, task))
+    class_names = [names[k] for k in sorted(names)] if isinstance(names, dict) else list(names)
+    return ModelMeta(task="detect", name=props.get("description", "ultralytics"),
+                     class_names=class_names, input_size=(int(imgsz[0]), int(imgsz[1])),
+                     channel_order="RGB", letterbox=True, stride=stride, batch=batch)
