@@ -79,20 +79,19 @@ def sniff_kind(path: Path) -> str:
 
 def _torch_load(path: Path) -> Dict[str, Any]:
     if not path.is_file():
-        raise GlimmerError("{}: no such file".format(path))
+        raise GlimmerError(f"{path}: no such file")
     if not zipfile.is_zipfile(str(path)):
-        raise GlimmerError("{}: not a PyTorch checkpoint (not a zip archive: truncated, or another format)"
-                           .format(path))
+        raise GlimmerError(f"{path}: not a PyTorch checkpoint (not a zip archive: truncated, or another format)"
+                           )
     try:
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises RuntimeError, EOFError, UnpicklingError, ... for bad files
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         if "weights_only" in str(exc) or "Unsupported global" in str(exc):
-            reason = "it pickles Python objects, which are not loaded for safety ({})".format(
-                reason[:160])
-        raise GlimmerError("{}: not a readable checkpoint: {}".format(path, reason)) from None
+            reason = f"it pickles Python objects, which are not loaded for safety ({reason[:160]})"
+        raise GlimmerError(f"{path}: not a readable checkpoint: {reason}") from None
     if not isinstance(obj, dict):
-        raise GlimmerError("{}: not a checkpoint (a {} rather than a dict)".format(path, type(obj).__name__))
+        raise GlimmerError(f"{path}: not a checkpoint (a {type(obj).__name__} rather than a dict)")
     return obj
 
 
@@ -102,7 +101,7 @@ def save_checkpoint(path: Path, model: GlimmerNet, arch: str, class_names: Seque
                     train_state: Optional[Dict[str, Any]] = None) -> None:
     """Write our checkpoint atomically."""
     if len(class_names) != model.config.num_classes:
-        raise ValueError("{} class names for a {}-class model".format(len(class_names), model.config.num_classes))
+        raise ValueError(f"{len(class_names)} class names for a {model.config.num_classes}-class model")
     payload: Dict[str, Any] = {
         "format": FORMAT, "version": VERSION, "arch": arch, "config": model.config.to_dict(),
         "class_names": list(class_names), "input_size": [int(input_size[0]), int(input_size[1])],
@@ -130,8 +129,8 @@ def load_checkpoint(path: Path, dilations: Optional[Sequence[int]] = None) -> Ch
     elif isinstance(raw.get("state_dict"), Mapping) and _find_prefix(raw["state_dict"]) is not None:
         ck = _from_reference(raw, path, dilations)
     else:
-        raise GlimmerError("{}: not a GlimmerNet checkpoint (neither glimmer-train's format nor a reference "
-                           "Lightning .ckpt with backbone.* keys)".format(path))
+        raise GlimmerError(f"{path}: not a GlimmerNet checkpoint (neither glimmer-train's format nor a reference "
+                           "Lightning .ckpt with backbone.* keys)")
     ck.path = path
     ck.sha256 = sha256_file(path)
     return ck
@@ -140,7 +139,7 @@ def load_checkpoint(path: Path, dilations: Optional[Sequence[int]] = None) -> Ch
 def _from_ours(raw: Dict[str, Any], path: Path) -> Checkpoint:
     for key in ("arch", "config", "class_names", "input_size", "state_dict"):
         if key not in raw:
-            raise GlimmerError("{}: checkpoint key {!r} is missing".format(path, key))
+            raise GlimmerError(f"{path}: checkpoint key {key!r} is missing")
     if int(raw.get("version", 0)) > VERSION:
         raise GlimmerError("{}: checkpoint version {} is newer than this toolkit reads ({})".format(
             path, raw["version"], VERSION))
@@ -149,7 +148,7 @@ def _from_ours(raw: Dict[str, Any], path: Path) -> Checkpoint:
     try:
         model = GlimmerNet(config=GlimmerConfig.from_dict(dict(raw["config"])))
     except (TypeError, ValueError) as exc:
-        raise GlimmerError("{}: bad checkpoint key 'config': {}".format(path, exc)) from None
+        raise GlimmerError(f"{path}: bad checkpoint key 'config': {exc}") from None
     _load_state(model, raw["state_dict"], path)
     return Checkpoint(model=model.eval(), arch=raw["arch"], class_names=list(raw["class_names"]),
                       input_size=(int(raw["input_size"][0]), int(raw["input_size"][1])),
@@ -163,13 +162,12 @@ def _load_state(model: torch.nn.Module, state: Mapping[str, torch.Tensor], path:
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
     if missing:
-        raise GlimmerError("{}: state_dict is missing key {!r}".format(path, missing[0]))
+        raise GlimmerError(f"{path}: state_dict is missing key {missing[0]!r}")
     if unexpected:
-        raise GlimmerError("{}: state_dict has unexpected key {!r}".format(path, unexpected[0]))
+        raise GlimmerError(f"{path}: state_dict has unexpected key {unexpected[0]!r}")
     for key, value in state.items():
         if tuple(value.shape) != tuple(own[key].shape):
-            raise GlimmerError("{}: key {!r} has shape {}, the model expects {}".format(
-                path, key, list(value.shape), list(own[key].shape)))
+            raise GlimmerError(f"{path}: key {key!r} has shape {list(value.shape)}, the model expects {list(own[key].shape)}")
     model.load_state_dict(state, strict=True)
 
 
@@ -193,18 +191,18 @@ def _map_reference_key(key: str) -> Optional[str]:
     if m:
         if m.group(1) not in _REF_STEM:
             raise KeyError(key)
-        return "{}.{}".format(_REF_STEM[m.group(1)], m.group(2))
+        return f"{_REF_STEM[m.group(1)]}.{m.group(2)}"
     m = re.match(r"backbone\.(\d+)\.(layers|stage)\.(\d+)\.(convs\.\d+|bn)\.(.+)$", key)
     if m:
         if m.group(2) == "stage":  # the same tensors under a second container
             return None
         inner = "conv." + m.group(4) if m.group(4).startswith("convs") else "bn"
-        return "stages.{}.blocks.{}.{}.{}".format(int(m.group(1)) - 1, m.group(3), inner, m.group(5))
+        return f"stages.{int(m.group(1)) - 1}.blocks.{m.group(3)}.{inner}.{m.group(5)}"
     m = re.match(r"backbone\.(\d+)\.aggregate_downsample\.(dense_fc|batch_norm|grn)\.(.+)$", key)
     if m:
         stage = int(m.group(1)) - 1
         part = {"dense_fc": "aggregator.pw.0", "batch_norm": "aggregator.pw.1", "grn": "downsample.grn"}
-        return "stages.{}.{}.{}".format(stage, part[m.group(2)], m.group(3))
+        return f"stages.{stage}.{part[m.group(2)]}.{m.group(3)}"
     m = re.match(r"refiner\.([01])\.(.+)$", key)
     if m:
         return "refiner.{}.{}".format("conv" if m.group(1) == "0" else "bn", m.group(2))
@@ -218,27 +216,27 @@ def _reference_config(state: Mapping[str, torch.Tensor], hparams: Mapping[str, A
                       dilations: Optional[Sequence[int]], path: Path) -> GlimmerConfig:
     stages = sorted({int(m.group(1)) for m in (re.match(r"backbone\.(\d+)\.layers\.", k) for k in state) if m})
     if not stages or "classifier.2.weight" not in state:
-        raise GlimmerError("{}: reference checkpoint lacks backbone.N.layers.* or classifier.2.weight".format(path))
+        raise GlimmerError(f"{path}: reference checkpoint lacks backbone.N.layers.* or classifier.2.weight")
     depths, widths, groups = [], [], 0
     for s in stages:
-        blocks = {int(m.group(1)) for m in (re.match(r"backbone\.{}\.layers\.(\d+)\.".format(s), k) for k in state) if m}
-        convs = sorted({int(m.group(1)) for m in (re.match(r"backbone\.{}\.layers\.0\.convs\.(\d+)\.weight".format(s), k)
+        blocks = {int(m.group(1)) for m in (re.match(rf"backbone\.{s}\.layers\.(\d+)\.", k) for k in state) if m}
+        convs = sorted({int(m.group(1)) for m in (re.match(rf"backbone\.{s}\.layers\.0\.convs\.(\d+)\.weight", k)
                                                    for k in state) if m})
         depths.append(max(blocks) + 1)
-        widths.append(sum(int(state["backbone.{}.layers.0.convs.{}.weight".format(s, i)].shape[0]) for i in convs))
+        widths.append(sum(int(state[f"backbone.{s}.layers.0.convs.{i}.weight"].shape[0]) for i in convs))
         groups = len(convs)
-    pw_key = "backbone.{}.aggregate_downsample.dense_fc.weight".format(stages[0])
+    pw_key = f"backbone.{stages[0]}.aggregate_downsample.dense_fc.weight"
     if pw_key not in state:
-        raise GlimmerError("{}: reference checkpoint lacks key {!r}".format(path, pw_key))
+        raise GlimmerError(f"{path}: reference checkpoint lacks key {pw_key!r}")
     dil = tuple(dilations or hparams.get("dilations") or ((1, 2, 2, 3) if groups == 4 else (1,) * groups))
     if len(dil) != groups:
-        raise GlimmerError("{}: {} dilations given for {} conv groups per GDBlock".format(path, len(dil), groups))
+        raise GlimmerError(f"{path}: {len(dil)} dilations given for {groups} conv groups per GDBlock")
     try:
         return GlimmerConfig(num_classes=int(state["classifier.2.weight"].shape[0]), depths=tuple(depths),
                              widths=tuple(widths), dilations=dil, recombine=groups > 1,
                              pw_group_inputs=int(state[pw_key].shape[1]))
     except ValueError as exc:
-        raise GlimmerError("{}: reference checkpoint describes no valid GlimmerNet: {}".format(path, exc)) from None
+        raise GlimmerError(f"{path}: reference checkpoint describes no valid GlimmerNet: {exc}") from None
 
 
 def _from_reference(raw: Dict[str, Any], path: Path, dilations: Optional[Sequence[int]]) -> Checkpoint:
@@ -253,21 +251,20 @@ def _from_reference(raw: Dict[str, Any], path: Path, dilations: Optional[Sequenc
         try:
             ours = _map_reference_key(key)
         except KeyError:
-            raise GlimmerError("{}: unexpected key {!r} in the reference checkpoint".format(path, prefix + key)) from None
+            raise GlimmerError(f"{path}: unexpected key {prefix + key!r} in the reference checkpoint") from None
         if ours is None:
             continue
         if ours in own and ours.endswith(("grn.gamma", "grn.beta")) and value.numel() == own[ours].numel():
             value = value.reshape(own[ours].shape)  # the reference may keep GRN params channels-last
         if ours in own and tuple(value.shape) != tuple(own[ours].shape):
-            raise GlimmerError("{}: key {!r} has shape {}, the model expects {}".format(
-                path, prefix + key, list(value.shape), list(own[ours].shape)))
+            raise GlimmerError(f"{path}: key {prefix + key!r} has shape {list(value.shape)}, the model expects {list(own[ours].shape)}")
         mapped[ours] = value
     missing = [k for k in own if k not in mapped]
     if missing:
-        raise GlimmerError("{}: reference checkpoint has no tensor for {!r}".format(path, missing[0]))
+        raise GlimmerError(f"{path}: reference checkpoint has no tensor for {missing[0]!r}")
     model.load_state_dict(mapped, strict=True)
     names = hparams.get("class_names") or (list(AIDER_CLASSES) if config.num_classes == 4 else
-                                           ["class{}".format(i) for i in range(config.num_classes)])
+                                           [f"class{i}" for i in range(config.num_classes)])
     size = int(hparams.get("img_size", hparams.get("input_size", 224)) or 224)
     provenance = {"source": "reference Lightning checkpoint", "epoch": raw.get("epoch"),
                   "global_step": raw.get("global_step")}
@@ -288,7 +285,7 @@ def reference_state_dict(model: GlimmerNet, prefix: str = "model.") -> Dict[str,
         out[prefix + ref_key] = own[key].clone()
         m = re.match(r"backbone\.(\d+)\.layers\.(.+)$", ref_key)
         if m:
-            out[prefix + "backbone.{}.stage.{}".format(m.group(1), m.group(2))] = own[key].clone()
+            out[prefix + f"backbone.{m.group(1)}.stage.{m.group(2)}"] = own[key].clone()
     return out
 
 
@@ -296,15 +293,15 @@ def _candidate_reference_keys(model: GlimmerNet, key: str) -> List[str]:
     rev_stem = {v: k for k, v in _REF_STEM.items()}
     m = re.match(r"(stem\.(?:conv|dw)\.\d)\.(.+)$", key)
     if m:
-        return ["backbone.0.stem.{}.{}".format(rev_stem[m.group(1)], m.group(2))]
+        return [f"backbone.0.stem.{rev_stem[m.group(1)]}.{m.group(2)}"]
     m = re.match(r"stages\.(\d+)\.blocks\.(\d+)\.(conv\.convs\.\d+|bn)\.(.+)$", key)
     if m:
         inner = m.group(3)[len("conv."):] if m.group(3).startswith("conv.") else "bn"
-        return ["backbone.{}.layers.{}.{}.{}".format(int(m.group(1)) + 1, m.group(2), inner, m.group(4))]
+        return [f"backbone.{int(m.group(1)) + 1}.layers.{m.group(2)}.{inner}.{m.group(4)}"]
     m = re.match(r"stages\.(\d+)\.(aggregator\.pw\.0|aggregator\.pw\.1|downsample\.grn)\.(.+)$", key)
     if m:
         part = {"aggregator.pw.0": "dense_fc", "aggregator.pw.1": "batch_norm", "downsample.grn": "grn"}
-        return ["backbone.{}.aggregate_downsample.{}.{}".format(int(m.group(1)) + 1, part[m.group(2)], m.group(3))]
+        return [f"backbone.{int(m.group(1)) + 1}.aggregate_downsample.{part[m.group(2)]}.{m.group(3)}"]
     m = re.match(r"refiner\.(conv|bn)\.(.+)$", key)
     if m:
         return ["refiner.{}.{}".format("0" if m.group(1) == "conv" else "1", m.group(2))]

@@ -6,7 +6,7 @@ the same network with one undilated group, no recombination, and 4 inputs per po
 
 Data path: Stem -> 4 x [GDBlock x depth -> Aggregator -> Downsampler (pool + GRN)] -> Refiner -> Head.
 """
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
@@ -50,13 +50,13 @@ class GlimmerConfig:
         if not (len(self.depths) == len(self.widths) == len(self.poolings)):
             raise ValueError("depths, widths and poolings must have one entry per stage")
         if any(p not in ("max", "avg") for p in self.poolings):
-            raise ValueError("poolings must be 'max' or 'avg', got {}".format(self.poolings))
+            raise ValueError(f"poolings must be 'max' or 'avg', got {self.poolings}")
         if self.num_classes < 1 or min(self.depths) < 1 or min(self.dilations) < 1:
             raise ValueError("num_classes, depths and dilations must be positive")
         for w in self.widths:
             if w % len(self.dilations) or (2 * w) % self.pw_group_inputs:
-                raise ValueError("width {} does not divide into {} dilation groups and pointwise groups "
-                                 "of {} inputs".format(w, len(self.dilations), self.pw_group_inputs))
+                raise ValueError(f"width {w} does not divide into {len(self.dilations)} dilation groups and pointwise groups "
+                                 f"of {self.pw_group_inputs} inputs")
 
     def to_dict(self) -> Dict[str, Any]:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
@@ -248,4 +248,4 @@ def count_params(model: nn.Module) -> int:
 
 
 def stage_names(model: GlimmerNet) -> List[str]:
-    return ["stem"] + ["stage{}".format(i + 1) for i in range(len(model.stages))] + ["refiner", "head"]
+    return ["stem"] + [f"stage{i + 1}" for i in range(len(model.stages))] + ["refiner", "head"]

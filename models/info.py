@@ -34,8 +34,7 @@ def summarize(model, img_size: int) -> Dict[str, Any]:
     try:
         macs, macs_parts = count_macs(model, img_size)
     except RuntimeError as exc:
-        raise GlimmerError("--img-size {} does not survive the network's downsampling: {}".format(
-            img_size, str(exc).splitlines()[0])) from None
+        raise GlimmerError(f"--img-size {img_size} does not survive the network's downsampling: {str(exc).splitlines()[0]}") from None
     params_parts = params_per_part(model)
     return {
         "params": count_params(model),
@@ -75,14 +74,14 @@ def main(argv: Optional[List[str]] = None) -> int:
         from .checkpoint import load_checkpoint
 
         ck = load_checkpoint(Path(args.checkpoint))
-        model, title, size = ck.model, "{} ({})".format(args.checkpoint, ck.arch), ck.input_size[0]
+        model, title, size = ck.model, f"{args.checkpoint} ({ck.arch})", ck.input_size[0]
     else:
         if args.num_classes < 1:
             raise GlimmerError("--num-classes must be at least 1")
         model, title, size = build_model(args.arch, num_classes=args.num_classes), args.arch, 224
     img_size = args.img_size or size
     if img_size < 16:
-        raise GlimmerError("--img-size must be at least 16, got {}".format(img_size))
+        raise GlimmerError(f"--img-size must be at least 16, got {img_size}")
     info = summarize(model, img_size)
     print(json.dumps(info) if args.json else format_table(info, title))
     return 0

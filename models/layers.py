@@ -19,7 +19,7 @@ def same_padding(kernel_size: int, dilation: int = 1) -> int:
 def split_sizes(channels: int, groups: int) -> List[int]:
     """Contiguous equal groups; GlimmerNet's widths are multiples of the group count."""
     if channels % groups:
-        raise ValueError("{} channels cannot be split into {} equal groups".format(channels, groups))
+        raise ValueError(f"{channels} channels cannot be split into {groups} equal groups")
     return [channels // groups] * groups
 
 

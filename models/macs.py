@@ -23,14 +23,14 @@ def _conv_macs(module: nn.Conv2d, output: torch.Tensor) -> int:
 def _top_name(name: str) -> str:
     parts = name.split(".")
     if parts[0] == "stages" and len(parts) > 1:
-        return "stage{}".format(int(parts[1]) + 1)
+        return f"stage{int(parts[1]) + 1}"
     return parts[0]
 
 
 @torch.no_grad()
 def count_macs(model: nn.Module, img_size: int = 224) -> Tuple[int, "OrderedDict[str, int]"]:
     """Return (total MACs, MACs per top-level part) for one ``img_size`` x ``img_size`` image."""
-    per_part: "OrderedDict[str, int]" = OrderedDict()
+    per_part: OrderedDict[str, int] = OrderedDict()
     hooks = []
 
     def hook(name: str):

@@ -26,10 +26,10 @@ def run_cli(prog: str, main: Callable[[Optional[List[str]]], int],
     except GlimmerError as exc:
         if verbose:
             traceback.print_exc()
-        print("{}: error: {}".format(prog, exc), file=sys.stderr)
+        print(f"{prog}: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("{}: interrupted".format(prog), file=sys.stderr)
+        print(f"{prog}: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:
         return 0

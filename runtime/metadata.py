@@ -73,22 +73,22 @@ class ModelMeta:
     def validate(self) -> None:
         """Raise :class:`GlimmerError` naming the first offending key."""
         if self.task not in TASKS:
-            raise GlimmerError("metadata key 'task' must be one of {}, got {!r}".format(TASKS, self.task))
+            raise GlimmerError(f"metadata key 'task' must be one of {TASKS}, got {self.task!r}")
         if not self.class_names:
             raise GlimmerError("metadata key 'class_names' is empty")
         if len(self.input_size) != 2 or min(self.input_size) <= 0:
-            raise GlimmerError("metadata key 'input_size' must be [height, width] > 0, got {!r}"
-                               .format(list(self.input_size)))
+            raise GlimmerError(f"metadata key 'input_size' must be [height, width] > 0, got {list(self.input_size)!r}"
+                               )
         if self.channel_order not in CHANNEL_ORDERS:
-            raise GlimmerError("metadata key 'channel_order' must be RGB or BGR, got {!r}"
-                               .format(self.channel_order))
+            raise GlimmerError(f"metadata key 'channel_order' must be RGB or BGR, got {self.channel_order!r}"
+                               )
         if self.precision not in PRECISIONS:
-            raise GlimmerError("metadata key 'precision' must be one of {}, got {!r}"
-                               .format(PRECISIONS, self.precision))
+            raise GlimmerError(f"metadata key 'precision' must be one of {PRECISIONS}, got {self.precision!r}"
+                               )
         for key in ("mean", "std"):
             value = getattr(self, key)
             if value is not None and len(value) != 3:
-                raise GlimmerError("metadata key {!r} must have 3 values".format(key))
+                raise GlimmerError(f"metadata key {key!r} must have 3 values")
         if self.std is not None and min(self.std) <= 0:
             raise GlimmerError("metadata key 'std' must be positive")
         if self.batch is not None and int(self.batch) <= 0:
@@ -107,26 +107,26 @@ class ModelMeta:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
-            raise GlimmerError("{}: unknown metadata key {!r}".format(origin, unknown[0]))
+            raise GlimmerError(f"{origin}: unknown metadata key {unknown[0]!r}")
         for key in ("task", "name", "class_names", "input_size"):
             if key not in data:
-                raise GlimmerError("{}: metadata key {!r} is missing".format(origin, key))
+                raise GlimmerError(f"{origin}: metadata key {key!r} is missing")
         if int(data.get("schema", SCHEMA_VERSION)) > SCHEMA_VERSION:
             raise GlimmerError("{}: metadata schema {} is newer than this runtime understands ({})"
                                .format(origin, data["schema"], SCHEMA_VERSION))
         try:
             return cls(**dict(data))
         except (TypeError, ValueError) as exc:
-            raise GlimmerError("{}: malformed metadata: {}".format(origin, exc)) from None
+            raise GlimmerError(f"{origin}: malformed metadata: {exc}") from None
 
     @classmethod
     def from_json(cls, text: str, origin: str = "metadata") -> "ModelMeta":
         try:
             data = json.loads(text)
         except ValueError as exc:
-            raise GlimmerError("{}: metadata is not valid JSON: {}".format(origin, exc)) from None
+            raise GlimmerError(f"{origin}: metadata is not valid JSON: {exc}") from None
         if not isinstance(data, dict):
-            raise GlimmerError("{}: metadata must be a JSON object".format(origin))
+            raise GlimmerError(f"{origin}: metadata must be a JSON object")
         return cls.from_dict(data, origin)
 
     @classmethod
@@ -136,8 +136,8 @@ class ModelMeta:
             return cls.from_json(props[METADATA_KEY], origin)
         if "names" in props and "imgsz" in props:
             return _from_ultralytics(props, origin)
-        raise GlimmerError("{}: no model metadata (export it with glimmer-export, which records task, "
-                           "classes and preprocessing)".format(origin))
+        raise GlimmerError(f"{origin}: no model metadata (export it with glimmer-export, which records task, "
+                           "classes and preprocessing)")
 
 
 def _from_ultralytics(props: Mapping[str, str], origin: str) -> ModelMeta:
@@ -147,10 +147,10 @@ def _from_ultralytics(props: Mapping[str, str], origin: str) -> ModelMeta:
         stride = int(ast.literal_eval(props.get("stride", "32")))
         batch = int(ast.literal_eval(props.get("batch", "1")))
     except (ValueError, SyntaxError) as exc:
-        raise GlimmerError("{}: unreadable ultralytics metadata: {}".format(origin, exc)) from None
+        raise GlimmerError(f"{origin}: unreadable ultralytics metadata: {exc}") from None
     task = props.get("task", "detect")
     if task != "detect":
-        raise GlimmerError("{}: ultralytics task {!r} is not supported (detect only)".format(origin, task))
+        raise GlimmerError(f"{origin}: ultralytics task {task!r} is not supported (detect only)")
     class_names = [names[k] for k in sorted(names)] if isinstance(names, dict) else list(names)
     return ModelMeta(task="detect", name=props.get("description", "ultralytics"),
                      class_names=class_names, input_size=(int(imgsz[0]), int(imgsz[1])),

@@ -87,7 +87,7 @@ class Preprocessor:
         if frame_bgr.ndim != 3 or frame_bgr.shape[2] != 3:
             from .errors import GlimmerError
 
-            raise GlimmerError("expected an HxWx3 colour frame, got shape {}".format(frame_bgr.shape))
+            raise GlimmerError(f"expected an HxWx3 colour frame, got shape {frame_bgr.shape}")
         size = self.meta.input_size
         if self.meta.letterbox:
             img, transform = letterbox(frame_bgr, size, self.meta.pad_value)

@@ -64,7 +64,7 @@ def make_scene_dataset(root: Path, per_class: Dict[str, int], classes: Sequence[
             folder.mkdir(parents=True, exist_ok=True)
             for i in range(count):
                 ext = ".jpg" if jpeg_every and i % jpeg_every == jpeg_every - 1 else ".png"
-                cv2.imwrite(str(folder / "{}_{:04d}{}".format(label.lower(), i, ext)),
+                cv2.imwrite(str(folder / f"{label.lower()}_{i:04d}{ext}"),
                             render_scene(label, rng, size))
     return root
 
@@ -77,7 +77,7 @@ def make_scene_video(path: Path, labels: Iterable[str], frames_per_label: int = 
     width, height = size
     writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*fourcc), fps, (width, height))
     if not writer.isOpened():
-        raise RuntimeError("OpenCV cannot write {} with codec {}".format(path, fourcc))
+        raise RuntimeError(f"OpenCV cannot write {path} with codec {fourcc}")
     try:
         for label in labels:
             scene = cv2.resize(render_scene(label, rng, 128), (width, height), interpolation=cv2.INTER_LINEAR)
