@@ -1,0 +1,328 @@
+"""TensorRT engine builder and on-device engine cache.
+
+Implements "Builder API by version" and the engine-cache rules of /work/shared/spec/tensorrt.md and
+complaint 4 of /work/shared/spec/runtime.md (engines rebuilt on every start because the cache was not
+writable or not keyed right). An engine is valid only for the exact TensorRT version and GPU that
+built it, so a cached engine is keyed by the ONNX's sha256, the TensorRT version, the GPU name and
+compute capability, the precision, the input shapes and the builder options; the key, the engine's
+own sha256 and the model metadata go into a sidecar JSON (``NAME.fp16.json`` beside
+``NAME.fp16.engine``) written atomically after the engine. A cached engine whose sidecar is missing,
+damaged or keyed differently is rebuilt, never trusted. API differences between TensorRT versions are
+handled in :mod:`glimmer.runtime.trt_compat`; CUDA device queries go through
+:mod:`glimmer.runtime.cuda_mem`.
+"""
+import datetime
+import hashlib
+import json
+import os
+import re
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable, Dict, Optional, Tuple
+
+from . import cuda_mem, trt_compat
+from .errors import GlimmerError
+from .fsutil import atomic_write_bytes, atomic_write_text, sha256_file
+from .metadata import METADATA_KEY, PRECISIONS, ModelMeta
+
+ENV_CACHE = "GLIMMER_ENGINE_CACHE"
+SIDECAR_FORMAT = "glimmer-tensorrt-engine"
+SIDECAR_SCHEMA = 1
+#: Builder scratch memory. A Jetson shares it with the CPU, so it stays modest.
+WORKSPACE_BYTES = 1 << 30
+DEFAULT_BATCH = (1, 1, 4)  # min, opt, max for an ONNX exported with a dynamic batch
+
+Log = Callable[[str], None]
+
+
+def tensorrt_status() -> Tuple[bool, str]:
+    """(usable, reason): can this machine build and run engines? Never raises."""
+    try:
+        trt = trt_compat.import_tensorrt()
+        trt_compat.create_builder(trt, trt_compat.make_logger(trt))
+    except GlimmerError as exc:
+        return False, str(exc)
+    ok, gpu = cuda_mem.probe()
+    if not ok:
+        return False, f"TensorRT {trt_compat.version(trt)} is installed but {gpu}"
+    return True, f"TensorRT {trt_compat.version(trt)} on {gpu}"
+
+
+# -- keys and sidecars ----------------------------------------------------------------------------
+
+def engine_key(onnx_sha256: str, trt_version: str, gpu_name: str, compute_capability: Tuple[int, int],
+               precision: str, shapes: Dict[str, Any], builder_options: Dict[str, Any]) -> str:
+    """sha256 over everything that makes an engine valid; any change means another engine."""
+    record = {"onnx_sha256": onnx_sha256, "tensorrt_version": trt_version, "gpu_name": gpu_name,
+              "compute_capability": list(compute_capability), "precision": precision,
+              "shapes": shapes, "builder_options": builder_options}
+    return hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()
+
+
+def sidecar_path(engine_path: Path) -> Path:
+    return Path(engine_path).with_suffix(".json")
+
+
+_SIDECAR_KEYS = ("format", "engine_sha256", "onnx_sha256", "tensorrt_version", "gpu_name",
+                 "compute_capability", "precision", "shapes", "inputs", "outputs", "builder_options",
+                 "engine_key", "meta")
+
+
+def read_sidecar(engine_path: Path) -> Dict[str, Any]:
+    """The engine's sidecar JSON, checked; GlimmerError naming the file when missing or invalid."""
+    path = sidecar_path(engine_path)
+    hint = "rebuild the engine from its ONNX (glimmer-export NAME.onnx --fp16, or glimmer-run --backend tensorrt)"
+    if not path.is_file():
+        raise GlimmerError(f"{path}: engine sidecar not found; an engine is only used with the sidecar "
+                           f"written beside it when it was built; {hint}")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise GlimmerError(f"{path}: unreadable engine sidecar ({exc}); {hint}") from None
+    if not isinstance(data, dict) or data.get("format") != SIDECAR_FORMAT:
+        raise GlimmerError(f"{path}: not a glimmer engine sidecar; {hint}")
+    missing = [k for k in _SIDECAR_KEYS if k not in data]
+    if missing:
+        raise GlimmerError(f"{path}: engine sidecar lacks key {missing[0]!r}; {hint}")
+    if not isinstance(data["meta"], dict):
+        raise GlimmerError(f"{path}: engine sidecar key 'meta' must be an object")
+    ModelMeta.from_dict(data["meta"], origin=str(path))
+    return data
+
+
+# -- reading our metadata from an ONNX file without the onnx package ------------------------------
+
+def _varint(buf: bytes, pos: int) -> Tuple[int, int]:
+    result = shift = 0
+    while True:
+        if pos >= len(buf):
+            raise ValueError("truncated varint")
+        byte = buf[pos]
+        pos += 1
+        result |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return result, pos
+        shift += 7
+
+
+def _fields(buf: bytes):
+    """Yield (field number, wire type, value) of one protobuf message; values of type 2 are bytes."""
+    pos = 0
+    while pos < len(buf):
+        tag, pos = _varint(buf, pos)
+        number, wire = tag >> 3, tag & 7
+        if wire == 0:
+            value, pos = _varint(buf, pos)
+        elif wire == 1:
+            value, pos = buf[pos:pos + 8], pos + 8
+        elif wire == 2:
+            size, pos = _varint(buf, pos)
+            value, pos = buf[pos:pos + size], pos + size
+        elif wire == 5:
+            value, pos = buf[pos:pos + 4], pos + 4
+        else:
+            raise ValueError(f"unsupported protobuf wire type {wire}")
+        if pos > len(buf):
+            raise ValueError("truncated field")
+        yield number, wire, value
+
+
+def onnx_metadata_props(data: bytes, origin: str) -> Dict[str, str]:
+    """ModelProto.metadata_props (field 14) from ONNX bytes: the Jetson runtime has no onnx package."""
+    props = {}
+    try:
+        for number, wire, value in _fields(data):
+            if number == 14 and wire == 2:
+                entry = {n: v for n, w, v in _fields(value) if w == 2}
+                props[entry.get(1, b"").decode()] = entry.get(2, b"").decode()
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise GlimmerError(f"{origin}: not a readable ONNX file ({exc})") from None
+    return props
+
+
+def onnx_meta(data: bytes, origin: str) -> ModelMeta:
+    props = onnx_metadata_props(data, origin)
+    if METADATA_KEY not in props and "names" not in props:
+        raise GlimmerError(f"{origin}: no model metadata in this ONNX; export it with glimmer-export")
+    return ModelMeta.from_props(props, origin)
+
+
+# -- building -------------------------------------------------------------------------------------
+
+def _batch_profile(meta: ModelMeta, min_batch: Optional[int], opt_batch: Optional[int],
+                   max_batch: Optional[int]) -> Tuple[int, int, int]:
+    if meta.batch is not None:
+        asked = {b for b in (min_batch, opt_batch, max_batch) if b is not None}
+        if asked - {int(meta.batch)}:
+            raise GlimmerError(f"the ONNX has a fixed batch of {meta.batch}; --batch options "
+                               f"{sorted(asked)} need an ONNX exported with --dynamic-batch")
+        return (int(meta.batch),) * 3
+    lo = min_batch or DEFAULT_BATCH[0]
+    opt = opt_batch or max(lo, DEFAULT_BATCH[1])
+    hi = max_batch or max(opt, DEFAULT_BATCH[2])
+    if not 0 < lo <= opt <= hi:
+        raise GlimmerError(f"batch profile must satisfy 0 < min <= opt <= max, got {lo}, {opt}, {hi}")
+    return lo, opt, hi
+
+
+def _requested(meta: ModelMeta, batch: Tuple[int, int, int], calibrator: Optional[Any]
+               ) -> Tuple[Dict[str, Any], Dict[str, Any]]:
+    """(shapes, builder options) as asked for: the part of the key known before building."""
+    shapes = {"batch": list(batch), "input_size": list(meta.input_size)}
+    options = {"workspace_bytes": WORKSPACE_BYTES, "explicit_batch": True,
+               "implicit_int8_calibrator": calibrator is not None}
+    cache = getattr(calibrator, "cache_sha256", None)
+    if cache:
+        options["calibration_cache_sha256"] = cache
+    return shapes, options
+
+
+def _gpu() -> Tuple[str, Tuple[int, int], str]:
+    cuda = cuda_mem.open_cuda()
+    try:
+        return cuda.device_name(), cuda.compute_capability(), cuda.name
+    finally:
+        cuda.close()
+
+
+def build_engine(onnx_path: Path, engine_path: Path, precision: str, *, meta: ModelMeta,
+                 timing_cache: Optional[Path] = None, calibrator: Optional[object] = None,
+                 min_batch: Optional[int] = None, opt_batch: Optional[int] = None,
+                 max_batch: Optional[int] = None, log: Log = print) -> Dict[str, Any]:
+    """Build ``engine_path`` (+ sidecar) from ``onnx_path``; returns the sidecar dict.
+
+    Writes nothing until TensorRT returns a plan, then the engine and the sidecar atomically, then
+    the timing cache (so the next build of a similar network on this device is faster).
+    """
+    onnx_path, engine_path = Path(onnx_path), Path(engine_path)
+    if precision not in PRECISIONS:
+        raise GlimmerError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if not onnx_path.is_file():
+        raise GlimmerError(f"{onnx_path}: ONNX file not found")
+    data = onnx_path.read_bytes()
+    onnx_sha = hashlib.sha256(data).hexdigest()
+    batch = _batch_profile(meta, min_batch, opt_batch, max_batch)
+
+    trt = trt_compat.import_tensorrt()
+    logger = trt_compat.make_logger(trt)
+    builder = trt_compat.create_builder(trt, logger)
+    gpu_name, cc, binding = _gpu()
+    network, net_info = trt_compat.create_network(trt, builder)
+    parser = trt_compat.parse_onnx(trt, network, logger, data, str(onnx_path))  # noqa: F841 - keeps weights alive
+    config = builder.create_builder_config()
+    workspace_api = trt_compat.set_workspace(trt, config, WORKSPACE_BYTES)
+    precision_info = trt_compat.apply_precision(trt, builder, config, network, precision, calibrator,
+                                                str(onnx_path))
+    profile_shapes = trt_compat.add_batch_profile(trt, builder, config, network, *batch)
+    cache_loaded = False
+    if timing_cache is not None:
+        cached = Path(timing_cache).read_bytes() if Path(timing_cache).is_file() else b""
+        cache_loaded = trt_compat.load_timing_cache(config, cached)
+        if cached and not cache_loaded:
+            log(f"timing cache {timing_cache} is unusable; starting a new one")
+
+    shapes, options = _requested(meta, batch, calibrator)
+    key = engine_key(onnx_sha, trt_compat.version(trt), gpu_name, cc, precision, shapes, options)
+    log(f"building {engine_path.name}: TensorRT {trt_compat.version(trt)}, {gpu_name} "
+        f"(sm_{cc[0]}{cc[1]}), {precision}, batch {batch[0]}..{batch[2]}; this takes a while, once")
+    start = time.perf_counter()
+    try:
+        plan = trt_compat.build_serialized(builder, network, config, str(onnx_path))
+    finally:
+        # A calibrator cannot raise through TensorRT's C++ caller; it records what went wrong.
+        calibration_error = getattr(calibrator, "error", None)
+        if calibration_error:
+            raise GlimmerError(f"INT8 calibration failed: {calibration_error}")
+    seconds = time.perf_counter() - start
+
+    io = trt_compat.describe_network_io(trt, network)
+    engine_meta = meta.to_dict()
+    engine_meta.update(precision=precision, batch=meta.batch)
+    sidecar = {
+        "format": SIDECAR_FORMAT, "schema": SIDECAR_SCHEMA,
+        "engine": engine_path.name, "engine_sha256": hashlib.sha256(plan).hexdigest(),
+        "engine_bytes": len(plan), "onnx": onnx_path.name, "onnx_sha256": onnx_sha,
+        "tensorrt_version": trt_compat.version(trt), "gpu_name": gpu_name,
+        "compute_capability": f"{cc[0]}.{cc[1]}", "cuda_binding": binding, "precision": precision,
+        "shapes": {"requested": shapes, "profile": profile_shapes},
+        "inputs": io["inputs"], "outputs": io["outputs"],
+        "builder_options": dict(options, workspace_api=workspace_api, timing_cache=cache_loaded,
+                                **net_info, **precision_info),
+        "engine_key": key, "build_seconds": round(seconds, 3),
+        "built_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "meta": engine_meta,
+    }
+    atomic_write_bytes(engine_path, plan)
+    atomic_write_text(sidecar_path(engine_path), json.dumps(sidecar, indent=2, sort_keys=True) + "\n")
+    if timing_cache is not None:
+        atomic_write_bytes(timing_cache, trt_compat.timing_cache_bytes(config))
+    log(f"wrote {engine_path} ({len(plan) / 1e6:.1f} MB, {seconds:.1f} s)")
+    return sidecar
+
+
+# -- the on-device cache --------------------------------------------------------------------------
+
+def default_cache_dir() -> Path:
+    env = os.environ.get(ENV_CACHE)
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "glimmer" / "engines"
+
+
+def _writable_dir(path: Path) -> Path:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=str(path), prefix=".write-test-"):
+            pass
+    except OSError as exc:
+        raise GlimmerError(f"engine cache folder {path} is not writable ({exc.strerror or exc}); set "
+                           f"{ENV_CACHE} to a writable folder (in Docker: a mounted volume)") from None
+    return path
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9]+", "-", text).strip("-").lower() or "gpu"
+
+
+def _cached_ok(engine: Path, key: str) -> Optional[str]:
+    """None when ``engine`` can be reused, else why not."""
+    if not engine.is_file():
+        return "no cached engine"
+    try:
+        sidecar = read_sidecar(engine)
+    except GlimmerError as exc:
+        return f"sidecar invalid ({exc})"
+    if sidecar["engine_key"] != key:
+        return "cached engine was built for another key"
+    if sha256_file(engine) != sidecar["engine_sha256"]:
+        return "cached engine does not match its recorded sha256 (damaged or replaced)"
+    return None
+
+
+def ensure_engine(onnx_path: Path, precision: str, cache_dir: Optional[Path] = None,
+                  log: Log = print, *, min_batch: Optional[int] = None,
+                  opt_batch: Optional[int] = None, max_batch: Optional[int] = None) -> Path:
+    """The cached engine for ``onnx_path`` on this device, built first if missing or stale."""
+    onnx_path = Path(onnx_path)
+    if not onnx_path.is_file():
+        raise GlimmerError(f"{onnx_path}: ONNX file not found")
+    if precision not in PRECISIONS:
+        raise GlimmerError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    trt = trt_compat.import_tensorrt()
+    cache = _writable_dir(Path(cache_dir) if cache_dir is not None else default_cache_dir())
+    data = onnx_path.read_bytes()
+    meta = onnx_meta(data, str(onnx_path))
+    batch = _batch_profile(meta, min_batch, opt_batch, max_batch)
+    gpu_name, cc, _ = _gpu()
+    shapes, options = _requested(meta, batch, None)
+    key = engine_key(hashlib.sha256(data).hexdigest(), trt_compat.version(trt), gpu_name, cc,
+                     precision, shapes, options)
+    engine = cache / f"{onnx_path.stem}.{precision}.{key[:16]}.engine"
+    reason = _cached_ok(engine, key)
+    if reason is None:
+        log(f"using cached engine {engine}")
+        return engine
+    log(f"{reason}: building {engine.name} in {cache}")
+    timing = cache / f"timing-{_slug(trt_compat.version(trt))}-{_slug(gpu_name)}-sm{cc[0]}{cc[1]}.cache"
+    build_engine(onnx_path, engine, precision, meta=meta, timing_cache=timing,
+                 min_batch=batch[0], opt_batch=batch[1], max_batch=batch[2], log=log)
+    return engine
