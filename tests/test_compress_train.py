@@ -1,0 +1,135 @@
+"""Every compression stage on CPU on a tiny generated detection set (YOLOv8n, 64 px, one epoch).
+
+The pipeline runs once per module (about 15 s on 2 cores); the tests read what it produced.
+"""
+import csv
+import json
+
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+
+from glimmer.train import compress_cli
+from glimmer.train.compress.cwd import ChannelWiseDistiller
+from glimmer.train.compress.shapes import make_shapes_dataset
+from glimmer.train.compress.sparse import SparseTrainer, gamma_l1, sparsity_lambda
+from glimmer.train.compress.trainers import run_training, train_args
+from glimmer.train.compress.yolo import load_detector
+
+pytestmark = pytest.mark.slow
+V8N_2CLS, V8N_2CLS_PRUNED = 3_011_238, 914_214
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return make_shapes_dataset(tmp_path_factory.mktemp("shapes") / "ds", n_train=16, n_val=8, size=64)
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory, data):
+    out = tmp_path_factory.mktemp("pipeline") / "run"
+    rc = compress_cli.main(["pipeline", "--model", "yolov8n.yaml", "--data", str(data), "--epochs", "1",
+                            "--imgsz", "64", "--batch", "4", "--workers", "0", "--latency-runs", "3",
+                            "--out", str(out)])
+    assert rc == 0
+    return out
+
+
+def test_pipeline_summary_has_every_stage(pipeline):
+    rows = json.loads((pipeline / "summary.json").read_text())["stages"]
+    assert [r["stage"] for r in rows] == ["sparse", "pruned", "finetune", "distill"]
+    assert [r["params"] for r in rows] == [V8N_2CLS] + [V8N_2CLS_PRUNED] * 3
+    assert rows[0]["gflops"] > 2.5 * rows[1]["gflops"]
+    for r in rows:
+        assert 0.0 <= r["map50_95"] <= r["map50"] <= 1.0
+        assert r["ort_ms"] > 0
+    assert (pipeline / "summary.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_finetune_trains_the_pruned_module_not_a_rebuild(pipeline):
+    pruned, _ = load_detector(pipeline / "2-pruned.pt")
+    tuned, _ = load_detector(pipeline / "3-finetune" / "weights" / "best.pt")
+    a, b = pruned.state_dict(), tuned.state_dict()
+    assert {k: v.shape for k, v in a.items()} == {k: v.shape for k, v in b.items()}
+    for k, v in a.items():
+        if k.endswith("conv.weight") and v.numel() > 64:
+            cos = torch.nn.functional.cosine_similarity(v.flatten(), b[k].float().flatten(), dim=0)
+            assert cos > 0.9, k  # a rebuilt, re-initialised layer would be near 0
+    assert not torch.equal(a["model.21.cv2.conv.weight"], b["model.21.cv2.conv.weight"].float())
+
+
+def test_distilled_student_drops_the_alignment_convs_and_logs_cwd(pipeline):
+    pruned, _ = load_detector(pipeline / "2-pruned.pt")
+    student, ckpt = load_detector(pipeline / "4-distill" / "weights" / "best.pt")
+    assert set(student.state_dict()) == set(pruned.state_dict())
+    assert getattr(ckpt["ema"], "criterion", None) is None
+    assert all(not m._forward_hooks for m in student.modules())
+    with open(pipeline / "4-distill" / "results.csv") as fh:
+        row = next(csv.DictReader(fh))
+    assert float(row["train/cwd_loss"]) > 0
+    assert "lr/pg3" in row  # the alignment convs' own optimizer group
+
+
+def test_ultralytics_onnx_export_of_pruned_model_runs(pipeline):
+    path = pipeline / "2-pruned.onnx"
+    model = onnx.load(str(path))
+    meta = {p.key: p.value for p in model.metadata_props}
+    assert meta["task"] == "detect" and "'disc'" in meta["names"] and meta["imgsz"] == "[64, 64]"
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    (out,) = sess.run(None, {sess.get_inputs()[0].name: torch.zeros(1, 3, 64, 64).numpy()})
+    assert out.shape == (1, 4 + 2, 64 // 8 * 64 // 8 + 64 // 16 * 64 // 16 + 64 // 32 * 64 // 32)
+
+
+def test_sparse_training_lowers_gamma_l1(tmp_path, data):
+    l1 = {}
+    for sr in (0.0, 0.1):
+        args = train_args(data, tmp_path / f"sr{sr}", epochs=1, imgsz=64, batch=4, model="yolov8n.yaml",
+                          workers=0, nbs=4, val=False)
+        model, _ = load_detector(run_training(SparseTrainer, args, sr=sr))
+        l1[sr] = gamma_l1(model)
+    # 4 steps at lr 0.01 move each of ~4,000 gammas by about lr*sr per step; far above run noise
+    assert l1[0.1] < l1[0.0] - 5.0, l1
+    assert sparsity_lambda(0.005, 0, 100) == pytest.approx(0.005)
+    assert sparsity_lambda(0.005, 100, 100) == pytest.approx(0.0005)
+
+
+def test_cwd_training_pulls_student_towards_teacher():
+    torch.manual_seed(0)
+    teacher, student = torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.Conv2d(3, 4, 3, padding=1)
+    distiller = ChannelWiseDistiller([4], [8], tau=2.0)
+    opt = torch.optim.Adam(list(student.parameters()) + list(distiller.parameters()), lr=0.05)
+    x = torch.randn(4, 3, 12, 12)
+    with torch.no_grad():
+        target = teacher(x)
+    first = None
+    for _ in range(60):
+        loss = distiller([student(x)], [target])
+        first = loss.item() if first is None else first
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert loss.item() < 0.5 * first
+
+
+def test_compressed_model_goes_through_glimmer_export_and_glimmer_run(pipeline, data, tmp_path):
+    export_cli = pytest.importorskip("glimmer.export.cli")
+    from glimmer.runtime.metadata import METADATA_KEY, ModelMeta
+
+    rc = export_cli.main([str(pipeline / "4-distill" / "weights" / "best.pt"), "--out", str(tmp_path),
+                          "--img-size", "64", "--latency-runs", "1"])
+    assert rc == 0
+    (onnx_path,) = [p for p in tmp_path.glob("*.onnx") if ".int8" not in p.name]
+    props = {p.key: p.value for p in onnx.load(str(onnx_path)).metadata_props}
+    meta = ModelMeta.from_props(props)
+    assert METADATA_KEY in props and meta.task == "detect"
+    assert list(meta.class_names) == ["disc", "box"] and tuple(meta.input_size) == (64, 64)
+
+    run_cli = pytest.importorskip("glimmer.runtime.cli")
+    jsonl = tmp_path / "run.jsonl"
+    images = data.parent / "images" / "val"
+    rc = run_cli.main(["--model", str(onnx_path), "--source", str(images), "--headless",
+                       "--backend", "onnxruntime", "--output", str(jsonl), "--max-frames", "3"])
+    assert rc == 0
+    lines = [json.loads(line) for line in jsonl.read_text().splitlines()]
+    assert len(lines) == 3 and all(r["predictions"]["task"] == "detect" for r in lines)
