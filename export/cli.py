@@ -1,0 +1,289 @@
+"""glimmer-export: a checkpoint -> ONNX (FP32, optional INT8 Q/DQ) with metadata, checked against
+PyTorch, and TensorRT engines where TensorRT and a GPU exist.
+
+    glimmer-export CHECKPOINT [--fp16] [--int8 --calib DIR [--calib-count N]] [--out DIR]
+                   [--img-size N] [--batch N | --dynamic-batch] [--opset 17]
+                   [--dilation-mode split|embed|auto] [--val DIR]
+    glimmer-export NAME.onnx --fp16 | --int8     (on the target: build the engine only)
+
+Implements issue 3; the rewrites are in ``deploy_model`` / ``lower_dilation``.
+"""
+import argparse
+import copy
+import dataclasses
+import sys
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple
+
+from glimmer.runtime.console import add_verbose_flag, run_cli
+from glimmer.runtime.errors import GlimmerError
+
+MODES = ("split", "embed", "auto")
+FP32_TOLERANCE = 1e-4  # relative to max(1, largest |output|)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="glimmer-export", description=__doc__.strip().splitlines()[0])
+    p.add_argument("checkpoint", help="our .pt, a reference .ckpt, an ultralytics YOLOv8 .pt, or an .onnx "
+                   "made by glimmer-export (engine step only)")
+    p.add_argument("--out", help="output folder (default: the checkpoint's folder)")
+    p.add_argument("--name", help="artifact base name (default: the checkpoint's file name)")
+    p.add_argument("--img-size", type=int, help="square input size (default: the checkpoint's)")
+    batch = p.add_mutually_exclusive_group()
+    batch.add_argument("--batch", type=int, default=1, help="static batch size (default 1)")
+    batch.add_argument("--dynamic-batch", action="store_true", help="leave the batch dimension free")
+    p.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17, for TensorRT 8.x)")
+    p.add_argument("--dilation-mode", choices=MODES, default="auto", help="how GDBlock convs are lowered: "
+                   "split (per-group convs), embed (one conv, larger kernel), auto (time both, keep the faster)")
+    p.add_argument("--fp16", action="store_true", help="also build NAME.fp16.engine (TensorRT + GPU only)")
+    p.add_argument("--int8", action="store_true", help="also write NAME.int8.onnx (Q/DQ) and, with TensorRT, "
+                   "NAME.int8.engine")
+    p.add_argument("--int8-mode", choices=("qdq", "calibrator"), default="qdq", help="what the INT8 engine is "
+                   "built from: the Q/DQ ONNX (every TensorRT) or the FP32 ONNX with the legacy "
+                   "IInt8EntropyCalibrator2 and a cache file (TensorRT 8.x-10.x)")
+    p.add_argument("--calib", help="calibration images, searched recursively (needed by --int8)")
+    p.add_argument("--calib-count", type=int, default=256, help="calibration images to use (default 256)")
+    p.add_argument("--val", help="labelled folder (<class>/<image>): report weighted F1 of FP32 and INT8")
+    p.add_argument("--latency-runs", type=int, default=100, help="timed ONNX Runtime runs (default 100)")
+    p.add_argument("--max-batch", type=int, default=8, help="largest batch of a dynamic-batch engine (default 8)")
+    add_verbose_flag(p)
+    return p
+
+
+def _check_args(args: argparse.Namespace) -> None:
+    if args.batch < 1:
+        raise GlimmerError(f"--batch must be at least 1, got {args.batch}")
+    if args.img_size is not None and args.img_size < 16:
+        raise GlimmerError(f"--img-size must be at least 16, got {args.img_size}")
+    if not 13 <= args.opset <= 20:
+        raise GlimmerError(f"--opset {args.opset} is outside 13-20 (TensorRT 8.4 parses up to 17)")
+    if args.calib_count < 1:
+        raise GlimmerError(f"--calib-count must be at least 1, got {args.calib_count}")
+    if args.latency_runs < 1:
+        raise GlimmerError(f"--latency-runs must be at least 1, got {args.latency_runs}")
+    if args.calib and not args.int8:
+        raise GlimmerError("--calib is only used with --int8")
+
+
+def say(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    _check_args(args)
+    from .loaders import load_source
+
+    source = load_source(Path(args.checkpoint), args.img_size)
+    if source.kind == "onnx":
+        return _engine_only(source, args)
+    if args.int8 and not args.calib:
+        raise GlimmerError("--int8 needs --calib DIR (calibration images)")
+    if args.val and source.task != "classify":
+        raise GlimmerError("--val reports classifier accuracy; check detectors with glimmer-check")
+    out = Path(args.out) if args.out else source.path.parent
+    name = args.name or source.name
+    meta = dataclasses.replace(source.meta, batch=None if args.dynamic_batch else args.batch, precision="fp32")
+
+    calib = None
+    if args.int8:  # read the calibration set first: a bad --calib fails before anything is written
+        from glimmer.calibration.dataset import CalibrationSet
+
+        calib = CalibrationSet(Path(args.calib), meta, args.calib_count, meta.batch or 1)
+        say(f"calibration: reading {calib.count} images from {args.calib}")
+        calib.data  # noqa: B018
+
+    from .onnx_export import save_onnx
+    from .report import artifact_entry, write_report
+    from .verify import compare, latency_input, latency_ms, ort_session
+
+    fp32, meta, reference, lowering = _export_fp32(source, meta, args)
+    session = ort_session(fp32.SerializeToString())
+    say("verifying against PyTorch on random and image-like inputs")
+    check = compare(reference, session, meta)
+    limit = FP32_TOLERANCE * max(1.0, check["max_abs_reference"])
+    if check["max_abs_diff"] > limit:
+        raise GlimmerError("FP32 ONNX disagrees with PyTorch: max abs difference {:.3g} > {:.3g}; nothing written"
+                           .format(check["max_abs_diff"], limit))
+    lat_input = latency_input(meta)
+    fp32_latency = latency_ms(session, lat_input, args.latency_runs)
+    onnx_path = out / f"{name}.onnx"
+    save_onnx(fp32, onnx_path)
+    say(f"wrote {onnx_path}")
+    artifacts = [artifact_entry(onnx_path, "onnx-fp32", fp32, check, fp32_latency)]
+    report: Dict[str, Any] = {"tool": "glimmer-export", "source": {
+        "path": str(source.path), "kind": source.kind, "sha256": meta.source_sha256, "task": meta.task},
+        "settings": {"opset": args.opset, "batch": meta.batch, "dynamic_batch": args.dynamic_batch,
+                     "input_size": list(meta.input_size), "dilation_mode": args.dilation_mode},
+        "dilation_lowering": lowering, "artifacts": artifacts}
+
+    int8_path, int8_session = None, None
+    if calib is not None:
+        from .int8 import quantize_int8
+
+        int8_path = out / f"{name}.int8.onnx"
+        say(f"quantising to INT8 (symmetric per-channel Q/DQ, {calib.count} calibration images)")
+        int8 = quantize_int8(fp32, int8_path, calib, dataclasses.replace(meta, precision="int8"))
+        int8_session = ort_session(int8.SerializeToString())
+        int8_latency = latency_ms(int8_session, lat_input, args.latency_runs)
+        artifacts.append(artifact_entry(int8_path, "onnx-int8", int8, compare(reference, int8_session, meta),
+                                        int8_latency))
+        speedup = fp32_latency["median_ms"] / int8_latency["median_ms"]
+        report["int8"] = {"calibration": {"dir": str(args.calib), "images": calib.count,
+                                          "unreadable_skipped": len(calib.skipped)},
+                          "faster_than_fp32_on_this_cpu": speedup > 1.0, "speedup_vs_fp32": speedup}
+        say(f"wrote {int8_path} (ONNX Runtime CPU: INT8 {int8_latency['median_ms']:.2f} ms vs FP32 "
+            f"{fp32_latency['median_ms']:.2f} ms)")
+    if args.val:
+        from .verify import evaluate_folder
+
+        sessions = {"fp32": session}
+        if int8_session is not None:
+            sessions["int8"] = int8_session
+        say(f"evaluating on {args.val}")
+        report["val"] = evaluate_folder(sessions, meta, Path(args.val))
+    if args.fp16 or args.int8:
+        report["engines"] = _engines(onnx_path, int8_path, calib, meta, out, name, args)
+    report_path = write_report(out, report)
+    _summary(artifacts, report, report_path)
+    return 0
+
+
+def _export_fp32(source, meta, args) -> Tuple[Any, Any, Any, Dict[str, Any]]:
+    """(ONNX model, final meta, PyTorch reference callable, lowering record)."""
+    import torch
+
+    from .onnx_export import attach_metadata, export_onnx
+    from .verify import latency_input, latency_ms, ort_session
+
+    example = torch.zeros(meta.batch or 1, 3, *meta.input_size)
+    lowering: Dict[str, Any] = {}
+    if source.task == "detect":
+        from .loaders import prepare_detector
+
+        reference = copy.deepcopy(source.model).eval()
+        for module in reference.modules():  # the reference returns what the export returns
+            if hasattr(module, "export") and hasattr(module, "format"):
+                module.export = True
+        say("exporting the detector (Conv+BN fused, Detect head in export mode)")
+        model = export_onnx(prepare_detector(source.model, args.dynamic_batch), example, opset=args.opset,
+                            dynamic_batch=args.dynamic_batch, output_names=("output0",))
+        meta = dataclasses.replace(meta, extra=dict(meta.extra, opset=args.opset, exporter="torch.onnx (TorchScript)"))
+        lowering = {"applies": False, "reason": "no grouped dilated convs in a detector"}
+    else:
+        from .deploy_model import deploy_form
+
+        cfg = source.model.config
+        modes = ["split", "embed"] if args.dilation_mode == "auto" else [args.dilation_mode]
+        if len(set(cfg.dilations)) == 1 and args.dilation_mode == "auto":
+            modes = ["split"]  # one dilation: both forms are the same single depthwise conv
+            lowering["note"] = "a single dilation: split and embed give the same graph"
+        candidates, timings = {}, {}
+        for mode in modes:
+            say(f"exporting with dilation mode {mode}")
+            candidates[mode] = export_onnx(deploy_form(source.model, mode, meta.input_size), example,
+                                           opset=args.opset, dynamic_batch=args.dynamic_batch,
+                                           output_names=("logits",))
+            if len(modes) > 1:
+                timings[mode] = latency_ms(ort_session(candidates[mode].SerializeToString()),
+                                           latency_input(meta), args.latency_runs)["median_ms"]
+        chosen = min(timings, key=timings.get) if timings else modes[0]
+        lowering.update({"requested": args.dilation_mode, "chosen": chosen})
+        if timings:
+            lowering.update({"timed_ms": timings, "timed_with": "ONNX Runtime CPU, 1 thread, batch "
+                             f"{meta.batch or 1}, median of {args.latency_runs}"})
+        model = candidates[chosen]
+        reference = source.model.eval()
+        meta = dataclasses.replace(meta, extra=dict(meta.extra, dilation_mode=chosen, opset=args.opset,
+                                                    exporter="torch.onnx (TorchScript)"))
+    attach_metadata(model, meta)
+    return model, meta, reference, lowering
+
+
+def _engines(onnx_path: Path, int8_path: Optional[Path], calib, meta, out: Path, name: str,
+             args) -> Dict[str, Any]:
+    from .engines import build_engines, deferred_line, tensorrt_status, trt_calibrator
+
+    usable, reason = tensorrt_status()
+    flags = " ".join(f for f, on in (("--fp16", args.fp16), ("--int8", args.int8)) if on)
+    if not usable:
+        target_onnx = onnx_path if args.fp16 or args.int8_mode == "calibrator" or int8_path is None else int8_path
+        line = deferred_line(target_onnx, flags if target_onnx == onnx_path else "--int8", reason)
+        if args.fp16 and args.int8 and args.int8_mode == "qdq" and int8_path is not None:
+            line = deferred_line(onnx_path, "--fp16", reason) + f"; for INT8: `glimmer-export {int8_path} --int8`"
+        print(line)
+        return {"built": [], "deferred": True, "reason": reason}
+    jobs: List[Dict[str, Any]] = []
+    if args.fp16:
+        jobs.append({"onnx": onnx_path, "engine": out / f"{name}.fp16.engine", "precision": "fp16",
+                     "meta": dataclasses.replace(meta, precision="fp16")})
+    if args.int8:
+        job = {"onnx": int8_path, "engine": out / f"{name}.int8.engine", "precision": "int8",
+               "meta": dataclasses.replace(meta, precision="int8")}
+        if args.int8_mode == "calibrator":
+            job.update(onnx=onnx_path, calibrator=trt_calibrator(calib, out / f"{name}.calib.cache"))
+        jobs.append(job)
+    built = build_engines(jobs, meta, out, dynamic_batch=args.dynamic_batch, max_batch=args.max_batch, log=say)
+    return {"built": built, "deferred": False}
+
+
+def _engine_only(source, args) -> int:
+    """``glimmer-export NAME.onnx --fp16|--int8``: the on-target engine step."""
+    from .engines import build_engines, tensorrt_status, trt_calibrator
+
+    if not (args.fp16 or args.int8):
+        raise GlimmerError(f"{source.path} is already an ONNX: give --fp16 or --int8 to build a TensorRT engine")
+    meta = source.meta
+    if args.int8 and meta.precision != "int8" and args.int8_mode != "calibrator":
+        raise GlimmerError(f"{source.path} is not an INT8 (Q/DQ) ONNX: use NAME.int8.onnx, or --int8-mode "
+                           "calibrator --calib DIR")
+    if args.int8 and args.int8_mode == "calibrator" and not args.calib:
+        raise GlimmerError("--int8-mode calibrator needs --calib DIR")
+    usable, reason = tensorrt_status()
+    if not usable:
+        raise GlimmerError(f"cannot build a TensorRT engine here: {reason}")
+    out = Path(args.out) if args.out else source.path.parent
+    jobs: List[Dict[str, Any]] = []
+    if args.fp16:
+        jobs.append({"onnx": source.path, "engine": out / f"{source.name}.fp16.engine", "precision": "fp16",
+                     "meta": dataclasses.replace(meta, precision="fp16")})
+    if args.int8:
+        job: Dict[str, Any] = {"onnx": source.path, "engine": out / f"{source.name}.int8.engine",
+                               "precision": "int8", "meta": dataclasses.replace(meta, precision="int8")}
+        if args.int8_mode == "calibrator":
+            from glimmer.calibration.dataset import CalibrationSet
+
+            calib = CalibrationSet(Path(args.calib), meta, args.calib_count, meta.batch or 1)
+            job["calibrator"] = trt_calibrator(calib, out / f"{source.name}.calib.cache")
+        jobs.append(job)
+    for result in build_engines(jobs, meta, out, dynamic_batch=meta.batch is None, max_batch=args.max_batch, log=say):
+        print(f"wrote {result['path']}")
+    return 0
+
+
+def _summary(artifacts: List[Dict[str, Any]], report: Dict[str, Any], report_path: Path) -> None:
+    lines = ["| artifact | size | max abs diff | agreement | ORT CPU ms (1 thread) |", "|---|---|---|---|---|"]
+    for a in artifacts:
+        check = a.get("vs_pytorch", {})
+        agree = check.get("top1_agreement", check.get("top_k_agree"))
+        lat = a.get("onnxruntime_cpu_latency", {})
+        lines.append("| {} | {:,} B | {:.2e} | {} | {:.3f} |".format(
+            Path(a["path"]).name, a["size_bytes"], check.get("max_abs_diff", float("nan")),
+            "-" if agree is None else f"{agree:.3f}", lat.get("median_ms", float("nan"))))
+    lowering = report.get("dilation_lowering", {})
+    if lowering.get("timed_ms"):
+        lines.append("dilation lowering: " + ", ".join(f"{k} {v:.3f} ms" for k, v in lowering["timed_ms"].items())
+                     + f" -> {lowering['chosen']}")
+    if "val" in report:
+        lines.append("val weighted F1: " + ", ".join(f"{k} {v['f1_weighted']:.4f}" for k, v in report["val"].items()
+                                                     if isinstance(v, dict)))
+    lines.append(f"report: {report_path}")
+    print("\n".join(lines))
+
+
+def entry() -> None:
+    sys.exit(run_cli("glimmer-export", main))
+
+
+if __name__ == "__main__":
+    entry()

@@ -1,0 +1,57 @@
+"""The TensorRT step of glimmer-export: build engines where TensorRT and a GPU exist, else say where
+and how they will be built (spec: /work/shared/spec/tensorrt.md; issue 3 "TensorRT engines").
+
+The builder itself (version adapters, timing cache, sidecar JSON keyed by ONNX sha256, TensorRT
+version, GPU and precision) lives in :mod:`glimmer.runtime.trt_build`, so the drone can build at first
+start with the same code; it is imported lazily here, when an engine is wanted.
+"""
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+from glimmer.runtime.errors import GlimmerError
+from glimmer.runtime.metadata import ModelMeta
+
+TIMING_CACHE = "timing.cache"
+
+
+def tensorrt_status() -> Tuple[bool, str]:
+    """(usable, reason) from the runtime's builder; a missing builder module reads as unusable."""
+    try:
+        from glimmer.runtime import trt_build
+    except ImportError as exc:  # pragma: no cover - the module ships with the runtime
+        return False, f"the TensorRT builder is unavailable ({exc})"
+    return trt_build.tensorrt_status()
+
+
+def deferred_line(onnx_path: Path, flags: str, reason: str) -> str:
+    """The one line printed when no engine can be built here."""
+    return (f"TensorRT engine not built here ({reason}): build it on the target with "
+            f"`glimmer-export {onnx_path} {flags}`, or glimmer-run builds it at first start")
+
+
+def trt_calibrator(calib, cache_path: Path) -> object:
+    """The legacy ``IInt8EntropyCalibrator2`` from glimmer.calibration.trt_calibrator."""
+    try:
+        from glimmer.calibration.trt_calibrator import EntropyCalibrator
+    except ImportError as exc:
+        raise GlimmerError(f"--int8-mode calibrator needs glimmer.calibration.trt_calibrator ({exc})") from None
+    return EntropyCalibrator(calib, cache_path)
+
+
+def build_engines(jobs: List[Dict[str, Any]], meta: ModelMeta, out_dir: Path, *, dynamic_batch: bool,
+                  max_batch: int, log: Callable[[str], None] = print) -> List[Dict[str, Any]]:
+    """Build each job ``{onnx, engine, precision[, meta][, calibrator]}``; returns the sidecars."""
+    from glimmer.runtime.trt_build import build_engine
+
+    batches: Dict[str, Optional[int]] = {}
+    if dynamic_batch:
+        batches = {"min_batch": 1, "opt_batch": 1, "max_batch": max_batch}
+    results = []
+    for job in jobs:
+        log(f"building {job['engine']} ({job['precision']}) from {job['onnx']}")
+        sidecar = build_engine(Path(job["onnx"]), Path(job["engine"]), job["precision"],
+                               meta=job.get("meta", meta),
+                               timing_cache=Path(out_dir) / TIMING_CACHE, calibrator=job.get("calibrator"),
+                               log=log, **batches)
+        results.append({"path": str(job["engine"]), "precision": job["precision"], "sidecar": sidecar})
+    return results
