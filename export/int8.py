@@ -36,10 +36,25 @@ QUANT_OPTIONS: Dict[str, Any] = {
 
 def quantize_int8(fp32: onnx.ModelProto, out_path: Path, calib: CalibrationSet, meta: ModelMeta) -> onnx.ModelProto:
     """Write ``out_path`` (atomically) as the Q/DQ INT8 form of ``fp32``; returns the model written."""
+    calib.data  # noqa: B018 - read and check the images before any quantiser work
+    # ORT's quantiser logs "run pre-processing first" hints on the root logger: quiet them for
+    # this call only, and give the caller's logging back afterwards.
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        model = _quantize(fp32, calib)
+    finally:
+        root.setLevel(level)
+    attach_metadata(model, meta)
+    with atomic_path(Path(out_path)) as tmp:
+        onnx.save(model, str(tmp))
+    return model
+
+
+def _quantize(fp32: onnx.ModelProto, calib: CalibrationSet) -> onnx.ModelProto:
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
-    calib.data  # noqa: B018 - read and check the images before any quantiser work
-    logging.getLogger("root").setLevel(logging.ERROR)  # ORT's "run pre-processing first" hints
     with tempfile.TemporaryDirectory(prefix="glimmer-int8-") as work:
         src = Path(work) / "fp32.onnx"
         dst = Path(work) / "int8.onnx"
@@ -53,11 +68,7 @@ def quantize_int8(fp32: onnx.ModelProto, out_path: Path, calib: CalibrationSet, 
             raise
         except Exception as exc:  # ORT raises plain Exceptions with the reason in the text
             raise GlimmerError(f"INT8 quantisation failed: {str(exc).splitlines()[0]}") from None
-        model = onnx.load(str(dst))
-    attach_metadata(model, meta)
-    with atomic_path(Path(out_path)) as tmp:
-        onnx.save(model, str(tmp))
-    return model
+        return onnx.load(str(dst))
 
 
 def zero_points_all_zero(model: onnx.ModelProto) -> bool:
