@@ -1,0 +1,75 @@
+"""``glimmer-check --update-baseline``: measured values written back into deploy.toml, for this device.
+
+Each bound of a measured check becomes the measured value with the user's margin of slack in the
+safe direction (``--margin 0.1``: ``min_fps = 0.9 * measured``, ``max_p99_ms = 1.1 * measured``),
+rounded outwards so the rounding never tightens it. A speed check's ``device`` is set to this
+machine (speed belongs to the hardware); an accuracy check gets one only if it already had one
+(its figures belong to the model file, the same on every machine that runs it).
+``max_drop`` is a tolerance the user chooses, not a measurement, and is left as written.
+
+The file is edited with tomlkit, which round-trips TOML: comments, blank lines, key order and
+the formatting of every untouched value stay byte-for-byte; the result is written atomically.
+tomlkit is imported only here (the ``check`` extra).
+"""
+import math
+from pathlib import Path
+from typing import Dict, List
+
+from .checks import METRIC, CheckResult
+from .errors import GlimmerError
+from .fsutil import atomic_write_text
+
+#: decimals kept per measured metric
+DECIMALS = {"fps": 1, "p99_ms": 2, "accuracy": 4, "f1_weighted": 4, "map50": 4, "map50_95": 4}
+
+
+def with_margin(key: str, measured: float, margin: float) -> float:
+    """The new bound for ``key``: ``measured`` loosened by ``margin``, rounded outwards."""
+    metric, direction = METRIC[key]
+    scale = 10 ** DECIMALS.get(metric, 4)
+    if direction == "min":
+        return math.floor(measured * (1.0 - margin) * scale) / scale
+    return math.ceil(measured * (1.0 + margin) * scale) / scale
+
+
+def _set(table, key: str, value) -> None:
+    """Replace a value in place (tomlkit keeps its comment), or add it after the last key, before
+    the comments and blank lines that introduce the next table."""
+    if key in table:
+        table[key] = value
+        return
+    keys = list(table.keys())
+    container = getattr(table, "value", None)
+    if keys and hasattr(container, "_insert_after"):
+        container._insert_after(keys[-1], key, value)
+    else:
+        table[key] = value
+
+
+def update_baseline(path: Path, results: List[CheckResult], margin: float, device: str) -> Dict[str, Dict[str, float]]:
+    """Write new bounds for every measured check; returns {check: {key: new value}}."""
+    try:
+        import tomlkit
+    except ImportError:
+        raise GlimmerError("--update-baseline needs tomlkit (pip install 'glimmer-edge[check]')") from None
+    if not 0.0 <= margin < 1.0:
+        raise GlimmerError(f"--margin must be in [0, 1), got {margin}")
+    text = Path(path).read_text(encoding="utf-8")
+    doc = tomlkit.parse(text)
+    changes: Dict[str, Dict[str, float]] = {}
+    for result in results:
+        if result.status in ("ERROR", "SKIPPED") or not result.measured:
+            continue
+        table = doc["checks"][result.check.name]
+        new: Dict[str, float] = {}
+        for key in result.check.bounds:
+            if key == "max_drop":
+                continue
+            new[key] = with_margin(key, result.measured[METRIC[key][0]], margin)
+            _set(table, key, new[key])
+        if result.check.kind == "speed" or result.check.device is not None:
+            _set(table, "device", device)  # speed belongs to the machine; accuracy to the model
+        changes[result.check.name] = new
+    if changes:
+        atomic_write_text(path, tomlkit.dumps(doc))
+    return changes
