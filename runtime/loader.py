@@ -1,0 +1,166 @@
+"""Model file -> Backend: picks ONNX Runtime or TensorRT from the file and ``--backend``.
+
+    .onnx  + auto         ONNX Runtime if installed, else TensorRT (a Jetson without ORT)
+    .onnx  + onnxruntime  ONNX Runtime (CPU / CUDA / TensorRT execution providers by availability)
+    .onnx  + tensorrt     engine built once on this device and cached (trt_build.ensure_engine)
+    .engine               TensorRT, metadata from the engine's sidecar JSON
+
+Metadata precedence: an ONNX's own metadata map is authoritative for everything made from it (an
+engine built from it gets it handed over); a bare ``.engine`` has only its sidecar. The TensorRT
+modules are imported only when chosen, so the ONNX Runtime path never needs them.
+"""
+import importlib.util
+import mmap
+import sys
+from pathlib import Path
+from typing import Dict, Optional, Tuple
+
+from .backend import Backend
+from .errors import GlimmerError
+from .metadata import ModelMeta
+
+BACKENDS = ("auto", "onnxruntime", "tensorrt")
+_METADATA_PROPS = 14  # ModelProto.metadata_props in onnx.proto3
+
+
+def _installed(module: str) -> bool:
+    if module in sys.modules:
+        return sys.modules[module] is not None
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def _varint(buf, pos: int) -> Tuple[int, int]:
+    value, shift = 0, 0
+    while True:
+        if pos >= len(buf) or shift > 63:
+            raise ValueError("truncated varint")
+        byte = buf[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return value, pos
+        shift += 7
+
+
+def _fields(buf, start: int, end: int):
+    """Top-level (field number, wire type, value or (start, end)) of one protobuf message."""
+    pos = start
+    while pos < end:
+        key, pos = _varint(buf, pos)
+        number, wire = key >> 3, key & 7
+        if wire == 0:
+            value, pos = _varint(buf, pos)
+            yield number, wire, value
+        elif wire == 1:
+            pos += 8
+        elif wire == 5:
+            pos += 4
+        elif wire == 2:
+            length, pos = _varint(buf, pos)
+            if pos + length > end:
+                raise ValueError("field runs past the end")
+            yield number, wire, (pos, pos + length)
+            pos += length
+        else:
+            raise ValueError(f"wire type {wire}")
+
+
+def read_onnx_metadata(path: Path) -> Dict[str, str]:
+    """The ``metadata_props`` map of an ONNX file, without onnx or ONNX Runtime installed.
+
+    Walks only the top level of the ModelProto wire format (the graph is skipped by its length,
+    never parsed), so it costs the same for a 30K-parameter model and a 100 MB detector; this is
+    what lets a Jetson with TensorRT but no ONNX Runtime read what an engine build needs.
+    """
+    path = Path(path)
+    try:
+        with open(str(path), "rb") as fh:
+            if fh.seek(0, 2) == 0:
+                raise GlimmerError(f"{path}: empty file, not an ONNX model")
+            with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as buf:
+                props: Dict[str, str] = {}
+                for number, wire, span in _fields(buf, 0, len(buf)):
+                    if number != _METADATA_PROPS or wire != 2:
+                        continue
+                    entry = {n: bytes(buf[s:e]).decode("utf-8") for n, w, (s, e) in
+                             ((n, w, v) for n, w, v in _fields(buf, *span) if w == 2)}
+                    props[entry.get(1, "")] = entry.get(2, "")
+                return props
+    except OSError as exc:
+        raise GlimmerError(f"{path}: cannot read: {exc.strerror}") from None
+    except (ValueError, UnicodeDecodeError):
+        raise GlimmerError(f"{path}: not an ONNX model (unreadable protobuf)") from None
+
+
+def _trt_modules():
+    try:
+        from . import backend_trt, trt_build
+    except ImportError as exc:
+        raise GlimmerError(f"the TensorRT backend cannot be loaded ({exc}): TensorRT's Python "
+                           "bindings come with JetPack on a Jetson; elsewhere use --backend "
+                           "onnxruntime") from None
+    return trt_build, backend_trt
+
+
+def engine_meta(engine_path: Path) -> ModelMeta:
+    """Metadata of a bare engine, from the sidecar JSON written beside it at build time."""
+    trt_build, _ = _trt_modules()
+    sidecar = trt_build.read_sidecar(engine_path)
+    if not isinstance(sidecar, dict) or not isinstance(sidecar.get("meta"), dict):
+        raise GlimmerError(f"{engine_path}: its sidecar has no 'meta' table; rebuild the engine with "
+                           "glimmer-export or run the .onnx with --backend tensorrt")
+    return ModelMeta.from_dict(sidecar["meta"], origin=f"{engine_path} sidecar")
+
+
+def resolve_backend(model_path: Path, backend: str = "auto") -> str:
+    """``onnxruntime`` or ``tensorrt`` for this file and request, or a clear error."""
+    if backend not in BACKENDS:
+        raise GlimmerError(f"--backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    suffix = Path(model_path).suffix.lower()
+    if suffix == ".engine" or suffix == ".plan":
+        if backend == "onnxruntime":
+            raise GlimmerError(f"{model_path}: a TensorRT engine runs only with --backend tensorrt "
+                               "(or give the .onnx to run it in ONNX Runtime)")
+        return "tensorrt"
+    if suffix != ".onnx":
+        hint = " (a checkpoint: export it first with glimmer-export)" if suffix in (".pt", ".pth", ".ckpt") else ""
+        raise GlimmerError(f"--model {model_path}: expected an .onnx or a TensorRT .engine{hint}")
+    if backend != "auto":
+        return backend
+    if _installed("onnxruntime"):
+        return "onnxruntime"
+    if _installed("tensorrt"):
+        return "tensorrt"
+    raise GlimmerError(f"{model_path}: neither ONNX Runtime nor TensorRT is installed: pip install "
+                       "onnxruntime, or on a Jetson use JetPack's TensorRT")
+
+
+def open_backend(model_path: Path, backend: str = "auto", *, cache_dir: Optional[Path] = None,
+                 threads: Optional[int] = None, log=print) -> Backend:
+    """The backend for ``model_path``, constructed but not yet activated.
+
+    Args:
+        model_path: ``.onnx`` (with our metadata) or ``.engine`` (with its sidecar).
+        backend: ``auto``, ``onnxruntime`` or ``tensorrt``.
+        cache_dir: engine cache folder for ``.onnx`` + ``tensorrt`` (trt_build's default if None).
+        threads: ONNX Runtime intra-op threads.
+        log: where engine-build progress lines go.
+    """
+    model_path = Path(model_path)
+    if not model_path.is_file():
+        raise GlimmerError(f"--model {model_path}: no such file")
+    kind = resolve_backend(model_path, backend)
+    suffix = model_path.suffix.lower()
+    if kind == "onnxruntime":
+        from .backend_ort import OnnxRuntimeBackend
+
+        return OnnxRuntimeBackend(model_path, threads=threads)
+    trt_build, backend_trt = _trt_modules()
+    if suffix == ".onnx":
+        meta = ModelMeta.from_props(read_onnx_metadata(model_path), origin=str(model_path))
+        engine = trt_build.ensure_engine(model_path, meta.precision, cache_dir, log=log)
+        return backend_trt.TensorRTBackend(Path(engine), meta=meta)
+    return backend_trt.TensorRTBackend(model_path, meta=engine_meta(model_path))
