@@ -1,0 +1,275 @@
+"""The pipelined runner: source -> preprocess -> backend -> task postprocess -> sinks, overlapped.
+
+Three stages run at once, joined by small bounded queues:
+
+    capture thread      next(source) (decode, or the newest live frame), then preprocess
+    inference thread(s) backend.infer, and nothing else
+    calling thread      task postprocess, sinks, meter (and Ctrl-C, which Python delivers here)
+
+OpenCV's decode and resize, numpy's array maths and ONNX Runtime / TensorRT all release the GIL,
+so on two cores decoding and preprocessing the next frame overlaps inference of the current one; a
+plain loop leaves one core idle for most of each frame. Preprocessing sits with capture, not with
+inference, so that when the model is the slowest stage the inference thread never does anything
+but infer, and end-to-end FPS approaches model-only FPS. Bounded queues keep memory flat and keep
+live sources fresh (a queue of one: the grabber thread overwrites what the pipeline has no room
+for). Files yield every frame, in order: capture numbers the frames and the calling thread puts
+results back in that order before postprocessing.
+
+A backend that can run several frames at once (``backend.concurrency`` > 1: ONNX Runtime on the CPU
+with fewer intra-op threads than cores) gets that many inference threads: a small model on two
+cores is too short to spread over both cores inside one run, but two frames in flight keep both
+busy.
+"""
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, Optional, Sequence
+
+import numpy as np
+
+from .backend import Backend
+from .classify import Classifier, ClassifySettings
+from .detect import Detector, DetectSettings
+from .errors import GlimmerError
+from .metadata import ModelMeta
+from .meter import Meter
+from .preprocess import LetterboxTransform, Preprocessor
+from .sinks import FrameResult, Sink
+from .sources import Source
+
+_END = object()
+
+
+def build_task(meta: ModelMeta, classify: Optional[ClassifySettings] = None,
+               detect: Optional[DetectSettings] = None):
+    """The postprocessor the model's metadata asks for (never a flag)."""
+    if meta.task == "classify":
+        return Classifier(meta, classify)
+    if meta.task == "detect":
+        return Detector(meta, detect)
+    raise GlimmerError(f"metadata task {meta.task!r} has no postprocessor")
+
+
+@dataclass
+class _Item:
+    seq: int
+    index: int
+    timestamp: float
+    frame: Optional[np.ndarray]
+    captured: float
+    latency: Dict[str, float] = field(default_factory=dict)
+    batch: Optional[np.ndarray] = None
+    transform: Optional[LetterboxTransform] = None
+    outputs: Optional[List[np.ndarray]] = None
+
+
+class Pipeline:
+    """Runs one source through one activated backend until the source ends or a limit is reached.
+
+    Args:
+        source: frames to process (files: all of them, in order; live: the newest).
+        backend: an activated :class:`Backend`.
+        task: a :class:`Classifier` or :class:`Detector` (see :func:`build_task`).
+        sinks: result consumers, called in frame order on the calling thread.
+        max_frames: stop after this many frames read.
+        duration: stop reading after this many seconds.
+        queue_size: frames in flight between two stages (default: 4 for files, 1 for live).
+        workers: inference threads (default: ``backend.concurrency``, else 1).
+    """
+
+    def __init__(self, source: Source, backend: Backend, task: Any, sinks: Sequence[Sink] = (),
+                 max_frames: Optional[int] = None, duration: Optional[float] = None,
+                 queue_size: Optional[int] = None, meter: Optional[Meter] = None,
+                 workers: Optional[int] = None) -> None:
+        self.source = source
+        self.backend = backend
+        self.task = task
+        self.sinks = list(sinks)
+        self.max_frames = max_frames
+        self.duration = duration
+        self.meter = meter or Meter()
+        self.workers = max(1, int(workers or getattr(backend, "concurrency", 1) or 1))
+        self._pending: Dict[int, _Item] = {}
+        self._next_seq = 0
+        self._ends = 0
+        size = queue_size or (1 if source.live else 4)
+        self._queues = [queue.Queue(maxsize=size) for _ in range(2)]
+        self._stop_reading = threading.Event()
+        self._abort = threading.Event()
+        self._errors: List[BaseException] = []
+        self._keep_frames = any(s.needs_frames for s in self.sinks)
+        self.preprocess = Preprocessor(backend.meta)
+        spec = backend.inputs[0]
+        if isinstance(spec.shape[0], int) and spec.shape[0] > 1:
+            raise GlimmerError(f"the model's input {spec.name!r} has a fixed batch of {spec.shape[0]}; "
+                               "the camera runtime feeds one frame at a time (export with batch 1 "
+                               "or a dynamic batch)")
+        self._dtype = np.dtype(spec.dtype)
+        self.interrupted = False
+
+    # -- plumbing ------------------------------------------------------------------------------
+    def _put(self, q: "queue.Queue", item: Any) -> bool:
+        while not self._abort.is_set():
+            try:
+                q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _fail(self, exc: BaseException) -> None:
+        self._errors.append(exc)
+        self._abort.set()
+        self._stop_reading.set()
+
+    def _capture(self) -> None:
+        out = self._queues[0]
+        try:
+            started = time.perf_counter()
+            self.meter.start(started)
+            count = 0
+            while not self._stop_reading.is_set():
+                if self.max_frames is not None and count >= self.max_frames:
+                    break
+                if self.duration is not None and time.perf_counter() - started >= self.duration:
+                    break
+                t0 = time.perf_counter()
+                try:
+                    frame, timestamp, index = next(self.source)
+                except StopIteration:
+                    break
+                t1 = time.perf_counter()
+                item = _Item(count, index, timestamp, frame, t1, {"capture": (t1 - t0) * 1e3})
+                self._do_preprocess(item)
+                if not self._put(out, item):
+                    return
+                count += 1
+        except BaseException as exc:  # handed to the calling thread, which re-raises it
+            self._fail(exc)
+        finally:
+            for _ in range(self.workers):
+                self._put(out, _END)
+
+    def _get(self, q: "queue.Queue") -> Any:
+        """The next item; after an abort, the end as soon as the queue runs dry."""
+        while True:
+            try:
+                return q.get(timeout=0.1)
+            except queue.Empty:
+                if self._abort.is_set():
+                    return _END
+
+    def _stage(self, work: Callable[[_Item], None], q_in: "queue.Queue", q_out: "queue.Queue") -> None:
+        try:
+            while True:
+                item = self._get(q_in)
+                if item is _END:
+                    break
+                if self._abort.is_set():
+                    continue
+                work(item)
+                if not self._put(q_out, item):
+                    break
+        except BaseException as exc:  # handed to the calling thread, which re-raises it
+            self._fail(exc)
+        finally:
+            self._put(q_out, _END)
+
+    def _do_preprocess(self, item: _Item) -> None:
+        t0 = time.perf_counter()
+        batch, transforms = self.preprocess([item.frame])
+        item.batch = batch if batch.dtype == self._dtype else batch.astype(self._dtype)
+        item.transform = transforms[0]
+        if not self._keep_frames:
+            item.frame = None
+        item.latency["preprocess"] = (time.perf_counter() - t0) * 1e3
+
+    def _do_infer(self, item: _Item) -> None:
+        t0 = time.perf_counter()
+        item.outputs = self.backend.infer(item.batch)
+        item.batch = None
+        item.latency["inference"] = (time.perf_counter() - t0) * 1e3
+
+    # -- the calling thread --------------------------------------------------------------------
+    def _finish(self, item: _Item) -> None:
+        t0 = time.perf_counter()
+        prediction = self.task(item.outputs, [item.transform])[0]
+        t1 = time.perf_counter()
+        item.latency["postprocess"] = (t1 - t0) * 1e3
+        item.latency["end_to_end"] = (t1 - item.captured) * 1e3
+        result = FrameResult(item.index, item.timestamp, prediction, dict(item.latency),
+                             item.frame, self.meter.recent_fps)
+        for sink in self.sinks:
+            sink.write(result)
+            if sink.stop_requested:
+                self._stop_reading.set()
+        t2 = time.perf_counter()
+        item.latency["output"] = (t2 - t1) * 1e3
+        item.latency["end_to_end"] = (t2 - item.captured) * 1e3
+        self.meter.add_frame(item.latency, t2)
+        self.meter.dropped = self.source.dropped
+
+    def _drain(self) -> None:
+        """Results in capture order until every inference thread has ended."""
+        last = self._queues[1]
+        while self._ends < self.workers:
+            item = self._get(last)
+            if item is _END:
+                self._ends += 1
+                continue
+            if self._abort.is_set():
+                continue
+            self._pending[item.seq] = item
+            while self._next_seq in self._pending:
+                ready = self._pending.pop(self._next_seq)
+                self._next_seq += 1  # first, so a Ctrl-C inside _finish cannot stall the order
+                self._finish(ready)
+
+    def _release_live_source(self) -> None:
+        # A live source's close() wakes a capture thread waiting for a frame; a file's capture is
+        # not thread-safe, so it is closed only after the capture thread has ended.
+        if self.source.live:
+            self.source.close()
+
+    def run(self) -> Dict[str, Any]:
+        """Process until the end, a limit, a stop key or Ctrl-C; returns the report."""
+        q0, q1 = self._queues
+        threads = [threading.Thread(target=self._capture, name="glimmer-capture", daemon=True)]
+        threads += [threading.Thread(target=self._stage, args=(self._do_infer, q0, q1),
+                                     name=f"glimmer-infer-{i}", daemon=True) for i in range(self.workers)]
+        for thread in threads:
+            thread.start()
+        complete = False
+        try:
+            try:
+                self._drain()
+            except KeyboardInterrupt:
+                # First Ctrl-C: stop reading, finish the few frames in flight, report.
+                self.interrupted = True
+                self._stop_reading.set()
+                self._release_live_source()
+                self._drain()
+            complete = True
+        except KeyboardInterrupt:
+            self._abort.set()  # a second Ctrl-C: drop what is in flight
+            complete = True
+        except BaseException as exc:
+            self._fail(exc)
+        finally:
+            self._stop_reading.set()
+            if not complete:
+                self._abort.set()
+            self._release_live_source()
+            for thread in threads:
+                thread.join(timeout=10.0)
+            self.source.close()
+            self.meter.dropped = self.source.dropped
+            for sink in self.sinks:
+                sink.close(complete=complete and not self._errors)
+        if self._errors:
+            raise self._errors[0]
+        report = self.meter.report()
+        report["interrupted"] = self.interrupted
+        report["inference_threads"] = self.workers
+        return report
