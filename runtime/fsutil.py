@@ -26,6 +26,10 @@ def atomic_path(target: PathLike) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        # mkstemp creates 0600; give the artifact the mode a plain open() would (0666 less umask).
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(str(tmp_path), 0o666 & ~umask)
         os.replace(str(tmp_path), str(target))
     finally:
         if tmp_path.exists():
