@@ -110,7 +110,7 @@ def parse_check(name: str, table: Any, origin: str, base: Path) -> Check:
 def parse_checks(raw: Any, origin: str, base: Path) -> List[Check]:
     """Every ``[checks.NAME]`` of a deploy.toml's ``checks`` table, in file order."""
     if raw is None:
-        raise GlimmerError(f"{origin}: no [checks.NAME] tables (see docs/checks.md)")
+        raise GlimmerError(f"{origin}: no [checks.NAME] tables (see the README, glimmer-check)")
     if not isinstance(raw, dict):
         raise GlimmerError(f"{origin}: key 'checks' must be a table of [checks.NAME] tables")
     checks = [parse_check(name, table, origin, base) for name, table in raw.items()]
