@@ -106,7 +106,7 @@ def test_engine_cache_on_a_volume_and_glimmer_run_by_default(parsed):
 
 def test_docs_show_the_build_and_run_commands(parsed):
     _, args = parsed
-    doc = (ROOT / "docs" / "tensorrt.md").read_text()
+    doc = (ROOT / "README.md").read_text()
     assert re.search(r"docker build -f Dockerfile\.jetson[^\n]*--build-arg L4T_TAG=r3[56]", doc)
     run = re.search(r"docker run[^`]*", doc).group(0)
     for option in ("--runtime nvidia", "-v /tmp/argus_socket:/tmp/argus_socket", "--device /dev/video0",
