@@ -91,61 +91,14 @@ def read_sidecar(engine_path: Path) -> Dict[str, Any]:
     return data
 
 
-# -- reading our metadata from an ONNX file without the onnx package ------------------------------
+def onnx_meta(onnx_path: Path) -> ModelMeta:
+    """Metadata of an ONNX file, read without the onnx package (a Jetson image has none)."""
+    from .loader import read_onnx_metadata
 
-def _varint(buf: bytes, pos: int) -> Tuple[int, int]:
-    result = shift = 0
-    while True:
-        if pos >= len(buf):
-            raise ValueError("truncated varint")
-        byte = buf[pos]
-        pos += 1
-        result |= (byte & 0x7F) << shift
-        if not byte & 0x80:
-            return result, pos
-        shift += 7
-
-
-def _fields(buf: bytes):
-    """Yield (field number, wire type, value) of one protobuf message; values of type 2 are bytes."""
-    pos = 0
-    while pos < len(buf):
-        tag, pos = _varint(buf, pos)
-        number, wire = tag >> 3, tag & 7
-        if wire == 0:
-            value, pos = _varint(buf, pos)
-        elif wire == 1:
-            value, pos = buf[pos:pos + 8], pos + 8
-        elif wire == 2:
-            size, pos = _varint(buf, pos)
-            value, pos = buf[pos:pos + size], pos + size
-        elif wire == 5:
-            value, pos = buf[pos:pos + 4], pos + 4
-        else:
-            raise ValueError(f"unsupported protobuf wire type {wire}")
-        if pos > len(buf):
-            raise ValueError("truncated field")
-        yield number, wire, value
-
-
-def onnx_metadata_props(data: bytes, origin: str) -> Dict[str, str]:
-    """ModelProto.metadata_props (field 14) from ONNX bytes: the Jetson runtime has no onnx package."""
-    props = {}
-    try:
-        for number, wire, value in _fields(data):
-            if number == 14 and wire == 2:
-                entry = {n: v for n, w, v in _fields(value) if w == 2}
-                props[entry.get(1, b"").decode()] = entry.get(2, b"").decode()
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise GlimmerError(f"{origin}: not a readable ONNX file ({exc})") from None
-    return props
-
-
-def onnx_meta(data: bytes, origin: str) -> ModelMeta:
-    props = onnx_metadata_props(data, origin)
+    props = read_onnx_metadata(onnx_path)
     if METADATA_KEY not in props and "names" not in props:
-        raise GlimmerError(f"{origin}: no model metadata in this ONNX; export it with glimmer-export")
-    return ModelMeta.from_props(props, origin)
+        raise GlimmerError(f"{onnx_path}: no model metadata in this ONNX; export it with glimmer-export")
+    return ModelMeta.from_props(props, str(onnx_path))
 
 
 # -- building -------------------------------------------------------------------------------------
@@ -310,7 +263,7 @@ def ensure_engine(onnx_path: Path, precision: str, cache_dir: Optional[Path] = N
     trt = trt_compat.import_tensorrt()
     cache = _writable_dir(Path(cache_dir) if cache_dir is not None else default_cache_dir())
     data = onnx_path.read_bytes()
-    meta = onnx_meta(data, str(onnx_path))
+    meta = onnx_meta(onnx_path)
     batch = _batch_profile(meta, min_batch, opt_batch, max_batch)
     gpu_name, cc, _ = _gpu()
     shapes, options = _requested(meta, batch, None)

@@ -22,6 +22,7 @@ from glimmer.runtime import trt_build, trt_compat
 from glimmer.runtime.console import run_cli
 from glimmer.runtime.errors import GlimmerError
 from glimmer.runtime.fsutil import sha256_file
+from glimmer.runtime.loader import read_onnx_metadata
 from glimmer.runtime.metadata import ModelMeta
 
 ALL = sorted(GENERATIONS)
@@ -52,11 +53,13 @@ def build(tmp_path, onnx_path, precision="fp32", batch=1, name="tiny", **kw):
 def test_onnx_metadata_reader_agrees_with_the_onnx_package(tmp_path):
     import onnx
     path = write_tiny_onnx(tmp_path / "m.onnx")
-    props = trt_build.onnx_metadata_props(path.read_bytes(), str(path))
+    props = read_onnx_metadata(path)
     assert props == {p.key: p.value for p in onnx.load(str(path)).metadata_props}
-    assert trt_build.onnx_meta(path.read_bytes(), str(path)) == tiny_meta(1)
-    with pytest.raises(GlimmerError, match="not a readable ONNX file"):
-        trt_build.onnx_metadata_props(b"\xff\xff\xff", "junk.onnx")
+    assert trt_build.onnx_meta(path) == tiny_meta(1)
+    junk = tmp_path / "junk.onnx"
+    junk.write_bytes(b"\xff\xff\xff")
+    with pytest.raises(GlimmerError, match="not an ONNX model"):
+        trt_build.onnx_meta(junk)
 
 
 @pytest.mark.parametrize("generation", ALL)
