@@ -3,17 +3,24 @@ plain ONNX convolutions that every ONNX Runtime and TensorRT 8.4+ parser runs na
 
 The training form (``glimmer.models.layers.GroupedDilatedConv2d``) splits C channels into m
 contiguous groups, each with a depthwise kxk conv of its own dilation ``d_i`` and padding ``d_i``.
-Two exact rewrites (spec: ARCHITECTURE.md "Export rewrite"; issue 3):
+Exact rewrites (spec: ARCHITECTURE.md "Export rewrite"; issue 3), all built from one rule: a
+contiguous range of channels ("stream") becomes one depthwise conv, a plain dilated kxk conv if the
+range has one dilation, else a kernel of size ``(k - 1) * dmax + 1`` holding each channel's k x k
+taps at offsets ``(t - k // 2) * d`` from the centre and zeros elsewhere (zero taps add exact zeros).
 
-``split``  per-group depthwise convs with explicit symmetric pads (never ``auto_pad``), neighbouring
-           groups of equal dilation merged into one conv: dilations (1, 2, 2, 3) -> 3 convs.
-``embed``  one depthwise conv of kernel ``(k - 1) * dmax + 1`` whose channel c holds its group's k x k
-           taps at offsets ``(t - k // 2) * d_i`` from the centre and zeros elsewhere (padding
-           ``dmax * (k // 2)``). One op per block; ``((k-1)*dmax+1)^2 / k^2`` times the multiply-adds
-           (49/9 for dmax = 3). Zero taps contribute exact zeros, so the sum is unchanged.
+``split``    one stream per run of equal dilation, explicit symmetric pads (never ``auto_pad``):
+             dilations (1, 2, 2, 3) -> 3 convs.
+``embed``    one stream for all channels: one op per block, ``((k-1)*dmax+1)^2 / k^2`` times the
+             multiply-adds (49/9 for dmax = 3).
+``aligned``  ``split`` with each stream boundary moved to a multiple of 4 channels, choosing the
+             moves with the fewest multiply-adds: ONNX Runtime runs a depthwise conv in its blocked
+             (NCHWc) kernels only when its channel count is a multiple of 4, so GlimmerNet's first
+             stage (runs of 10, 20, 10 channels) becomes streams of 12, 16, 12, the outer two with
+             two channels of the middle dilation embedded.
 
-Both accept the BatchNorm that follows the GD conv: BN is per channel, so it folds group by group.
+All accept the BatchNorm that follows the GD conv: BN is per channel, so it folds channel by channel.
 """
+import itertools
 from typing import List, Optional, Sequence, Tuple
 
 import torch
@@ -23,7 +30,8 @@ from glimmer.models.layers import GroupedDilatedConv2d
 
 from .fold_bn import fold_conv_bn
 
-MODES = ("split", "embed")
+MODES = ("split", "aligned", "embed")
+ALIGN = 4  # channels: ONNX Runtime's blocked depthwise conv needs a multiple of this
 
 
 def merge_runs(splits: Sequence[int], dilations: Sequence[int]) -> List[Tuple[int, int]]:
@@ -37,91 +45,110 @@ def merge_runs(splits: Sequence[int], dilations: Sequence[int]) -> List[Tuple[in
     return runs
 
 
-def _folded_groups(gd: GroupedDilatedConv2d, bn: Optional[nn.BatchNorm2d]) -> List[nn.Conv2d]:
-    """Each group's conv with its slice of the BN folded in."""
-    out, start = [], 0
+def channel_dilations(splits: Sequence[int], dilations: Sequence[int]) -> List[int]:
+    """The dilation of every channel, in order."""
+    return [d for c, d in zip(splits, dilations) for _ in range(c)]
+
+
+def stream_taps(dilations: Sequence[int], kernel_size: int = 3) -> int:
+    """Multiply-adds per output pixel of one stream's conv (``kernel_size`` odd)."""
+    k = kernel_size if len(set(dilations)) == 1 else (kernel_size - 1) * max(dilations) + 1
+    return len(dilations) * k * k
+
+
+def aligned_sizes(splits: Sequence[int], dilations: Sequence[int], kernel_size: int = 3,
+                  align: int = ALIGN) -> List[int]:
+    """Stream sizes of the ``aligned`` lowering: every run boundary rounded down or up to a multiple
+    of ``align`` (boundaries that meet merge their streams), the combination with the fewest
+    multiply-adds."""
+    per_channel = channel_dilations(splits, dilations)
+    total = len(per_channel)
+    bounds, start = [], 0
+    for channels, _ in merge_runs(splits, dilations)[:-1]:
+        start += channels
+        bounds.append(sorted({start - start % align, -(-start // align) * align}))
+    best: Optional[Tuple[int, List[int]]] = None
+    for cut in itertools.product(*bounds):
+        edges = sorted({0, total, *(c for c in cut if 0 < c < total)})
+        cost = sum(stream_taps(per_channel[a:b], kernel_size) for a, b in zip(edges, edges[1:]))
+        if best is None or cost < best[0]:
+            best = (cost, [b - a for a, b in zip(edges, edges[1:])])
+    return best[1] if best else [total]
+
+
+@torch.no_grad()
+def _folded_channels(gd: GroupedDilatedConv2d, bn: Optional[nn.BatchNorm2d]) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(weights (C, k, k), biases (C,)) of all groups with the BN folded in, channel order kept."""
+    weights, biases, start = [], [], 0
     for conv, channels in zip(gd.convs, gd.splits):
         part = None
         if bn is not None:
             part = nn.BatchNorm2d(channels, eps=bn.eps).eval()
-            with torch.no_grad():
-                for name in ("weight", "bias", "running_mean", "running_var"):
-                    getattr(part, name).copy_(getattr(bn, name)[start:start + channels])
-        out.append(fold_conv_bn(conv, part))
+            for name in ("weight", "bias", "running_mean", "running_var"):
+                getattr(part, name).copy_(getattr(bn, name)[start:start + channels])
+        folded = fold_conv_bn(conv, part)
+        weights.append(folded.weight[:, 0])
+        biases.append(folded.bias)
         start += channels
-    return out
-
-
-class SplitDilatedConv(nn.Module):
-    """Split -> one depthwise conv per run of equal dilation (-> Clip) -> Concat.
-
-    ``clip`` applies ReLU6 inside each branch: Clip is elementwise, so it commutes with Concat, and
-    a Clip right behind its Conv fuses into it in ONNX Runtime and TensorRT; behind Concat it does not.
-    """
-
-    def __init__(self, convs: Sequence[nn.Conv2d], clip: bool = False) -> None:
-        super().__init__()
-        self.convs = nn.ModuleList(convs)
-        self.splits = [int(c.in_channels) for c in convs]
-        self.clip = clip
-
-    def _branch(self, conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
-        y = conv(x)
-        return torch.clamp(y, 0.0, 6.0) if self.clip else y
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if len(self.convs) == 1:
-            return self._branch(self.convs[0], x)
-        parts = torch.split(x, self.splits, dim=1)
-        return torch.cat([self._branch(conv, part) for conv, part in zip(self.convs, parts)], dim=1)
+    return torch.cat(weights), torch.cat(biases)
 
 
 @torch.no_grad()
-def lower_split(gd: GroupedDilatedConv2d, bn: Optional[nn.BatchNorm2d] = None) -> SplitDilatedConv:
-    """The ``split`` form; explicit ``pads = [d, d, d, d]`` per conv."""
-    groups = _folded_groups(gd, bn)
-    merged: List[nn.Conv2d] = []
-    index = 0
-    for channels, dilation in merge_runs(gd.splits, gd.dilations):
-        members = []
-        while sum(int(g.in_channels) for g in members) < channels:
-            members.append(groups[index])
-            index += 1
-        first = members[0]
-        conv = nn.Conv2d(channels, channels, first.kernel_size, padding=first.padding, dilation=dilation,
-                         groups=channels, bias=True)
-        conv.weight.copy_(torch.cat([g.weight for g in members]))
-        conv.bias.copy_(torch.cat([g.bias for g in members]))
-        merged.append(conv.eval())
-    return SplitDilatedConv(merged).eval()
-
-
-@torch.no_grad()
-def lower_embed(gd: GroupedDilatedConv2d, bn: Optional[nn.BatchNorm2d] = None) -> nn.Conv2d:
-    """The ``embed`` form: one depthwise conv with every group's dilated taps in a larger kernel."""
-    k = gd.kernel_size
-    dmax = max(gd.dilations)
-    size = (k - 1) * dmax + 1
+def stream_conv(weight: torch.Tensor, bias: torch.Tensor, dilations: Sequence[int], embed: bool = False) -> nn.Conv2d:
+    """One depthwise conv for a stream of channels with k x k taps ``weight`` (n, k, k) and the
+    given per-channel dilations: dilated kxk if they agree (and not ``embed``), else embedded."""
+    n, k = int(weight.shape[0]), int(weight.shape[-1])
+    if len(set(dilations)) == 1 and not embed:
+        d = int(dilations[0])
+        conv = nn.Conv2d(n, n, k, padding=d * (k // 2), dilation=d, groups=n, bias=True)
+        conv.weight.copy_(weight[:, None])
+        conv.bias.copy_(bias)
+        return conv.eval()
+    size = (k - 1) * max(dilations) + 1
     centre = size // 2
-    conv = nn.Conv2d(gd.channels, gd.channels, size, padding=centre, groups=gd.channels, bias=True)
-    weight = torch.zeros_like(conv.weight)
-    start = 0
-    for group, dilation in zip(_folded_groups(gd, bn), gd.dilations):
-        channels = int(group.in_channels)
-        taps = [centre + (t - k // 2) * dilation for t in range(k)]
-        idx = torch.tensor(taps)
-        block = weight[start:start + channels, 0]
-        block[:, idx[:, None], idx[None, :]] = group.weight[:, 0]
-        conv.bias[start:start + channels] = group.bias
-        start += channels
-    conv.weight.copy_(weight)
+    conv = nn.Conv2d(n, n, size, padding=centre, groups=n, bias=True)
+    full = torch.zeros_like(conv.weight)
+    for c, d in enumerate(dilations):
+        idx = torch.tensor([centre + (t - k // 2) * int(d) for t in range(k)])
+        full[c, 0, idx[:, None], idx[None, :]] = weight[c]
+    conv.weight.copy_(full)
+    conv.bias.copy_(bias)
     return conv.eval()
 
 
-def lower_gd_conv(gd: GroupedDilatedConv2d, mode: str, bn: Optional[nn.BatchNorm2d] = None) -> nn.Module:
-    """The chosen lowering of ``bn(gd(x))`` (or of ``gd(x)`` alone)."""
-    if mode == "split":
-        return lower_split(gd, bn)
+def lower_streams(gd: GroupedDilatedConv2d, bn: Optional[nn.BatchNorm2d], sizes: Sequence[int]) -> List[nn.Conv2d]:
+    """One depthwise conv per contiguous stream of ``sizes`` channels (summing to all of them)."""
+    if sum(sizes) != gd.channels or min(sizes) < 1:
+        raise ValueError(f"stream sizes {list(sizes)} do not partition {gd.channels} channels")
+    weight, bias = _folded_channels(gd, bn)
+    per_channel = channel_dilations(gd.splits, gd.dilations)
+    convs, start = [], 0
+    for size in sizes:
+        stop = start + int(size)
+        convs.append(stream_conv(weight[start:stop], bias[start:stop], per_channel[start:stop]))
+        start = stop
+    return convs
+
+
+def stream_sizes(gd: GroupedDilatedConv2d, mode: str) -> List[int]:
+    """Channels of each stream of ``gd`` lowered in ``mode``."""
     if mode == "embed":
-        return lower_embed(gd, bn)
+        return [gd.channels]
+    if mode == "split":
+        return [channels for channels, _ in merge_runs(gd.splits, gd.dilations)]
+    if mode == "aligned":
+        return aligned_sizes(gd.splits, gd.dilations, gd.kernel_size)
     raise ValueError(f"dilation mode must be one of {MODES}, got {mode!r}")
+
+
+def lower_embed(gd: GroupedDilatedConv2d, bn: Optional[nn.BatchNorm2d] = None) -> nn.Conv2d:
+    """The ``embed`` form: one depthwise conv with every group's dilated taps in a larger kernel."""
+    weight, bias = _folded_channels(gd, bn)
+    return stream_conv(weight, bias, channel_dilations(gd.splits, gd.dilations), embed=True)
+
+
+def lower_gd_conv(gd: GroupedDilatedConv2d, mode: str, bn: Optional[nn.BatchNorm2d] = None) -> List[nn.Conv2d]:
+    """``bn(gd(x))`` (or ``gd(x)`` alone) as one depthwise conv per stream of ``mode``."""
+    if mode == "embed":
+        return [lower_embed(gd, bn)]
+    return lower_streams(gd, bn, stream_sizes(gd, mode))

@@ -12,7 +12,7 @@ from torch import nn
 
 from glimmer.export.deploy_model import deploy_form
 from glimmer.export.fold_bn import fold_conv_bn
-from glimmer.export.lower_dilation import lower_embed, lower_split, merge_runs
+from glimmer.export.lower_dilation import aligned_sizes, lower_gd_conv, merge_runs, stream_sizes
 from glimmer.export.onnx_export import (
     CRUFT_OPS,
     export_onnx,
@@ -75,6 +75,15 @@ def test_merge_runs_joins_equal_neighbours_only():
     assert merge_runs([8], [1]) == [(8, 1)]
 
 
+def test_aligned_sizes_round_each_run_boundary_the_cheaper_way():
+    assert aligned_sizes([10] * 4, [1, 2, 2, 3]) == [12, 16, 12]  # GlimmerNet's stage 1 (40 channels)
+    assert aligned_sizes([20] * 4, [1, 2, 2, 3]) == [20, 40, 20]  # already multiples of 4: split
+    assert aligned_sizes([6, 10], [1, 3]) == [8, 8]  # up: 8x49 + 8x9 taps beats 4x9 + 12x49
+    assert aligned_sizes([10, 6], [1, 3]) == [8, 8]  # down, for the same reason
+    assert aligned_sizes([2] * 4, [1, 2, 2, 3]) == [4, 4]  # boundaries that meet merge their streams
+    assert aligned_sizes([40], [1]) == [40]
+
+
 class GDWithBN(nn.Module):
     def __init__(self, channels, dilations):
         super().__init__()
@@ -85,45 +94,59 @@ class GDWithBN(nn.Module):
         return self.bn(self.gd(x))
 
 
+class Streams(nn.Module):
+    """A lowered GD conv on its own: split the input into the streams, one conv each, concat."""
+
+    def __init__(self, convs):
+        super().__init__()
+        self.convs = nn.ModuleList(convs)
+
+    def forward(self, x):
+        parts = torch.split(x, [c.in_channels for c in self.convs], dim=1)
+        return torch.cat([conv(part) for conv, part in zip(self.convs, parts)], dim=1)
+
+
 @pytest.mark.parametrize("with_bn", [True, False])
-@pytest.mark.parametrize("dilations,split_convs", [((1, 2, 2, 3), 3), ((1, 1, 2, 2), 2), ((3, 1), 2), ((2,), 1)])
-def test_dilation_lowering_matches_grouped_dilated_conv(with_bn, dilations, split_convs):
-    original = randomise(GDWithBN(8 * len(dilations), dilations), seed=len(dilations))
+@pytest.mark.parametrize("dilations,width,split_convs", [((1, 2, 2, 3), 10, 3), ((1, 1, 2, 2), 8, 2), ((3, 1), 6, 2),
+                                                         ((2,), 8, 1)])
+def test_dilation_lowering_matches_grouped_dilated_conv(with_bn, dilations, width, split_convs):
+    original = randomise(GDWithBN(width * len(dilations), dilations), seed=len(dilations))
     with torch.no_grad():
         for conv in original.gd.convs:
             conv.weight.normal_()
             conv.bias.normal_()
     bn = original.bn if with_bn else None
-    x = torch.randn(2, original.gd.channels, 11, 9)
-    want = plain_onnx(original if with_bn else original.gd, x)
+    gd = original.gd
+    x = torch.randn(2, gd.channels, 11, 9)
+    want = plain_onnx(original if with_bn else gd, x)
 
-    split = export_onnx(lower_split(original.gd, bn), x)
-    hist = op_histogram(split)
-    assert hist["Conv"] == split_convs
-    assert hist.get("Split", 0) == hist.get("Concat", 0) == (1 if split_convs > 1 else 0)
-    for node in split.graph.node:
-        if node.op_type == "Conv":
-            attrs = {a.name: a for a in node.attribute}
-            assert "auto_pad" not in attrs
-            d = attrs["dilations"].ints[0]
-            assert list(attrs["pads"].ints) == [d] * 4  # explicit symmetric "same" padding
-    np.testing.assert_allclose(ort_session(split.SerializeToString()).run(None, {"images": x.numpy()})[0],
-                               want, atol=1e-5)
-
-    embed_module = lower_embed(original.gd, bn)
-    assert embed_module.kernel_size == (2 * max(dilations) + 1,) * 2
-    embed = export_onnx(embed_module, x)
-    assert op_histogram(embed) == {"Conv": 1}
-    np.testing.assert_allclose(ort_session(embed.SerializeToString()).run(None, {"images": x.numpy()})[0],
-                               want, atol=1e-5)
+    for mode in ("split", "aligned", "embed"):
+        convs = lower_gd_conv(gd, mode, bn)
+        assert [c.in_channels for c in convs] == stream_sizes(gd, mode)
+        if mode == "split":
+            assert len(convs) == split_convs
+            for conv in convs:  # explicit symmetric "same" padding, the group's own dilation
+                assert conv.kernel_size == (3, 3) and conv.padding == conv.dilation
+        if mode == "embed":
+            assert len(convs) == 1 and convs[0].kernel_size == (2 * max(dilations) + 1,) * 2
+        lowered = export_onnx(Streams(convs), x)
+        for node in lowered.graph.node:
+            assert all(a.name != "auto_pad" for a in node.attribute)
+        np.testing.assert_allclose(ort_session(lowered.SerializeToString()).run(None, {"images": x.numpy()})[0],
+                                   want, atol=1e-5, err_msg=mode)
 
 
 # Default GlimmerNet (4,4,4,1) blocks, 4 stages: stem 2 convs + 13 GDBlocks + 4 Aggregators + Refiner.
+_STREAMED = {"Add": 50, "AveragePool": 1, "Clip": 49, "Concat": 9, "Conv": 60, "Div": 4, "Flatten": 1, "Gemm": 1,
+             "GlobalAveragePool": 5, "MaxPool": 3, "Mul": 12, "ReduceMean": 4, "Reshape": 12, "Split": 3, "Sqrt": 4,
+             "Transpose": 4}
+# split/aligned: 3 streams per stage. Conv: stem 2x3 + 13 blocks x 3 + 4 Aggregators + GRN unit convs
+# (3 + 3 + 3 + 1) + Refiner = 60; Add: 39 residuals + 2 per GRN + the 3 stage inputs (x*s + beta).
+# embed: one stream. Conv: 2 + 13 + 4 + 4 + 1 = 24; Add: 13 + 2 per GRN = 21.
 EXPECTED = {
-    "split": {"Add": 25, "AveragePool": 1, "Clip": 45, "Concat": 17, "Conv": 46, "Div": 4, "Flatten": 1,
-              "Gemm": 1, "GlobalAveragePool": 5, "MaxPool": 3, "Mul": 12, "ReduceMean": 4, "Reshape": 12,
-              "Split": 13, "Sqrt": 4, "Transpose": 4},
-    "embed": {"Add": 25, "AveragePool": 1, "Clip": 19, "Concat": 4, "Conv": 20, "Div": 4, "Flatten": 1,
+    "split": _STREAMED,
+    "aligned": _STREAMED,
+    "embed": {"Add": 21, "AveragePool": 1, "Clip": 19, "Concat": 4, "Conv": 24, "Div": 4, "Flatten": 1,
               "Gemm": 1, "GlobalAveragePool": 5, "MaxPool": 3, "Mul": 12, "ReduceMean": 4, "Reshape": 12,
               "Sqrt": 4, "Transpose": 4},
 }
@@ -135,7 +158,7 @@ def default_glimmernet():
     return randomise(GlimmerNet())
 
 
-@pytest.mark.parametrize("mode", ["split", "embed"])
+@pytest.mark.parametrize("mode", ["split", "aligned", "embed"])
 @pytest.mark.parametrize("dynamic", [False, True])
 def test_default_glimmernet_op_histogram_is_exact(default_glimmernet, mode, dynamic):
     model = export_onnx(deploy_form(default_glimmernet, mode, (224, 224)), torch.zeros(1, 3, 224, 224),
@@ -150,7 +173,7 @@ def test_default_glimmernet_op_histogram_is_exact(default_glimmernet, mode, dyna
 
 
 @pytest.mark.parametrize("arch", ["glimmernet", "takunet"])
-@pytest.mark.parametrize("mode", ["split", "embed"])
+@pytest.mark.parametrize("mode", ["split", "aligned", "embed"])
 def test_fp32_onnx_matches_pytorch_within_1e_4(arch, mode):
     torch.manual_seed(1)
     net = randomise(GlimmerNet() if arch == "glimmernet" else TakuNet(), seed=3)
@@ -163,3 +186,17 @@ def test_fp32_onnx_matches_pytorch_within_1e_4(arch, mode):
     assert check["max_abs_diff_image_like"] <= 1e-4
     assert check["top1_agreement"] == 1.0
     assert check["max_abs_reference"] > 1e-2  # the logits are not trivially zero
+
+
+def test_streams_run_from_stage_input_to_aggregator(default_glimmernet):
+    """Per stage, the streams each GDBlock convolves: split at runs of equal dilation, aligned at
+    multiples of 4 channels with the outer streams' foreign channels embedded, embed all at once."""
+    shapes = {mode: [[(c.in_channels, c.kernel_size[0], c.dilation[0]) for c in stage.blocks[0].convs]
+                     for stage in deploy_form(default_glimmernet, mode, (224, 224)).stages]
+              for mode in ("split", "aligned", "embed")}
+    assert shapes["split"][0] == [(10, 3, 1), (20, 3, 2), (10, 3, 3)]
+    assert shapes["aligned"][0] == [(12, 5, 1), (16, 3, 2), (12, 7, 1)]
+    assert shapes["split"][1:] == shapes["aligned"][1:] == [[(20, 3, 1), (40, 3, 2), (20, 3, 3)],
+                                                            [(40, 3, 1), (80, 3, 2), (40, 3, 3)],
+                                                            [(60, 3, 1), (120, 3, 2), (60, 3, 3)]]
+    assert shapes["embed"] == [[(40, 7, 1)], [(80, 7, 1)], [(160, 7, 1)], [(240, 7, 1)]]
