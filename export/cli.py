@@ -3,7 +3,7 @@ PyTorch, and TensorRT engines where TensorRT and a GPU exist.
 
     glimmer-export CHECKPOINT [--fp16] [--int8 --calib DIR [--calib-count N]] [--out DIR]
                    [--img-size N] [--batch N | --dynamic-batch] [--opset 17]
-                   [--dilation-mode split|embed|auto] [--val DIR]
+                   [--dilation-mode split|aligned|embed|auto] [--val DIR]
     glimmer-export NAME.onnx --fp16 | --int8     (on the target: build the engine only)
 
 Implements issue 3; the rewrites are in ``deploy_model`` / ``lower_dilation``.
@@ -18,7 +18,7 @@ from typing import Any, Dict, List, Optional, Tuple
 from glimmer.runtime.console import add_verbose_flag, run_cli
 from glimmer.runtime.errors import GlimmerError
 
-MODES = ("split", "embed", "auto")
+MODES = ("split", "aligned", "embed", "auto")
 FP32_TOLERANCE = 1e-4  # relative to max(1, largest |output|)
 
 
@@ -34,7 +34,9 @@ def build_parser() -> argparse.ArgumentParser:
     batch.add_argument("--dynamic-batch", action="store_true", help="leave the batch dimension free")
     p.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17, for TensorRT 8.x)")
     p.add_argument("--dilation-mode", choices=MODES, default="auto", help="how GDBlock convs are lowered: "
-                   "split (per-group convs), embed (one conv, larger kernel), auto (time both, keep the faster)")
+                   "split (a conv per run of equal dilation), aligned (split with runs moved to multiples of 4 "
+                   "channels, for ONNX Runtime's blocked kernels), embed (one conv, larger kernel), auto (time "
+                   "them, keep the fastest; the default)")
     p.add_argument("--fp16", action="store_true", help="also build NAME.fp16.engine (TensorRT + GPU only)")
     p.add_argument("--int8", action="store_true", help="also write NAME.int8.onnx (Q/DQ) and, with TensorRT, "
                    "NAME.int8.engine")
@@ -154,7 +156,6 @@ def _export_fp32(source, meta, args) -> Tuple[Any, Any, Any, Dict[str, Any]]:
     import torch
 
     from .onnx_export import attach_metadata, export_onnx
-    from .verify import latency_input, latency_ms, ort_session
 
     example = torch.zeros(meta.batch or 1, 3, *meta.input_size)
     lowering: Dict[str, Any] = {}
@@ -173,31 +174,66 @@ def _export_fp32(source, meta, args) -> Tuple[Any, Any, Any, Dict[str, Any]]:
     else:
         from .deploy_model import deploy_form
 
-        cfg = source.model.config
-        modes = ["split", "embed"] if args.dilation_mode == "auto" else [args.dilation_mode]
-        if len(set(cfg.dilations)) == 1 and args.dilation_mode == "auto":
-            modes = ["split"]  # one dilation: both forms are the same single depthwise conv
-            lowering["note"] = "a single dilation: split and embed give the same graph"
-        candidates, timings = {}, {}
+        modes = _candidate_modes(source.model, lowering) if args.dilation_mode == "auto" else [args.dilation_mode]
+        candidates = {}
         for mode in modes:
             say(f"exporting with dilation mode {mode}")
             candidates[mode] = export_onnx(deploy_form(source.model, mode, meta.input_size), example,
                                            opset=args.opset, dynamic_batch=args.dynamic_batch,
                                            output_names=("logits",))
-            if len(modes) > 1:
-                timings[mode] = latency_ms(ort_session(candidates[mode].SerializeToString()),
-                                           latency_input(meta), args.latency_runs)["median_ms"]
+        timings: Dict[str, float] = {}
+        if len(modes) > 1:
+            timings, lowering["timed_with"] = _time_modes(candidates, meta, args)
+            lowering["timed_ms"] = timings
         chosen = min(timings, key=timings.get) if timings else modes[0]
         lowering.update({"requested": args.dilation_mode, "chosen": chosen})
-        if timings:
-            lowering.update({"timed_ms": timings, "timed_with": "ONNX Runtime CPU, 1 thread, batch "
-                             f"{meta.batch or 1}, median of {args.latency_runs}"})
         model = candidates[chosen]
         reference = source.model.eval()
         meta = dataclasses.replace(meta, extra=dict(meta.extra, dilation_mode=chosen, opset=args.opset,
                                                     exporter="torch.onnx (TorchScript)"))
     attach_metadata(model, meta)
     return model, meta, reference, lowering
+
+
+def _time_modes(candidates: Dict[str, Any], meta, args) -> Tuple[Dict[str, float], str]:
+    """Batch latency of each candidate ONNX: with TensorRT where it can build here (FP16 if --fp16),
+    else with ONNX Runtime CPU on one thread."""
+    import tempfile
+
+    from .engines import tensorrt_latency_ms, tensorrt_status
+    from .onnx_export import save_onnx
+    from .verify import latency_input, latency_ms, ort_session
+
+    batch = latency_input(meta)
+    runs = f"batch {batch.shape[0]}, median of {args.latency_runs}"
+    usable, where = tensorrt_status()
+    if not usable:
+        return ({mode: latency_ms(ort_session(model.SerializeToString()), batch, args.latency_runs)["median_ms"]
+                 for mode, model in candidates.items()}, f"ONNX Runtime CPU, 1 thread, {runs}")
+    precision = "fp16" if args.fp16 else "fp32"
+    timings = {}
+    with tempfile.TemporaryDirectory(prefix="glimmer-auto-") as tmp:
+        for mode, model in candidates.items():
+            say(f"timing dilation mode {mode} as a TensorRT {precision} engine")
+            path = Path(tmp) / f"{mode}.onnx"
+            save_onnx(model, path)
+            timings[mode] = tensorrt_latency_ms(path, precision, meta, batch, args.latency_runs, Path(tmp))
+    return timings, f"{where}, {precision} engine, {runs}"
+
+
+def _candidate_modes(model, lowering: Dict[str, Any]) -> List[str]:
+    """The dilation modes ``auto`` times: those that give different graphs for ``model``."""
+    from .lower_dilation import MODES as LOWERINGS
+    from .lower_dilation import stream_sizes
+
+    if len(set(model.config.dilations)) == 1:
+        lowering["note"] = "a single dilation: every mode gives the same single depthwise conv"
+        return ["split"]
+    gds = [stage.blocks[0].conv for stage in model.stages]
+    if all(stream_sizes(gd, "aligned") == stream_sizes(gd, "split") for gd in gds):
+        lowering["note"] = "every run of equal dilation is a multiple of 4 channels: aligned is split"
+        return [m for m in LOWERINGS if m != "aligned"]
+    return list(LOWERINGS)
 
 
 def _engines(onnx_path: Path, int8_path: Optional[Path], calib, meta, out: Path, name: str,

@@ -38,6 +38,22 @@ def trt_calibrator(calib, cache_path: Path) -> object:
     return EntropyCalibrator(calib, cache_path)
 
 
+def tensorrt_latency_ms(onnx_path: Path, precision: str, meta: ModelMeta, batch: Any, runs: int,
+                        work_dir: Path) -> float:
+    """Median ms of one inference (copy in, compute, copy out) by an engine built from ``onnx_path``
+    in ``work_dir``: how ``--dilation-mode auto`` compares the lowerings where TensorRT exists."""
+    from glimmer.runtime.backend_trt import TensorRTBackend
+    from glimmer.runtime.trt_build import build_engine
+
+    from .verify import time_calls
+
+    engine = Path(work_dir) / f"{Path(onnx_path).stem}.{precision}.engine"
+    build_engine(Path(onnx_path), engine, precision, meta=meta, timing_cache=Path(work_dir) / TIMING_CACHE,
+                 log=lambda _msg: None)
+    with TensorRTBackend(engine, meta=meta) as backend:
+        return time_calls(lambda: backend.infer(batch), batch.shape[0], runs)["median_ms"]
+
+
 def build_engines(jobs: List[Dict[str, Any]], meta: ModelMeta, out_dir: Path, *, dynamic_batch: bool,
                   max_batch: int, log: Callable[[str], None] = print) -> List[Dict[str, Any]]:
     """Build each job ``{onnx, engine, precision[, meta][, calibrator]}``; returns the sidecars."""

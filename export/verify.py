@@ -114,18 +114,23 @@ def detection_agreement(ref: np.ndarray, out: np.ndarray, top_k: int = 10) -> Di
             "top_k": k, "top_k_agree": agree / total if total else 1.0}
 
 
-def latency_ms(session, batch: np.ndarray, runs: int = 100, warmup: int = 10) -> Dict[str, float]:
-    """Median and p90 wall time of ``session.run`` in milliseconds."""
-    feed = {session.get_inputs()[0].name: batch}
+def time_calls(fn: Callable[[], Any], batch_size: int, runs: int = 100, warmup: int = 10) -> Dict[str, float]:
+    """Median and p90 wall time of ``fn()`` in milliseconds."""
     for _ in range(warmup):
-        session.run(None, feed)
+        fn()
     times = []
     for _ in range(runs):
         start = time.perf_counter()
-        session.run(None, feed)
+        fn()
         times.append((time.perf_counter() - start) * 1e3)
     return {"median_ms": float(np.median(times)), "p90_ms": float(np.percentile(times, 90)),
-            "runs": runs, "batch": int(batch.shape[0])}
+            "runs": runs, "batch": int(batch_size)}
+
+
+def latency_ms(session, batch: np.ndarray, runs: int = 100, warmup: int = 10) -> Dict[str, float]:
+    """Median and p90 wall time of ``session.run`` (ONNX Runtime) in milliseconds."""
+    feed = {session.get_inputs()[0].name: batch}
+    return time_calls(lambda: session.run(None, feed), batch.shape[0], runs, warmup)
 
 
 def latency_input(meta: ModelMeta) -> np.ndarray:

@@ -66,7 +66,7 @@ def test_full_export_writes_onnx_int8_and_report(full_run, workdir):
     meta = ModelMeta.from_props({p.key: p.value for p in model.metadata_props})
     assert meta.task == "classify" and meta.class_names == list(CLASSES) and meta.input_size == (64, 64)
     assert meta.source_sha256 == sha256_file(workdir / "tiny.pt")
-    assert meta.precision == "fp32" and meta.batch == 1 and meta.extra["dilation_mode"] in ("split", "embed")
+    assert meta.precision == "fp32" and meta.batch == 1 and meta.extra["dilation_mode"] in ("split", "aligned", "embed")
 
     int8 = onnx.load(str(out / "tiny.int8.onnx"))
     assert ModelMeta.from_props({p.key: p.value for p in int8.metadata_props}).precision == "int8"
@@ -78,11 +78,14 @@ def test_full_export_writes_onnx_int8_and_report(full_run, workdir):
     fp32, q = report["artifacts"]
     assert fp32["sha256"] == sha256_file(out / "tiny.onnx") and fp32["size_bytes"] == (out / "tiny.onnx").stat().st_size
     assert fp32["vs_pytorch"]["max_abs_diff"] <= 1e-4 and fp32["vs_pytorch"]["top1_agreement"] == 1.0
-    assert fp32["op_counts"]["Conv"] == (2 + 5 + 4 + 1 if meta.extra["dilation_mode"] == "embed" else 2 + 15 + 4 + 1)
+    # stem + GDBlock convs (2+1+1+1 blocks) + 4 Aggregators + GRN unit convs + Refiner; streams per stage:
+    # embed 1,1,1,1; split 3,3,3,3 (runs 2,4,2 ...); aligned 2,3,3,3 (stage 1: 4+4 channels)
+    convs = {"embed": 2 + 5 + 4 + 4 + 1, "split": 6 + 15 + 4 + 10 + 1, "aligned": 4 + 13 + 4 + 10 + 1}
+    assert fp32["op_counts"]["Conv"] == convs[meta.extra["dilation_mode"]]
     assert fp32["onnxruntime_cpu_latency"]["batch"] == 1 and fp32["onnxruntime_cpu_latency"]["median_ms"] > 0
     assert q["kind"] == "onnx-int8" and 0 <= q["vs_pytorch"]["top1_agreement"] <= 1
     lowering = report["dilation_lowering"]
-    assert lowering["requested"] == "auto" and set(lowering["timed_ms"]) == {"split", "embed"}
+    assert lowering["requested"] == "auto" and set(lowering["timed_ms"]) == {"split", "aligned", "embed"}
     assert lowering["chosen"] == min(lowering["timed_ms"], key=lowering["timed_ms"].get)
     assert report["int8"]["calibration"]["images"] == 12
     assert isinstance(report["int8"]["faster_than_fp32_on_this_cpu"], bool)
@@ -188,6 +191,48 @@ def test_yolov8_pt_exports_through_ultralytics_loader(tmp_path):
     assert np.isfinite(check["box_max_abs_diff"])
 
 
+def recording_builder(calls):
+    """A stand-in for trt_build.build_engine that records its call and writes a dummy engine."""
+    def build(onnx_path, engine_path, precision, *, meta, timing_cache=None, calibrator=None,
+              min_batch=None, opt_batch=None, max_batch=None, log=print):
+        calls.append((Path(onnx_path).name, Path(engine_path).name, precision, meta.precision,
+                      Path(timing_cache).name, max_batch))
+        Path(engine_path).write_bytes(b"fake")
+        return {"engine": str(engine_path)}
+    return build
+
+
+@pytest.mark.slow
+def test_auto_times_the_lowerings_as_tensorrt_engines_where_tensorrt_builds(workdir, tmp_path, monkeypatch):
+    """Bookkeeping only: with TensorRT usable, auto times every candidate ONNX as an engine (here a
+    recorder returning set latencies) instead of with ONNX Runtime, as FP16 for --fp16, in a
+    folder that is gone afterwards. No real TensorRT runs here."""
+    from glimmer.export import engines
+    from glimmer.runtime import trt_build
+
+    timed, built = [], []
+    latency = {"split": 3.0, "aligned": 2.0, "embed": 1.0}
+
+    def fake_latency(onnx_path, precision, meta, batch, runs, work_dir):
+        timed.append((Path(onnx_path).name, precision, batch.shape, runs, Path(work_dir)))
+        assert onnx.load(str(onnx_path)).graph.node  # a complete ONNX on disk
+        return latency[Path(onnx_path).stem]
+
+    monkeypatch.setattr(engines, "tensorrt_status", lambda: (True, "TensorRT 10.3 (fake) on Orin (fake)"))
+    monkeypatch.setattr(engines, "tensorrt_latency_ms", fake_latency)
+    monkeypatch.setattr(trt_build, "build_engine", recording_builder(built))
+    out = tmp_path / "out"
+    assert export([workdir / "tiny.pt", "--out", out, "--fp16", "--latency-runs", 3]) == 0
+    assert [t[:4] for t in timed] == [(f"{m}.onnx", "fp16", (1, 3, 64, 64), 3) for m in ("split", "aligned", "embed")]
+    assert not timed[0][4].exists()
+    lowering = json.loads((out / "export-report.json").read_text())["dilation_lowering"]
+    assert lowering["timed_ms"] == latency and lowering["chosen"] == "embed"
+    assert lowering["timed_with"] == "TensorRT 10.3 (fake) on Orin (fake), fp16 engine, batch 1, median of 3"
+    assert [b[:3] for b in built] == [("tiny.onnx", "tiny.fp16.engine", "fp16")]
+    meta = ModelMeta.from_props({p.key: p.value for p in onnx.load(str(out / "tiny.onnx")).metadata_props})
+    assert meta.extra["dilation_mode"] == "embed"
+
+
 @pytest.mark.slow
 def test_engine_jobs_with_fake_tensorrt_builder(workdir, tmp_path, monkeypatch):
     """Bookkeeping only: which ONNX each engine is built from, names and batch profile. No real
@@ -196,16 +241,8 @@ def test_engine_jobs_with_fake_tensorrt_builder(workdir, tmp_path, monkeypatch):
     from glimmer.runtime import trt_build
 
     calls = []
-
-    def fake_build(onnx_path, engine_path, precision, *, meta, timing_cache=None, calibrator=None,
-                   min_batch=None, opt_batch=None, max_batch=None, log=print):
-        calls.append((Path(onnx_path).name, Path(engine_path).name, precision, meta.precision,
-                      Path(timing_cache).name, max_batch))
-        Path(engine_path).write_bytes(b"fake")
-        return {"engine": str(engine_path)}
-
     monkeypatch.setattr(engines, "tensorrt_status", lambda: (True, "fake tensorrt"))
-    monkeypatch.setattr(trt_build, "build_engine", fake_build)
+    monkeypatch.setattr(trt_build, "build_engine", recording_builder(calls))
     out = tmp_path / "out"
     assert export([workdir / "tiny.pt", "--out", out, "--dynamic-batch", "--max-batch", 4, "--fp16", "--int8",
                    "--calib", workdir / "data" / "Train", "--calib-count", 4, "--dilation-mode", "split",
