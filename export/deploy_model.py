@@ -64,12 +64,11 @@ def output_slice(conv: nn.Conv2d, start: int, stop: int) -> nn.Conv2d:
     """Output channels ``[start, stop)`` of ``conv`` as a conv of their own (a depthwise conv keeps
     only the matching inputs too). Exact: each output channel is computed as before."""
     depthwise = conv.groups == conv.in_channels == conv.out_channels
-    n = stop - start
-    out = nn.Conv2d(n if depthwise else conv.in_channels, n, conv.kernel_size, stride=conv.stride,
-                    padding=conv.padding, dilation=conv.dilation, groups=n if depthwise else conv.groups,
-                    bias=True)
     if not depthwise and conv.groups != 1:
         raise ValueError("only dense or depthwise convs are sliced by output channel")
+    n = stop - start
+    out = nn.Conv2d(n if depthwise else conv.in_channels, n, conv.kernel_size, stride=conv.stride,
+                    padding=conv.padding, dilation=conv.dilation, groups=n if depthwise else 1, bias=True)
     out.weight.copy_(conv.weight[start:stop])
     out.bias.copy_(conv.bias[start:stop])
     return out.eval()
@@ -148,7 +147,8 @@ class DeployGRN(nn.Module):
     GlobalAveragePool runs in ONNX Runtime's blocked (NCHWc) layout, where ReduceL2 forces reorders.
     Each stream gets ``+ beta`` as the bias of a unit-weight 1x1 depthwise conv: ONNX Runtime moves
     convs, and only then the Adds fed by them, into its blocked layout, so a stage whose input came
-    from a plain Add would pay a reorder pair in every GDBlock; TensorRT folds the unit conv away.
+    from a plain Add would pay a reorder pair in every GDBlock. For TensorRT it is a per-channel
+    shift like the Add it replaces (not measured there: no TensorRT on our machines).
     """
 
     def __init__(self, grn: GRN, spatial: Tuple[int, int], sizes: Sequence[int]) -> None:
