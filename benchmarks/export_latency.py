@@ -14,7 +14,6 @@ import io
 import os
 import platform
 import tempfile
-import time
 import warnings
 from pathlib import Path
 
@@ -26,21 +25,14 @@ from glimmer.export.deploy_model import deploy_form
 from glimmer.export.int8 import quantize_int8
 from glimmer.export.lower_dilation import MODES
 from glimmer.export.onnx_export import export_onnx
-from glimmer.export.verify import ort_session
+from glimmer.export.verify import ort_session, time_calls
 from glimmer.models.glimmernet import GlimmerNet
 from glimmer.runtime.metadata import ModelMeta
 from glimmer.train.synthetic import CLASSES, make_scene_dataset
 
 
 def median_ms(fn, runs: int, warmup: int = 20) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return float(np.median(times) * 1e3)
+    return time_calls(fn, 1, runs, warmup)["median_ms"]
 
 
 def single_thread_ms(blob: bytes, feed: np.ndarray, runs: int = 100) -> float:

@@ -139,20 +139,15 @@ def find_unreadable(
         return read_image(path) is None
 
     with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
-        interactive = hasattr(sys.stderr, "isatty") and sys.stderr.isatty()
-        flags = list(
-            tqdm(
-                pool.map(bad, paths),
-                total=len(paths),
-                desc=desc,
-                unit="img",
-                leave=False,
-                file=sys.stderr,
-                dynamic_ncols=True,
-                mininterval=0.1 if interactive else 5.0,
-            )
-        )
+        flags = list(progress(pool.map(bad, paths), desc, total=len(paths), unit="img"))
     return [p for p, is_bad in zip(paths, flags) if is_bad]
+
+
+def progress(iterable, desc: str, total: Optional[int] = None, unit: str = "batch") -> tqdm:
+    """A transient bar on stderr; off a terminal (CI logs) it redraws every few seconds."""
+    interactive = hasattr(sys.stderr, "isatty") and sys.stderr.isatty()
+    return tqdm(iterable, desc=desc, total=total, unit=unit, leave=False, file=sys.stderr,
+                dynamic_ncols=True, mininterval=0.1 if interactive else 5.0)
 
 
 def load_aider(

@@ -17,7 +17,6 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from glimmer.models.checkpoint import load_checkpoint, save_checkpoint
 from glimmer.models.glimmernet import GlimmerNet, build_model, count_params
@@ -26,7 +25,7 @@ from glimmer.runtime.metrics import classification_report
 
 from . import report
 from .augment import ClassifierTransform, classifier_meta
-from .data import AiderDataset, ImageDataset, load_aider, make_loader
+from .data import AiderDataset, ImageDataset, load_aider, make_loader, progress
 
 RECIPE = {
     "optimizer": "RMSprop", "alpha": 0.9, "momentum": 0.9, "weight_decay": 1e-5, "eps": 1e-8,
@@ -101,21 +100,6 @@ def set_rng_state(state: Dict[str, Any]) -> None:
             np_state["has_gauss"],
             np_state["cached_gaussian"],
         )
-    )
-
-
-def progress(iterable, desc: str, total: Optional[int] = None) -> tqdm:
-    """A per-epoch bar on stderr; off a terminal (CI logs) it redraws every few seconds."""
-    interactive = hasattr(sys.stderr, "isatty") and sys.stderr.isatty()
-    return tqdm(
-        iterable,
-        desc=desc,
-        total=total,
-        unit="batch",
-        leave=False,
-        file=sys.stderr,
-        dynamic_ncols=True,
-        mininterval=0.1 if interactive else 5.0,
     )
 
 
