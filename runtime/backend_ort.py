@@ -4,6 +4,8 @@ Execution providers are chosen by availability, best first: TensorRT EP (engine 
 INT8 from the model's precision), CUDA EP, CPU EP; ONNX Runtime itself falls back to the next
 provider for nodes one cannot run. The model's metadata comes from the ONNX custom metadata map
 (key ``glimmer``, or ultralytics' own keys), so no flags are needed to preprocess or decode.
+On the CPU EP an INT8 model's Q/DQ are fused or simulated in float by ``int8_kernels``
+(int8_policy.py): fused u8*s8 kernels saturate on x86 without VNNI.
 """
 import os
 from pathlib import Path
@@ -12,7 +14,9 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from .backend import Backend, TensorSpec
+from .cpu import cpu_facts
 from .errors import GlimmerError
+from .int8_policy import DISABLE_QDQ, MODES, check_int8_kernels, describe_int8, int8_policy
 from .metadata import ModelMeta
 
 PREFERENCE = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
@@ -48,19 +52,23 @@ class OnnxRuntimeBackend(Backend):
         spin: let idle worker threads spin; off by default because the pipeline's other stages
             need those cores while inference waits.
         trt_cache_dir: where the TensorRT EP caches its engines (default: beside the model).
+        int8_kernels: ``auto``, ``fused`` or ``simulated``: how the CPU EP runs an INT8 model's
+            Q/DQ (int8_policy.py); ignored for other models and on the TensorRT / CUDA EPs.
     """
 
     name = "onnxruntime"
 
     def __init__(self, model_path: Path, meta: Optional[ModelMeta] = None,
                  providers: Optional[Sequence[str]] = None, threads: Optional[int] = None,
-                 spin: bool = False, trt_cache_dir: Optional[Path] = None, device_id: int = 0) -> None:
+                 spin: bool = False, trt_cache_dir: Optional[Path] = None, device_id: int = 0,
+                 int8_kernels: str = "auto") -> None:
         super().__init__()
         self.model_path = Path(model_path)
         if not self.model_path.is_file():
             raise GlimmerError(f"{self.model_path}: no such model file")
         if threads is not None and threads < 1:
             raise GlimmerError(f"threads must be at least 1, got {threads}")
+        self.int8_kernels = check_int8_kernels(int8_kernels)
         self._meta = meta
         self._wanted = list(providers) if providers else None
         self.threads = threads
@@ -69,6 +77,7 @@ class OnnxRuntimeBackend(Backend):
         self.device_id = device_id
         self._session = None
         self._input_names: List[str] = []
+        self._int8: Optional[Tuple[str, str]] = None  # (mode, reason) once the session exists
 
     # -- session -------------------------------------------------------------------------------
     def _provider_list(self, ort, precision: str) -> List[ProviderArg]:
@@ -98,18 +107,30 @@ class OnnxRuntimeBackend(Backend):
                 chosen.append(name)
         return chosen
 
-    def _precision(self, ort) -> str:
-        """The model's precision, for the TensorRT EP's FP16 / INT8 flags (known before the session)."""
+    def _early_meta(self) -> Optional[ModelMeta]:
+        """The metadata before the session exists: the TensorRT EP's FP16 / INT8 flags and the CPU
+        EP's INT8 policy are session options. Given metadata is used as is; otherwise the file's map
+        is read (a walk of the protobuf's top level, not the graph) and kept for :attr:`meta`. None
+        when the file has none: the session then reports the problem."""
         if self._meta is not None:
-            return self._meta.precision
-        if "TensorrtExecutionProvider" not in ort.get_available_providers():
-            return "fp32"
+            return self._meta
         from .loader import read_onnx_metadata  # the session that would tell us does not exist yet
 
         try:
-            return ModelMeta.from_props(read_onnx_metadata(self.model_path)).precision
+            return ModelMeta.from_props(read_onnx_metadata(self.model_path), origin=str(self.model_path))
         except GlimmerError:
-            return "fp32"
+            return None
+
+    def _int8_options(self, opts, meta: Optional[ModelMeta],
+                      providers: Sequence[ProviderArg]) -> Optional[Tuple[str, str]]:
+        """Apply ``int8_kernels`` to an INT8 model bound for the CPU EP; its (mode, reason)."""
+        first = providers[0] if providers else "CPUExecutionProvider"
+        if meta is None or (first if isinstance(first, str) else first[0]) != "CPUExecutionProvider":
+            return None  # no metadata, or a GPU EP, which runs Q/DQ its own way
+        mode, reason = int8_policy(meta, cpu_facts(), self.int8_kernels)
+        if mode == "simulated":  # Q/DQ evaluated in float: no integer kernel to saturate
+            opts.add_session_config_entry(DISABLE_QDQ, "1")
+        return (mode, reason) if mode is not None else None
 
     def _open(self):
         if self._session is not None:
@@ -124,18 +145,22 @@ class OnnxRuntimeBackend(Backend):
         if not self.spin:
             opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         opts.log_severity_level = 3  # errors only: provider fallback notices are ours to report
+        meta = self._early_meta()
+        providers = self._provider_list(ort, meta.precision if meta is not None else "fp32")
+        int8 = self._int8_options(opts, meta, providers)
         try:
-            session = ort.InferenceSession(str(self.model_path), sess_options=opts,
-                                           providers=self._provider_list(ort, self._precision(ort)))
+            session = ort.InferenceSession(str(self.model_path), sess_options=opts, providers=providers)
         except GlimmerError:
             raise
         except Exception as exc:  # ORT raises its own Fail/InvalidGraph/... types
             raise GlimmerError(f"{self.model_path}: ONNX Runtime cannot load the model: "
                                f"{str(exc).strip().splitlines()[0]}") from None
+        if self._meta is None and meta is not None:
+            self._meta = meta  # read from the file above: not parsed a second time
         if self._meta is None:
             props = dict(session.get_modelmeta().custom_metadata_map)
             self._meta = ModelMeta.from_props(props, origin=str(self.model_path))
-        self._session = session
+        self._session, self._int8 = session, int8
         self._input_names = [i.name for i in session.get_inputs()]
         if len(self._input_names) != 1:
             raise GlimmerError(f"{self.model_path}: expected one image input, the model has "
@@ -177,9 +202,23 @@ class OnnxRuntimeBackend(Backend):
         cores = os.cpu_count() or 1
         return max(1, min(4, cores // (self.threads or cores)))
 
+    @property
+    def int8_mode(self) -> Optional[str]:
+        """``fused`` or ``simulated`` for an INT8 model on the CPU EP, else None."""
+        self._open()
+        return self._int8[0] if self._int8 else None
+
+    @property
+    def int8_execution(self) -> Optional[str]:
+        """How the CPU EP runs this INT8 model, with why (``ONNX Runtime's Q/DQ fusion on (x86_64, AVX-512
+        VNNI)``); None for other models and on GPU EPs."""
+        self._open()
+        return describe_int8(*self._int8) if self._int8 else None
+
     def describe(self) -> str:
         threads = f", {self.threads} threads" if self.threads else ""
-        return f"onnxruntime ({', '.join(self.providers)}{threads})"
+        int8 = f", INT8 {MODES[self.int8_mode]}" if self.int8_mode else ""
+        return f"onnxruntime ({', '.join(self.providers)}{threads}{int8})"
 
     def _activate(self) -> None:
         self._open()

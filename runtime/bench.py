@@ -1,7 +1,8 @@
 """glimmer-bench: how fast a model runs here, model-only and end to end, in trtexec's vocabulary.
 
     glimmer-bench --model PATH [--source URI | --synthetic] [--batch N] [--warmup N] [--iters N]
-                  [--threads N] [--backend B] [--compare torch,onnx-naive=PATH,ultralytics]
+                  [--threads N] [--backend B] [--int8-kernels auto|fused|simulated]
+                  [--compare torch,onnx-naive=PATH,ultralytics]
                   [--json out.json] [--plot out.png]
 
 Two figures, each with min / max / mean / median / p90 / p95 / p99 latency and throughput, the way
@@ -36,6 +37,7 @@ from .config import BACKENDS
 from .console import StatusLine, add_verbose_flag, run_cli
 from .errors import GlimmerError
 from .fsutil import atomic_path, atomic_write_text
+from .int8_policy import INT8_KERNELS, int8_note
 from .loader import open_backend
 from .metadata import ModelMeta
 from .meter import Meter, StageStats
@@ -234,9 +236,11 @@ def format_markdown(report: Dict[str, Any]) -> str:
     lines = [f"device: {m['device']}; GPU: {m['gpu']}; ONNX Runtime {m['onnxruntime']}; "
              f"TensorRT {m['tensorrt']}; threads: {m['threads']}",
              f"model: {report['model']['path']} ({report['model']['task']}, "
-             f"{report['model']['precision']}) on {report['model']['backend']}", "",
-             "| figure | min ms | max ms | mean ms | median ms | p90 ms | p95 ms | p99 ms | throughput | vs glimmer |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             f"{report['model']['precision']}) on {report['model']['backend']}"]
+    if report["model"].get("int8_execution"):
+        lines.append(f"INT8 {report['model']['int8_execution']}")
+    lines += ["", "| figure | min ms | max ms | mean ms | median ms | p90 ms | p95 ms | p99 ms | throughput | vs glimmer |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
     mo = report["model_only"]
     lines.append(_row(f"model-only (batch {mo['batch']})", mo["latency_ms"],
                       f"{mo['throughput_qps']:.1f} qps, {mo['throughput_images_per_s']:.1f} img/s"))
@@ -325,6 +329,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, metavar="N", help="ONNX Runtime intra-op threads (peers too)")
     p.add_argument("--backend", choices=BACKENDS, default="auto", help="inference backend (default auto)")
     p.add_argument("--cache-dir", type=Path, metavar="DIR", help="TensorRT engine cache folder")
+    p.add_argument("--int8-kernels", choices=INT8_KERNELS, default="auto",
+                   help="INT8 on ONNX Runtime's CPU: fused integer kernels or Q/DQ simulated in float "
+                        "(default auto: simulated where fused u8*s8 kernels saturate, x86 without VNNI)")
     p.add_argument("--compare", metavar="PEERS", help="peers timed on the same inputs: torch[=CKPT], "
                    "onnx-naive=PATH, ultralytics (comma-separated)")
     p.add_argument("--no-end-to-end", action="store_true", help="model-only figures only")
@@ -357,7 +364,7 @@ def _batch_size(backend: Backend, wanted: Optional[int]) -> int:
 def run(args: argparse.Namespace) -> Dict[str, Any]:
     peers = make_peers(parse_compare(args.compare)) if args.compare else []
     backend = open_backend(args.model, args.backend, cache_dir=args.cache_dir, threads=args.threads,
-                           log=lambda line: print(line, file=sys.stderr))
+                           int8_kernels=args.int8_kernels, log=lambda line: print(line, file=sys.stderr))
     with backend:
         meta: ModelMeta = backend.meta
         size = _batch_size(backend, args.batch)
@@ -368,7 +375,7 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
             "tool": "glimmer-bench", "machine": describe_machine(args.threads),
             "model": {"path": str(args.model), "name": meta.name, "task": meta.task,
                       "precision": meta.precision, "input_size": list(meta.input_size),
-                      "backend": backend.describe()},
+                      "backend": backend.describe(), "int8_execution": int8_note(backend)},
             "settings": {"batch": size, "warmup": args.warmup, "iters": args.iters,
                          "threads": args.threads, "source": args.source or "synthetic"}}
         report["model_only"] = model_only(backend, batch, args.warmup, args.iters)

@@ -66,6 +66,8 @@ def format_table(results: List[CheckResult]) -> str:
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
     for result in results:
+        for role, how in result.details.get("int8_execution", {}).items():
+            notes.append(f"  {result.check.name}: {'' if role == 'model' else role + ' '}INT8 {how}")
         per_class = result.details.get("accuracy", {}).get("per_class")
         if per_class:
             parts = ", ".join(f"{n} F1 {v['f1']:.3f} (n={v['support']})" for n, v in per_class.items())

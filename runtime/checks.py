@@ -10,6 +10,10 @@ A check is one model on one kind of data with bounds it must stay within:
               ``max_drop``, the drop of the headline metric (weighted F1 / mAP50-95) from the
               reference to this model (e.g. FP32 -> INT8) is bounded too.
 
+``int8_kernels`` (auto | fused | simulated) is how ONNX Runtime's CPU EP runs an INT8 model of the
+check (int8_policy.py); the result notes which execution each INT8 model got, since fused kernels
+can lose accuracy where u8*s8 pair sums saturate (x86 without VNNI). FP32 models are unaffected.
+
 ``device`` names the machine the baseline was measured on (glimmer-bench's "device" line): on any
 other machine the check is SKIPPED with the reason, never passed. A check whose model or data is
 missing, or that cannot run, is an ERROR. Unknown keys are errors naming the key, with did-you-mean.
@@ -20,6 +24,7 @@ from typing import Any, Callable, Dict, List, Optional
 
 from .config import BACKENDS, Key, _did_you_mean, _type_name, check_value
 from .errors import GlimmerError
+from .int8_policy import INT8_KERNELS, int8_note
 
 SPEED_BOUNDS = ("min_fps", "max_p99_ms")
 ACCURACY_BOUNDS = ("min_accuracy", "min_f1_weighted", "min_map50", "min_map50_95")
@@ -30,6 +35,7 @@ DETECT_BOUNDS = ("min_map50", "min_map50_95")
 SCHEMA: Dict[str, Key] = {
     "model": Key("path"), "data": Key("source"), "reference": Key("path"), "device": Key("str"),
     "backend": Key("str", "auto", BACKENDS), "threads": Key("int", None, minimum=1),
+    "int8_kernels": Key("str", "auto", INT8_KERNELS),
     "frames": Key("int", 200, minimum=1), "warmup": Key("int", 20, minimum=0),
     "min_fps": Key("float", None, minimum=0.0), "max_p99_ms": Key("float", None, minimum=0.0),
     "min_accuracy": Key("float", None, minimum=0.0, maximum=1.0),
@@ -57,6 +63,7 @@ class Check:
     device: Optional[str] = None
     backend: str = "auto"
     threads: Optional[int] = None
+    int8_kernels: str = "auto"
     frames: int = 200
     warmup: int = 20
 
@@ -104,6 +111,7 @@ def parse_check(name: str, table: Any, origin: str, base: Path) -> Check:
     return Check(name=name, model=values["model"], data=_data_path(str(values["data"]), base),
                  bounds=bounds, reference=values.get("reference"), device=values.get("device"),
                  backend=values.get("backend", "auto"), threads=values.get("threads"),
+                 int8_kernels=values.get("int8_kernels", "auto"),
                  frames=values.get("frames", 200), warmup=values.get("warmup", 20))
 
 
@@ -175,7 +183,15 @@ def judge(check: Check, measured: Dict[str, float]) -> List[Row]:
 def _open(model: Path, check: Check):
     from .loader import open_backend
 
-    return open_backend(model, check.backend, threads=check.threads, log=lambda line: None)
+    return open_backend(model, check.backend, threads=check.threads, int8_kernels=check.int8_kernels,
+                        log=lambda line: None)
+
+
+def _note_int8(backend, role: str, details: Dict[str, Any]) -> None:
+    """Record how an INT8 model was executed (fused or simulated, and why) under ``role``."""
+    note = int8_note(backend)
+    if note:
+        details.setdefault("int8_execution", {})[role] = note
 
 
 def _speed(check: Check, details: Dict[str, Any]) -> Dict[str, float]:
@@ -184,6 +200,7 @@ def _speed(check: Check, details: Dict[str, Any]) -> Dict[str, float]:
     from .preprocess import Preprocessor
 
     with _open(check.model, check) as backend:
+        _note_int8(backend, "model", details)
         batch, _ = Preprocessor(backend.meta)(source_frames(check.data, 1))
         batch = batch.astype(backend.inputs[0].dtype, copy=False)
         for _ in range(check.warmup):  # first calls allocate and tune: not what a baseline means
@@ -200,6 +217,7 @@ def _accuracy(check: Check, details: Dict[str, Any]) -> Dict[str, float]:
     from .evaluate import evaluate
 
     with _open(check.model, check) as backend:
+        _note_int8(backend, "model", details)
         task = backend.meta.task
         wrong = [b for b in check.bounds if b in (DETECT_BOUNDS if task == "classify" else CLASSIFY_BOUNDS)]
         if wrong:
@@ -209,6 +227,7 @@ def _accuracy(check: Check, details: Dict[str, Any]) -> Dict[str, float]:
     measured = {k: float(report[k]) for k in ("accuracy", "f1_weighted", "map50", "map50_95") if k in report}
     if check.reference is not None:
         with _open(check.reference, check) as ref_backend:
+            _note_int8(ref_backend, "reference", details)
             if ref_backend.meta.task != task:
                 raise GlimmerError(f"reference {check.reference.name} is a {ref_backend.meta.task} model, "
                                    f"{check.model.name} a {task} model")

@@ -3,6 +3,7 @@
     glimmer-run [--model PATH] [--camera N | --source URI] [--backend auto|tensorrt|onnxruntime]
                 [--output results.jsonl] [--save out.mp4] [--show | --headless] [--max-frames N]
                 [--duration S] [--report report.json] [--config deploy.toml] [--threads N]
+                [--int8-kernels auto|fused|simulated]
 
 The task (classification or detection) and the preprocessing come from the model's metadata. Flags
 override deploy.toml, which overrides the built-in defaults. Ctrl-C stops cleanly and still prints
@@ -21,6 +22,7 @@ from .console import add_verbose_flag, run_cli
 from .detect import DetectSettings
 from .errors import GlimmerError
 from .fsutil import atomic_write_text
+from .int8_policy import int8_note
 from .loader import open_backend
 from .metadata import ModelMeta
 from .meter import format_report
@@ -43,6 +45,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--backend", choices=BACKENDS, help="inference backend (default: auto)")
     parser.add_argument("--cache-dir", type=Path, metavar="DIR", help="TensorRT engine cache folder")
     parser.add_argument("--threads", type=int, metavar="N", help="ONNX Runtime intra-op threads")
+    # Checked like the deploy.toml key (one error line), so no argparse choices.
+    parser.add_argument("--int8-kernels", metavar="{auto,fused,simulated}",
+                        help="INT8 on ONNX Runtime's CPU: fused integer kernels, or Q/DQ simulated in "
+                             "float (auto: simulated where fused u8*s8 kernels saturate, x86 without VNNI)")
     parser.add_argument("--output", type=Path, metavar="FILE", help="per-frame results as JSON lines")
     parser.add_argument("--save", type=Path, metavar="VIDEO", help="annotated video (.mp4, .avi, .mkv)")
     window = parser.add_mutually_exclusive_group()
@@ -65,6 +71,7 @@ def settings_from(args: argparse.Namespace) -> DeployConfig:
     for dotted, value, flag in (
             ("model.path", args.model, "--model"), ("model.backend", args.backend, "--backend"),
             ("model.cache_dir", args.cache_dir, "--cache-dir"), ("model.threads", args.threads, "--threads"),
+            ("model.int8_kernels", args.int8_kernels, "--int8-kernels"),
             ("runtime.source", source, "--camera" if args.camera is not None else "--source"),
             ("runtime.max_frames", args.max_frames, "--max-frames"),
             ("runtime.duration", args.duration, "--duration"), ("runtime.loop", args.loop, "--loop"),
@@ -129,7 +136,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     with contextlib.ExitStack() as stack:
         source = stack.enter_context(open_source(config["runtime.source"], options))
         backend = open_backend(model, config["model.backend"], cache_dir=config["model.cache_dir"],
-                               threads=config["model.threads"],
+                               threads=config["model.threads"], int8_kernels=config["model.int8_kernels"],
                                log=lambda line: print(line, file=sys.stderr))
         stack.enter_context(backend)
         meta = backend.meta
@@ -138,6 +145,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"model   {model} ({meta.name}, {meta.task}, {meta.num_classes} classes, input "
               f"{meta.input_size[0]}x{meta.input_size[1]}, {meta.precision})")
         print(f"backend {backend.describe()}")
+        int8 = int8_note(backend)
+        if int8:
+            print(f"int8    {int8}")
         print(f"source  {source.description} ({'live: newest frame only' if source.live else 'every frame'})")
         if note:
             print(f"note    {note}")
@@ -149,6 +159,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         report.update({"model": str(model), "model_name": meta.name, "task": meta.task,
                        "backend": backend.describe(), "source": source.description,
                        "notes": [note] if note else []})
+        if int8:
+            report["int8_execution"] = int8
     print("")
     print(format_report(report))
     if note:

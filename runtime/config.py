@@ -1,6 +1,7 @@
 """deploy.toml: the deployment profile's defaults for glimmer-run; command-line flags override it.
 
-    [model]     path, backend (auto|onnxruntime|tensorrt), cache_dir, threads
+    [model]     path, backend (auto|onnxruntime|tensorrt), cache_dir, threads,
+                int8_kernels (auto|fused|simulated: INT8 on ONNX Runtime's CPU EP, int8_policy.py)
     [runtime]   source (URI or camera index), width, height, rate, loop, flip, max_frames,
                 duration, show, print_interval
     [outputs]   jsonl, video, report
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Any, Dict, Optional, Tuple
 
 from .errors import GlimmerError
+from .int8_policy import INT8_KERNELS
 from .sources import FLIPS
 
 BACKENDS = ("auto", "onnxruntime", "tensorrt")
@@ -37,7 +39,8 @@ class Key:
 
 SCHEMA: Dict[str, Dict[str, Key]] = {
     "model": {"path": Key("path"), "backend": Key("str", "auto", BACKENDS),
-              "cache_dir": Key("path"), "threads": Key("int", None, minimum=1)},
+              "cache_dir": Key("path"), "threads": Key("int", None, minimum=1),
+              "int8_kernels": Key("str", "auto", INT8_KERNELS)},
     "runtime": {"source": Key("source"), "width": Key("int", None, minimum=1),
                 "height": Key("int", None, minimum=1), "rate": Key("float", None, minimum=0.1),
                 "loop": Key("int", 1, minimum=0), "flip": Key("str", "none", FLIPS),

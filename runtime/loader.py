@@ -17,6 +17,7 @@ from typing import Dict, Optional, Tuple
 
 from .backend import Backend
 from .errors import GlimmerError
+from .int8_policy import check_int8_kernels
 from .metadata import ModelMeta
 
 BACKENDS = ("auto", "onnxruntime", "tensorrt")
@@ -139,7 +140,7 @@ def resolve_backend(model_path: Path, backend: str = "auto") -> str:
 
 
 def open_backend(model_path: Path, backend: str = "auto", *, cache_dir: Optional[Path] = None,
-                 threads: Optional[int] = None, log=print) -> Backend:
+                 threads: Optional[int] = None, int8_kernels: str = "auto", log=print) -> Backend:
     """The backend for ``model_path``, constructed but not yet activated.
 
     Args:
@@ -147,9 +148,12 @@ def open_backend(model_path: Path, backend: str = "auto", *, cache_dir: Optional
         backend: ``auto``, ``onnxruntime`` or ``tensorrt``.
         cache_dir: engine cache folder for ``.onnx`` + ``tensorrt`` (trt_build's default if None).
         threads: ONNX Runtime intra-op threads.
+        int8_kernels: ``auto``, ``fused`` or ``simulated``: how ONNX Runtime's CPU EP runs an INT8
+            model's Q/DQ (int8_policy.py); TensorRT runs them its own way.
         log: where engine-build progress lines go.
     """
     model_path = Path(model_path)
+    check_int8_kernels(int8_kernels)
     if not model_path.is_file():
         raise GlimmerError(f"--model {model_path}: no such file")
     kind = resolve_backend(model_path, backend)
@@ -157,7 +161,7 @@ def open_backend(model_path: Path, backend: str = "auto", *, cache_dir: Optional
     if kind == "onnxruntime":
         from .backend_ort import OnnxRuntimeBackend
 
-        return OnnxRuntimeBackend(model_path, threads=threads)
+        return OnnxRuntimeBackend(model_path, threads=threads, int8_kernels=int8_kernels)
     trt_build, backend_trt = _trt_modules()
     if suffix == ".onnx":
         meta = ModelMeta.from_props(read_onnx_metadata(model_path), origin=str(model_path))

@@ -36,6 +36,7 @@ def test_values_defaults_and_relative_paths(tmp_path):
     ('[detect]\nconf = 1.5\n', "key 'detect.conf' must be at most 1"),
     ('[model]\nbackend = "tensorrtt"\n', "key 'model.backend' must be one of auto, onnxruntime, tensorrt, got 'tensorrtt' (did you mean 'tensorrt'?)"),
     ('[runtime]\nshow = "yes"\n', "key 'runtime.show' must be true or false"),
+    ('[model]\nint8_kernels = "fast"\n', "key 'model.int8_kernels' must be one of auto, fused, simulated, got 'fast'"),
     ('model = "x.onnx"\n', "key 'model' must be a table"),
     ('[model\npath = 1\n', "not valid TOML"),
 ])
@@ -88,4 +89,5 @@ def test_flag_values_are_checked_like_config_values(capsys):
 def test_repository_deploy_toml_is_valid():
     cfg = load_config(REPO / "deploy.toml")
     assert cfg["model.path"] == REPO / "demo" / "glimmernet.onnx"
+    assert cfg["model.int8_kernels"] == "auto"
     assert cfg["runtime.source"]
