@@ -22,7 +22,7 @@ import torch
 
 from glimmer.calibration.dataset import CalibrationSet
 from glimmer.export.deploy_model import deploy_form
-from glimmer.export.int8 import quantize_int8
+from glimmer.export.int8 import quantize_ptq
 from glimmer.export.lower_dilation import MODES
 from glimmer.export.onnx_export import export_onnx
 from glimmer.export.verify import ort_session, time_calls
@@ -75,7 +75,7 @@ def main() -> None:
         import onnx
 
         fp32 = onnx.load_from_string(forms[fastest])
-        forms[f"INT8 Q/DQ ({fastest})"] = quantize_int8(fp32, Path(tmp) / "int8.onnx", calib, meta).SerializeToString()
+        forms[f"INT8 Q/DQ ({fastest})"] = quantize_ptq(fp32, calib).SerializeToString()
 
     cores = os.cpu_count() or 1
     rows = []

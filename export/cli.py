@@ -19,6 +19,8 @@ from glimmer.runtime.console import add_verbose_flag, run_cli
 from glimmer.runtime.errors import GlimmerError
 
 MODES = ("split", "aligned", "embed", "auto")
+CALIB_METHODS = ("minmax", "percentile", "entropy")  # ONNX Runtime's calibrators
+DEFAULT_MAX_DROP = 0.01
 FP32_TOLERANCE = 1e-4  # relative to max(1, largest |output|)
 
 
@@ -45,7 +47,15 @@ def build_parser() -> argparse.ArgumentParser:
                    "IInt8EntropyCalibrator2 and a cache file (TensorRT 8.x-10.x)")
     p.add_argument("--calib", help="calibration images, searched recursively (needed by --int8)")
     p.add_argument("--calib-count", type=int, default=256, help="calibration images to use (default 256)")
-    p.add_argument("--val", help="labelled folder (<class>/<image>): report weighted F1 of FP32 and INT8")
+    p.add_argument("--calib-method", choices=("auto",) + CALIB_METHODS, default="auto",
+                   help="how activation ranges are calibrated: minmax, percentile (99.999th of |x|), entropy "
+                   "(KL), or auto (default): with --val all three are measured and the one that loses least "
+                   "is kept, without --val minmax")
+    p.add_argument("--int8-max-drop", type=float, default=DEFAULT_MAX_DROP, metavar="D",
+                   help="with --val: largest drop of weighted F1 from FP32 that INT8 may cost (simulated, as "
+                   f"TensorRT computes); the most sensitive layers stay float until it holds (default {DEFAULT_MAX_DROP})")
+    p.add_argument("--val", help="labelled folder (<class>/<image>): weighted F1 of FP32 and INT8, calibration "
+                   "choice and the INT8 accuracy budget")
     p.add_argument("--latency-runs", type=int, default=100, help="timed ONNX Runtime runs (default 100)")
     p.add_argument("--max-batch", type=int, default=8, help="largest batch of a dynamic-batch engine (default 8)")
     add_verbose_flag(p)
@@ -65,6 +75,8 @@ def _check_args(args: argparse.Namespace) -> None:
         raise GlimmerError(f"--latency-runs must be at least 1, got {args.latency_runs}")
     if args.calib and not args.int8:
         raise GlimmerError("--calib is only used with --int8")
+    if not 0.0 <= args.int8_max_drop <= 1.0:
+        raise GlimmerError(f"--int8-max-drop must be between 0 and 1, got {args.int8_max_drop}")
 
 
 def say(text: str) -> None:
@@ -79,21 +91,31 @@ def main(argv: Optional[List[str]] = None) -> int:
     source = load_source(Path(args.checkpoint), args.img_size)
     if source.kind == "onnx":
         return _engine_only(source, args)
-    if args.int8 and not args.calib:
+    qat = getattr(source, "qat", None)
+    if args.int8 and not args.calib and not qat:
         raise GlimmerError("--int8 needs --calib DIR (calibration images)")
+    if qat and args.calib:
+        raise GlimmerError(f"--calib: {source.path.name} carries scales from quantization-aware training; "
+                           "calibration would replace them (drop --calib)")
     if args.val and source.task != "classify":
         raise GlimmerError("--val reports classifier accuracy; check detectors with glimmer-check")
     out = Path(args.out) if args.out else source.path.parent
     name = args.name or source.name
     meta = dataclasses.replace(source.meta, batch=None if args.dynamic_batch else args.batch, precision="fp32")
 
-    calib = None
-    if args.int8:  # read the calibration set first: a bad --calib fails before anything is written
+    # Every input is read and checked before the first artifact is written.
+    calib, val = None, None
+    if args.int8 and args.calib:
         from glimmer.calibration.dataset import CalibrationSet
 
         calib = CalibrationSet(Path(args.calib), meta, args.calib_count, meta.batch or 1)
         say(f"calibration: reading {calib.count} images from {args.calib}")
         calib.data  # noqa: B018
+    if args.val:
+        from .verify import load_labelled
+
+        val = load_labelled(meta, Path(args.val))
+        say(f"validation: {len(val.truth)} images from {args.val}")
 
     from .onnx_export import save_onnx
     from .report import artifact_entry, write_report
@@ -109,41 +131,42 @@ def main(argv: Optional[List[str]] = None) -> int:
                            .format(check["max_abs_diff"], limit))
     lat_input = latency_input(meta)
     fp32_latency = latency_ms(session, lat_input, args.latency_runs)
-    onnx_path = out / f"{name}.onnx"
-    save_onnx(fp32, onnx_path)
-    say(f"wrote {onnx_path}")
-    artifacts = [artifact_entry(onnx_path, "onnx-fp32", fp32, check, fp32_latency)]
     report: Dict[str, Any] = {"tool": "glimmer-export", "source": {
         "path": str(source.path), "kind": source.kind, "sha256": meta.source_sha256, "task": meta.task},
         "settings": {"opset": args.opset, "batch": meta.batch, "dynamic_batch": args.dynamic_batch,
                      "input_size": list(meta.input_size), "dilation_mode": args.dilation_mode},
-        "dilation_lowering": lowering, "artifacts": artifacts}
+        "dilation_lowering": lowering}
+    if val is not None:
+        from .verify import score
 
-    int8_path, int8_session = None, None
-    if calib is not None:
-        from .int8 import quantize_int8
+        report["val"] = {"images": len(val.truth), "unreadable": val.unreadable, "fp32": score(session, val)}
+    int8 = None
+    if args.int8:
+        from .int8 import build_int8
 
+        int8, report["int8"] = build_int8(fp32, meta, reference, calib=calib, val=val, qat=qat,
+                                          method=args.calib_method, max_drop=args.int8_max_drop,
+                                          latency_runs=args.latency_runs, log=say)
+        if val is not None:
+            report["val"]["int8"] = report["int8"]["accuracy"]["int8_simulated"]
+            report["val"]["int8_onnxruntime_cpu"] = report["int8"]["accuracy"]["int8_onnxruntime_cpu"]
+
+    onnx_path = out / f"{name}.onnx"
+    save_onnx(fp32, onnx_path)
+    say(f"wrote {onnx_path}")
+    artifacts = [artifact_entry(onnx_path, "onnx-fp32", fp32, check, fp32_latency)]
+    report["artifacts"] = artifacts
+    int8_path = None
+    if int8 is not None:
         int8_path = out / f"{name}.int8.onnx"
-        say(f"quantising to INT8 (symmetric per-channel Q/DQ, {calib.count} calibration images)")
-        int8 = quantize_int8(fp32, int8_path, calib, dataclasses.replace(meta, precision="int8"))
-        int8_session = ort_session(int8.SerializeToString())
-        int8_latency = latency_ms(int8_session, lat_input, args.latency_runs)
-        artifacts.append(artifact_entry(int8_path, "onnx-int8", int8, compare(reference, int8_session, meta),
-                                        int8_latency))
-        speedup = fp32_latency["median_ms"] / int8_latency["median_ms"]
-        report["int8"] = {"calibration": {"dir": str(args.calib), "images": calib.count,
-                                          "unreadable_skipped": len(calib.skipped)},
-                          "faster_than_fp32_on_this_cpu": speedup > 1.0, "speedup_vs_fp32": speedup}
-        say(f"wrote {int8_path} (ONNX Runtime CPU: INT8 {int8_latency['median_ms']:.2f} ms vs FP32 "
-            f"{fp32_latency['median_ms']:.2f} ms)")
-    if args.val:
-        from .verify import evaluate_folder
-
-        sessions = {"fp32": session}
-        if int8_session is not None:
-            sessions["int8"] = int8_session
-        say(f"evaluating on {args.val}")
-        report["val"] = evaluate_folder(sessions, meta, Path(args.val))
+        save_onnx(int8, int8_path)
+        entry = artifact_entry(int8_path, "onnx-int8", int8, report["int8"].pop("vs_pytorch"),
+                               report["int8"].pop("latency"))
+        artifacts.append(entry)
+        speedup = fp32_latency["median_ms"] / entry["onnxruntime_cpu_latency"]["median_ms"]
+        report["int8"].update(faster_than_fp32_on_this_cpu=speedup > 1.0, speedup_vs_fp32=speedup)
+        say(f"wrote {int8_path} (ONNX Runtime CPU: INT8 {entry['onnxruntime_cpu_latency']['median_ms']:.2f} ms "
+            f"vs FP32 {fp32_latency['median_ms']:.2f} ms)")
     if args.fp16 or args.int8:
         report["engines"] = _engines(onnx_path, int8_path, calib, meta, out, name, args)
     report_path = write_report(out, report)
@@ -181,11 +204,11 @@ def _export_fp32(source, meta, args) -> Tuple[Any, Any, Any, Dict[str, Any]]:
             candidates[mode] = export_onnx(deploy_form(source.model, mode, meta.input_size), example,
                                            opset=args.opset, dynamic_batch=args.dynamic_batch,
                                            output_names=("logits",))
-        timings: Dict[str, float] = {}
+        timings: Dict[str, Any] = {}
         if len(modes) > 1:
             timings, lowering["timed_with"] = _time_modes(candidates, meta, args)
-            lowering["timed_ms"] = timings
-        chosen = min(timings, key=timings.get) if timings else modes[0]
+            lowering.update(timings)  # the interleaved comparison: timed_ms, round medians, noise, decided_by
+        chosen = lowering.get("chosen", modes[0])
         lowering.update({"requested": args.dilation_mode, "chosen": chosen})
         model = candidates[chosen]
         reference = source.model.eval()
@@ -195,30 +218,46 @@ def _export_fp32(source, meta, args) -> Tuple[Any, Any, Any, Dict[str, Any]]:
     return model, meta, reference, lowering
 
 
-def _time_modes(candidates: Dict[str, Any], meta, args) -> Tuple[Dict[str, float], str]:
-    """Batch latency of each candidate ONNX: with TensorRT where it can build here (FP16 if --fp16),
-    else with ONNX Runtime CPU on one thread."""
+def _time_modes(candidates: Dict[str, Any], meta, args) -> Tuple[Dict[str, Any], str]:
+    """(comparison record, what timed it): batch latency of each candidate ONNX with TensorRT where it
+    can build here (FP16 if --fp16), else with ONNX Runtime CPU on one thread. The candidates are held
+    open together and timed in interleaved rounds, so load on a busy machine hits them alike, and a
+    difference within the measured noise goes to the preferred lowering (export/interleave.py)."""
+    import contextlib
     import tempfile
 
-    from .engines import tensorrt_latency_ms, tensorrt_status
+    from .engines import tensorrt_runner, tensorrt_status
+    from .interleave import DILATION_PREFERENCE, compare_latency, plan_rounds
     from .onnx_export import save_onnx
-    from .verify import latency_input, latency_ms, ort_session
+    from .verify import latency_input, ort_session
 
     batch = latency_input(meta)
-    runs = f"batch {batch.shape[0]}, median of {args.latency_runs}"
+    rounds, calls = plan_rounds(args.latency_runs)
+    runs = f"batch {batch.shape[0]}, {rounds} interleaved rounds of {calls} calls"
+
+    def ort_call(model) -> Any:
+        session = ort_session(model.SerializeToString())
+        feed = {session.get_inputs()[0].name: batch}
+        return lambda: session.run(None, feed)
+
     usable, where = tensorrt_status()
-    if not usable:
-        return ({mode: latency_ms(ort_session(model.SerializeToString()), batch, args.latency_runs)["median_ms"]
-                 for mode, model in candidates.items()}, f"ONNX Runtime CPU, 1 thread, {runs}")
-    precision = "fp16" if args.fp16 else "fp32"
-    timings = {}
-    with tempfile.TemporaryDirectory(prefix="glimmer-auto-") as tmp:
-        for mode, model in candidates.items():
-            say(f"timing dilation mode {mode} as a TensorRT {precision} engine")
-            path = Path(tmp) / f"{mode}.onnx"
-            save_onnx(model, path)
-            timings[mode] = tensorrt_latency_ms(path, precision, meta, batch, args.latency_runs, Path(tmp))
-    return timings, f"{where}, {precision} engine, {runs}"
+    with contextlib.ExitStack() as stack:
+        if usable:
+            precision = "fp16" if args.fp16 else "fp32"
+            tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="glimmer-auto-")))
+            runners = {}
+            for mode, model in candidates.items():
+                say(f"building dilation mode {mode} as a TensorRT {precision} engine")
+                path = tmp / f"{mode}.onnx"
+                save_onnx(model, path)
+                runners[mode] = stack.enter_context(tensorrt_runner(path, precision, meta, batch, tmp))
+            timed_with = f"{where}, {precision} engine, {runs}"
+        else:
+            runners = {mode: ort_call(model) for mode, model in candidates.items()}
+            timed_with = f"ONNX Runtime CPU, 1 thread, {runs}"
+        say(f"timing dilation modes {', '.join(runners)}: {rounds} interleaved rounds of {calls} calls")
+        result = compare_latency(runners, DILATION_PREFERENCE, rounds=rounds, calls=calls, warmup=10)
+    return result.report(), timed_with
 
 
 def _candidate_modes(model, lowering: Dict[str, Any]) -> List[str]:
@@ -297,6 +336,13 @@ def _engine_only(source, args) -> int:
     return 0
 
 
+def int8_summary(record: Dict[str, Any]) -> List[str]:
+    """The INT8 lines of the summary: how accuracy was computed, what stayed float, TensorRT's view."""
+    from .int8 import summary_lines
+
+    return summary_lines(record)
+
+
 def _summary(artifacts: List[Dict[str, Any]], report: Dict[str, Any], report_path: Path) -> None:
     lines = ["| artifact | size | max abs diff | agreement | ORT CPU ms (1 thread) |", "|---|---|---|---|---|"]
     for a in artifacts:
@@ -308,11 +354,15 @@ def _summary(artifacts: List[Dict[str, Any]], report: Dict[str, Any], report_pat
             "-" if agree is None else f"{agree:.3f}", lat.get("median_ms", float("nan"))))
     lowering = report.get("dilation_lowering", {})
     if lowering.get("timed_ms"):
-        lines.append("dilation lowering: " + ", ".join(f"{k} {v:.3f} ms" for k, v in lowering["timed_ms"].items())
-                     + f" -> {lowering['chosen']}")
+        noise = lowering.get("noise_ms", {})
+        lines.append("dilation lowering: " + ", ".join(
+            f"{k} {v:.3f}" + (f" +/- {noise[k]:.3f}" if k in noise else "") + " ms"
+            for k, v in lowering["timed_ms"].items()) + f" -> {lowering['chosen']}"
+            + (f" ({lowering['decided_by']})" if "decided_by" in lowering else ""))
     if "val" in report:
-        lines.append("val weighted F1: " + ", ".join(f"{k} {v['f1_weighted']:.4f}" for k, v in report["val"].items()
-                                                     if isinstance(v, dict)))
+        lines.append(f"val weighted F1: fp32 {report['val']['fp32']['f1_weighted']:.4f}")
+    if "int8" in report:
+        lines.extend(int8_summary(report["int8"]))
     lines.append(f"report: {report_path}")
     print("\n".join(lines))
 

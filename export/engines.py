@@ -5,8 +5,9 @@ The builder itself (version adapters, timing cache, sidecar JSON keyed by ONNX s
 version, GPU and precision) lives in :mod:`glimmer.runtime.trt_build`, so the drone can build at first
 start with the same code; it is imported lazily here, when an engine is wanted.
 """
+import contextlib
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 from glimmer.runtime.errors import GlimmerError
 from glimmer.runtime.metadata import ModelMeta
@@ -52,6 +53,22 @@ def tensorrt_latency_ms(onnx_path: Path, precision: str, meta: ModelMeta, batch:
                  log=lambda _msg: None)
     with TensorRTBackend(engine, meta=meta) as backend:
         return time_calls(lambda: backend.infer(batch), batch.shape[0], runs)["median_ms"]
+
+
+@contextlib.contextmanager
+def tensorrt_runner(onnx_path: Path, precision: str, meta: ModelMeta, batch: Any,
+                    work_dir: Path) -> Iterator[Callable[[], Any]]:
+    """One inference of ``batch`` (copy in, compute, copy out) by an engine built from ``onnx_path``
+    in ``work_dir``, as a zero-argument callable valid inside the ``with``: ``--dilation-mode auto``
+    holds one per lowering so their timing can be interleaved (:mod:`glimmer.export.interleave`)."""
+    from glimmer.runtime.backend_trt import TensorRTBackend
+    from glimmer.runtime.trt_build import build_engine
+
+    engine = Path(work_dir) / f"{Path(onnx_path).stem}.{precision}.engine"
+    build_engine(Path(onnx_path), engine, precision, meta=meta, timing_cache=Path(work_dir) / TIMING_CACHE,
+                 log=lambda _msg: None)
+    with TensorRTBackend(engine, meta=meta) as backend:
+        yield lambda: backend.infer(batch)
 
 
 def build_engines(jobs: List[Dict[str, Any]], meta: ModelMeta, out_dir: Path, *, dynamic_batch: bool,

@@ -9,6 +9,8 @@ deployed model sees: "random" frames are uniform uint8 noise, "image-like" frame
 fields with edges and blobs (drawn with OpenCV), the statistics a photo has and noise lacks.
 """
 import time
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional
 
 import numpy as np
@@ -19,15 +21,43 @@ from glimmer.runtime.metadata import ModelMeta
 from glimmer.runtime.preprocess import Preprocessor
 
 
-def ort_session(model_bytes: bytes, threads: int = 1):
-    """A CPU ONNX Runtime session with all graph optimisations (what deployment gets)."""
+def ort_session(model_bytes: bytes, threads: int = 1, simulate_qdq: bool = False):
+    """A CPU ONNX Runtime session with all graph optimisations (what deployment gets).
+
+    ``simulate_qdq`` turns ONNX Runtime's Q/DQ fusion off: Quantize/Dequantize run as written and
+    the convs in float, which is what TensorRT computes (up to rounding) on any build CPU.
+    """
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.log_severity_level = 3
+    if simulate_qdq:
+        options.add_session_config_entry("session.disable_quant_qdq", "1")
     return ort.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"])
+
+
+#: what ONNX Runtime's CPU provider fuses a Q/DQ group into when it uses integer arithmetic
+INTEGER_OPS = frozenset({"QLinearConv", "NhwcQLinearConv", "ConvInteger", "QGemm", "MatMulInteger",
+                         "MatMulIntegerToFloat", "DynamicQuantizeMatMul", "QLinearMatMul"})
+
+
+def integer_kernels(model_bytes: bytes) -> int:
+    """How many nodes ONNX Runtime's CPU provider runs as integer kernels after its graph optimisations
+    (0 for TensorRT placement: it fuses only Q/DQ groups whose output is quantised too)."""
+    import tempfile
+
+    import onnx
+    import onnxruntime as ort
+
+    with tempfile.TemporaryDirectory(prefix="glimmer-ort-") as work:
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        options.optimized_model_filepath = str(Path(work) / "optimised.onnx")
+        ort.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"])
+        graph = onnx.load(options.optimized_model_filepath).graph
+    return sum(1 for node in graph.node if node.op_type in INTEGER_OPS)
 
 
 def _frame(rng: np.random.Generator, h: int, w: int, image_like: bool) -> np.ndarray:
@@ -63,13 +93,15 @@ def _batches(x: np.ndarray, batch: Optional[int]) -> List[np.ndarray]:
 
 
 def compare(torch_fn: Callable[[torch.Tensor], torch.Tensor], session, meta: ModelMeta,
-            count: int = 8, seed: int = 0) -> Dict[str, Any]:
-    """ONNX Runtime vs PyTorch on ``count`` random and ``count`` image-like inputs."""
+            count: int = 8, seed: int = 0, inputs: Optional[Dict[str, np.ndarray]] = None) -> Dict[str, Any]:
+    """ONNX Runtime vs PyTorch on ``count`` random and ``count`` image-like inputs, or on the given
+    preprocessed ``inputs`` by kind (an INT8 model is calibrated for real images, not noise)."""
     input_name = session.get_inputs()[0].name
     result: Dict[str, Any] = {"inputs_per_kind": count}
     refs, outs = [], []
-    for kind, image_like in (("random", False), ("image_like", True)):
-        x = sample_inputs(meta, count, image_like, seed)
+    kinds = inputs or {kind: sample_inputs(meta, count, image_like, seed)
+                       for kind, image_like in (("random", False), ("image_like", True))}
+    for kind, x in kinds.items():
         diffs = []
         for chunk in _batches(x, meta.batch):
             with torch.no_grad():
@@ -82,7 +114,7 @@ def compare(torch_fn: Callable[[torch.Tensor], torch.Tensor], session, meta: Mod
             outs.append(out)
         result[f"max_abs_diff_{kind}"] = max(diffs)
     ref_all, out_all = np.concatenate(refs), np.concatenate(outs)
-    result["max_abs_diff"] = max(result["max_abs_diff_random"], result["max_abs_diff_image_like"])
+    result["max_abs_diff"] = max(result[f"max_abs_diff_{kind}"] for kind in kinds)
     result["max_abs_reference"] = float(np.abs(ref_all).max())
     if meta.task == "classify":
         result["top1_agreement"] = float((ref_all.argmax(1) == out_all.argmax(1)).mean())
@@ -152,15 +184,25 @@ def predict_labels(session, inputs: np.ndarray) -> List[int]:
     return labels
 
 
-def evaluate_folder(sessions: Dict[str, Any], meta: ModelMeta, root) -> Dict[str, Any]:
-    """Weighted F1 (the GlimmerNet paper's metric) of each session on a labelled folder ``--val``.
+@dataclass
+class LabelledSet:
+    """A labelled folder (``<class>/<image>``) read and preprocessed once, as deployment does."""
 
-    Every image is read and preprocessed once, as deployment does, and fed to every session.
-    """
+    inputs: np.ndarray
+    truth: List[int]
+    names: List[str]
+    unreadable: int
+
+
+def load_labelled(meta: ModelMeta, root: Path, option: str = "--val") -> LabelledSet:
+    """Read ``root``; its class folders must be the model's classes. Unreadable images are counted
+    and skipped (a scan of real data has a few), an empty set is an error naming ``option``."""
     from glimmer.runtime.imagefolder import labelled_images, read_image
-    from glimmer.runtime.metrics import classification_report
 
-    paths, labels, names = labelled_images(root, meta.class_names)
+    try:
+        paths, labels, names = labelled_images(Path(root), meta.class_names)
+    except GlimmerError as exc:
+        raise GlimmerError(f"{option} {exc}") from None
     pre = Preprocessor(meta)
     inputs, truth, unreadable = [], [], 0
     for path, label in zip(paths, labels):
@@ -171,11 +213,14 @@ def evaluate_folder(sessions: Dict[str, Any], meta: ModelMeta, root) -> Dict[str
         inputs.append(pre.image(image)[0])
         truth.append(label)
     if not inputs:
-        raise GlimmerError(f"--val {root}: no readable images")
-    batch = np.stack(inputs)
-    out: Dict[str, Any] = {"images": len(inputs), "unreadable": unreadable}
-    for key, session in sessions.items():
-        report = classification_report(truth, predict_labels(session, batch), names)
-        out[key] = {"f1_weighted": report["f1_weighted"], "accuracy": report["accuracy"],
-                    "per_class_f1": {k: v["f1"] for k, v in report["per_class"].items()}}
-    return out
+        raise GlimmerError(f"{option} {root}: no readable images")
+    return LabelledSet(np.stack(inputs), truth, names, unreadable)
+
+
+def score(session, data: LabelledSet) -> Dict[str, Any]:
+    """Weighted F1 (the GlimmerNet paper's metric), accuracy and per-class F1 of one session."""
+    from glimmer.runtime.metrics import classification_report
+
+    report = classification_report(data.truth, predict_labels(session, data.inputs), data.names)
+    return {"f1_weighted": report["f1_weighted"], "accuracy": report["accuracy"],
+            "per_class_f1": {k: v["f1"] for k, v in report["per_class"].items()}}

@@ -9,8 +9,8 @@ import pytest
 import torch
 from test_export_rewrites import randomise
 
+from glimmer.calibration.qdq import zero_points_all_zero
 from glimmer.export import cli
-from glimmer.export.int8 import zero_points_all_zero
 from glimmer.models.checkpoint import reference_state_dict, save_checkpoint
 from glimmer.models.glimmernet import GlimmerNet
 from glimmer.runtime.console import run_cli
@@ -86,7 +86,10 @@ def test_full_export_writes_onnx_int8_and_report(full_run, workdir):
     assert q["kind"] == "onnx-int8" and 0 <= q["vs_pytorch"]["top1_agreement"] <= 1
     lowering = report["dilation_lowering"]
     assert lowering["requested"] == "auto" and set(lowering["timed_ms"]) == {"split", "aligned", "embed"}
-    assert lowering["chosen"] == min(lowering["timed_ms"], key=lowering["timed_ms"].get)
+    assert lowering["chosen"] in lowering["tied"] and lowering["fastest"] == min(lowering["timed_ms"],
+                                                                                  key=lowering["timed_ms"].get)
+    assert lowering["decided_by"] == ("speed" if lowering["tied"] == [lowering["chosen"]] else "preference within noise")
+    assert set(lowering["round_medians_ms"]) == {"split", "aligned", "embed"} and lowering["rounds"] == 1
     assert report["int8"]["calibration"]["images"] == 12
     assert isinstance(report["int8"]["faster_than_fp32_on_this_cpu"], bool)
     assert report["val"]["images"] == 12 and set(report["val"]) >= {"fp32", "int8"}
@@ -203,34 +206,55 @@ def recording_builder(calls):
 
 
 @pytest.mark.slow
-def test_auto_times_the_lowerings_as_tensorrt_engines_where_tensorrt_builds(workdir, tmp_path, monkeypatch):
-    """Bookkeeping only: with TensorRT usable, auto times every candidate ONNX as an engine (here a
-    recorder returning set latencies) instead of with ONNX Runtime, as FP16 for --fp16, in a
-    folder that is gone afterwards. No real TensorRT runs here."""
-    from glimmer.export import engines
+@pytest.mark.parametrize("latency,chosen,decided_by", [
+    ({"split": 6.0, "aligned": 4.0, "embed": 2.0}, "embed", "speed"),
+    ({"split": 3.0, "aligned": 3.0, "embed": 3.0}, "aligned", "preference within noise"),
+])
+def test_auto_times_the_lowerings_as_tensorrt_engines_where_tensorrt_builds(workdir, tmp_path, monkeypatch,
+                                                                           latency, chosen, decided_by):
+    """Bookkeeping only: with TensorRT usable, auto builds every candidate ONNX as an engine (here a
+    recorder whose engines take set times on a fake clock) instead of using ONNX Runtime, as FP16 for
+    --fp16, in a folder that is gone afterwards; all engines are open together and timed in
+    interleaved rounds, and equal times go to the preferred lowering. No real TensorRT runs here."""
+    import contextlib
+    import types
+
+    from glimmer.export import engines, interleave
     from glimmer.runtime import trt_build
 
-    timed, built = [], []
-    latency = {"split": 3.0, "aligned": 2.0, "embed": 1.0}
+    opened, events, built, now = [], [], [], [0.0]
+    monkeypatch.setattr(interleave, "time", types.SimpleNamespace(perf_counter=lambda: now[0]))
 
-    def fake_latency(onnx_path, precision, meta, batch, runs, work_dir):
-        timed.append((Path(onnx_path).name, precision, batch.shape, runs, Path(work_dir)))
+    @contextlib.contextmanager
+    def fake_runner(onnx_path, precision, meta, batch, work_dir):
+        mode = Path(onnx_path).stem
+        opened.append((Path(onnx_path).name, precision, batch.shape, Path(work_dir)))
         assert onnx.load(str(onnx_path)).graph.node  # a complete ONNX on disk
-        return latency[Path(onnx_path).stem]
+        events.append(("open", mode))
+        yield lambda: now.__setitem__(0, now[0] + latency[mode] / 1e3)
+        events.append(("close", mode))
 
     monkeypatch.setattr(engines, "tensorrt_status", lambda: (True, "TensorRT 10.3 (fake) on Orin (fake)"))
-    monkeypatch.setattr(engines, "tensorrt_latency_ms", fake_latency)
+    monkeypatch.setattr(engines, "tensorrt_runner", fake_runner)
     monkeypatch.setattr(trt_build, "build_engine", recording_builder(built))
     out = tmp_path / "out"
-    assert export([workdir / "tiny.pt", "--out", out, "--fp16", "--latency-runs", 3]) == 0
-    assert [t[:4] for t in timed] == [(f"{m}.onnx", "fp16", (1, 3, 64, 64), 3) for m in ("split", "aligned", "embed")]
-    assert not timed[0][4].exists()
+    assert export([workdir / "tiny.pt", "--out", out, "--fp16", "--latency-runs", 6]) == 0
+    modes = ("split", "aligned", "embed")
+    assert [o[:3] for o in opened] == [(f"{m}.onnx", "fp16", (1, 3, 64, 64)) for m in modes]
+    assert events == [("open", m) for m in modes] + [("close", m) for m in reversed(modes)]
+    assert not opened[0][3].exists()
     lowering = json.loads((out / "export-report.json").read_text())["dilation_lowering"]
-    assert lowering["timed_ms"] == latency and lowering["chosen"] == "embed"
-    assert lowering["timed_with"] == "TensorRT 10.3 (fake) on Orin (fake), fp16 engine, batch 1, median of 3"
+    assert lowering["timed_ms"] == pytest.approx(latency) and lowering["noise_ms"] == pytest.approx(
+        dict.fromkeys(modes, 0.0), abs=1e-9)
+    assert lowering["chosen"] == chosen and lowering["decided_by"] == decided_by
+    assert lowering["rounds"] == 2 and all(len(v) == 2 for v in lowering["round_medians_ms"].values())
+    assert lowering["round_orders"] == [list(modes), ["aligned", "embed", "split"]]
+    assert lowering["preference"] == ["aligned", "split", "embed"]
+    assert lowering["timed_with"] == ("TensorRT 10.3 (fake) on Orin (fake), fp16 engine, batch 1, "
+                                      "2 interleaved rounds of 3 calls")
     assert [b[:3] for b in built] == [("tiny.onnx", "tiny.fp16.engine", "fp16")]
     meta = ModelMeta.from_props({p.key: p.value for p in onnx.load(str(out / "tiny.onnx")).metadata_props})
-    assert meta.extra["dilation_mode"] == "embed"
+    assert meta.extra["dilation_mode"] == chosen
 
 
 @pytest.mark.slow
