@@ -24,6 +24,21 @@ from glimmer.runtime.imagefolder import IMAGE_EXTS, list_images, read_image
 from glimmer.runtime.metadata import ModelMeta
 from glimmer.runtime.preprocess import Preprocessor
 
+#: bytes of preprocessed input one calibration batch may take (host copy; the device holds the same)
+CALIB_BATCH_BYTES = 256 * 2 ** 20
+
+
+def calibration_batch(count: int, meta: ModelMeta, budget_bytes: int = CALIB_BATCH_BYTES) -> int:
+    """The batch TensorRT's legacy calibrator should see: the model's static batch, or for a dynamic
+    batch every image in one batch as far as ``budget_bytes`` allows. TensorRT calibrates at the
+    calibration profile's OPT shape, and its entropy histograms from one large batch are better than
+    from many batches of one."""
+    if meta.batch:
+        return meta.batch
+    h, w = meta.input_size
+    per_image = 3 * int(h) * int(w) * 4
+    return max(1, min(count, budget_bytes // per_image))
+
 
 class CalibrationSet:
     """``count`` preprocessed calibration images from ``root``, in batches of ``batch_size``.

@@ -31,20 +31,24 @@ def implicit_calibration_available(trt: Any) -> bool:
 
 def make_entropy_calibrator(batches: Any, cache_file: Path, *,
                             cuda: Optional[cuda_mem.CudaMem] = None,
-                            log: Callable[[str], None] = print) -> Any:
+                            log: Callable[[str], None] = print, batch_size: Optional[int] = None) -> Any:
     """An ``IInt8EntropyCalibrator2`` over ``batches`` with its cache at ``cache_file``.
 
     ``batches`` is an iterable of NCHW float32 arrays, or an object with a ``batches()`` method
     (:class:`glimmer.calibration.dataset.CalibrationSet`); either is read only if TensorRT asks,
     so a valid calibration cache means no image is decoded. Pass the result as ``calibrator=`` to
-    :func:`glimmer.runtime.trt_build.build_engine`. Raises GlimmerError on TensorRT 11+, which has
-    no implicit calibration.
+    :func:`glimmer.runtime.trt_build.build_engine`. ``batch_size`` (default: ``batches.batch_size``)
+    is the batch of a dynamic network's calibration profile. Raises GlimmerError on TensorRT 11+,
+    which has no implicit calibration.
     """
     trt = trt_compat.import_tensorrt()
     if not implicit_calibration_available(trt):
         raise GlimmerError(f"TensorRT {trt_compat.version(trt)} has no implicit INT8 calibration "
                            f"(removed in 11.0); {QDQ_HINT}")
-    return _calibrator_class(trt)(_lazy(batches), Path(cache_file), cuda, log)
+    calibrator = _calibrator_class(trt)(_lazy(batches), Path(cache_file), cuda, log)
+    # The builder makes its calibration profile at this batch before any image is read.
+    calibrator.calibration_batch = batch_size or getattr(batches, "batch_size", None)
+    return calibrator
 
 
 def EntropyCalibrator(batches: Any, cache_file: Path, **kwargs: Any) -> Any:  # noqa: N802

@@ -106,10 +106,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     # Every input is read and checked before the first artifact is written.
     calib, val = None, None
     if args.int8 and args.calib:
-        from glimmer.calibration.dataset import CalibrationSet
+        from glimmer.calibration.dataset import CalibrationSet, calibration_batch
 
-        calib = CalibrationSet(Path(args.calib), meta, args.calib_count, meta.batch or 1)
+        calib = CalibrationSet(Path(args.calib), meta, args.calib_count, calibration_batch(args.calib_count, meta))
         say(f"calibration: reading {calib.count} images from {args.calib}")
+        if args.int8_mode == "calibrator" and meta.batch == 1:
+            say("note: a static batch-1 network is calibrated by TensorRT one image at a time, which gives "
+                "poor entropy scales; --dynamic-batch calibrates in one large batch")
         calib.data  # noqa: B018
     if args.val:
         from .verify import load_labelled
@@ -326,9 +329,9 @@ def _engine_only(source, args) -> int:
         job: Dict[str, Any] = {"onnx": source.path, "engine": out / f"{source.name}.int8.engine",
                                "precision": "int8", "meta": dataclasses.replace(meta, precision="int8")}
         if args.int8_mode == "calibrator":
-            from glimmer.calibration.dataset import CalibrationSet
+            from glimmer.calibration.dataset import CalibrationSet, calibration_batch
 
-            calib = CalibrationSet(Path(args.calib), meta, args.calib_count, meta.batch or 1)
+            calib = CalibrationSet(Path(args.calib), meta, args.calib_count, calibration_batch(args.calib_count, meta))
             job["calibrator"] = trt_calibrator(calib, out / f"{source.name}.calib.cache")
         jobs.append(job)
     for result in build_engines(jobs, meta, out, dynamic_batch=meta.batch is None, max_batch=args.max_batch, log=say):

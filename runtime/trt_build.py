@@ -167,7 +167,8 @@ def build_engine(onnx_path: Path, engine_path: Path, precision: str, *, meta: Mo
     workspace_api = trt_compat.set_workspace(trt, config, WORKSPACE_BYTES)
     precision_info = trt_compat.apply_precision(trt, builder, config, network, precision, calibrator,
                                                 str(onnx_path))
-    profile_shapes = trt_compat.add_batch_profile(trt, builder, config, network, *batch)
+    calib_batch = getattr(calibrator, "calibration_batch", None)  # known without reading images
+    profile_shapes = trt_compat.add_batch_profile(trt, builder, config, network, *batch, calib_batch=calib_batch)
     cache_loaded = False
     if timing_cache is not None:
         cached = Path(timing_cache).read_bytes() if Path(timing_cache).is_file() else b""

@@ -167,8 +167,14 @@ def apply_precision(trt: Any, builder: Any, config: Any, network: Any, precision
 
 
 def add_batch_profile(trt: Any, builder: Any, config: Any, network: Any, min_batch: int,
-                      opt_batch: int, max_batch: int) -> Dict[str, Dict[str, List[int]]]:
-    """One optimisation profile over the batch dimension of every dynamic input."""
+                      opt_batch: int, max_batch: int, calib_batch: Optional[int] = None
+                      ) -> Dict[str, Dict[str, List[int]]]:
+    """One optimisation profile over the batch dimension of every dynamic input.
+
+    With an implicit INT8 calibrator, a second profile fixed at ``calib_batch`` becomes the
+    calibration profile: TensorRT calibrates at a profile's OPT shape, and one large batch gives
+    better entropy histograms than the runtime profile's batch of 1.
+    """
     shapes: Dict[str, Dict[str, List[int]]] = {}
     profile = None
     for i in range(int(network.num_inputs)):
@@ -188,7 +194,14 @@ def add_batch_profile(trt: Any, builder: Any, config: Any, network: Any, min_bat
         config.add_optimization_profile(profile)
         # Implicit calibration of a dynamic network needs a profile of its own (8.x-10.x).
         if getattr(config, "int8_calibrator", None) is not None and hasattr(config, "set_calibration_profile"):
-            config.set_calibration_profile(profile)
+            calibration = profile
+            if calib_batch:
+                calibration = builder.create_optimization_profile()
+                for name, triple in shapes.items():
+                    if triple["min"] != triple["max"]:  # a dynamic input
+                        calibration.set_shape(name, *([[calib_batch] + triple["opt"][1:]] * 3))
+                shapes["calibration"] = {"batch": [calib_batch]}
+            config.set_calibration_profile(calibration)
     return shapes
 
 

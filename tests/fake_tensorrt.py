@@ -498,8 +498,14 @@ def make_fake_tensorrt(generation: str, cuda: FakeCudaRuntime, fail_under_captur
                 return None
             calibrator = getattr(config, "int8_calibrator", None)
             if "INT8" in config._flags and calibrator is not None:
-                _calibrate(calibrator, [t.name for t in network.inputs],
-                           {t.name: t.shape for t in network.inputs})
+                network_shapes = {t.name: t.shape for t in network.inputs}
+                if dynamic:  # TensorRT calibrates at the calibration profile's OPT shape
+                    if config._calib_profile is None:
+                        trt.log.append("Calibration profile not set for a network with dynamic shapes.")
+                        return None
+                    network_shapes = {t.name: config._calib_profile.shapes[t.name][1] for t in dynamic}
+                if not _calibrate(calibrator, [t.name for t in network.inputs], network_shapes):
+                    return None
             key = f"{[t.shape for t in network.inputs]}-{len(network.layers)}"
             if config._cache is not None:
                 trt.stats["timing_cache_hits"] += int(key in config._cache.entries)
@@ -517,6 +523,10 @@ def make_fake_tensorrt(generation: str, cuda: FakeCudaRuntime, fail_under_captur
         cached = calibrator.read_calibration_cache()
         if not cached:
             size = calibrator.get_batch_size()
+            want = network_shapes[names[0]][0]
+            if want >= 0 and size != want:  # a static batch, or the calibration profile's OPT batch
+                trt.log.append(f"Calibration batch {size} does not match the network's batch {want}.")
+                return False
             shape = (size,) + tuple(network_shapes[names[0]][1:])
             while True:
                 ptrs = calibrator.get_batch(names)
@@ -526,6 +536,7 @@ def make_fake_tensorrt(generation: str, cuda: FakeCudaRuntime, fail_under_captur
                 trt.stats["calibration_sum"] = trt.stats.get("calibration_sum", 0.0) + float(
                     cuda.view(int(ptrs[0]), shape, np.float32).sum())
             calibrator.write_calibration_cache(b"fake-calibration-table")
+        return True
 
     if feat["legacy_build"]:
         Builder.build_engine = lambda self, network, config: None

@@ -1,5 +1,6 @@
 """Calibration images: found recursively, read and preprocessed exactly like deployment, and a clear
 error when too few are usable."""
+import dataclasses
 from pathlib import Path
 
 import cv2
@@ -76,3 +77,13 @@ def test_onnxruntime_reader_yields_each_batch_once_then_none(tmp_path):
     from onnxruntime.quantization import CalibrationDataReader
 
     assert isinstance(reader, CalibrationDataReader)
+
+
+def test_calibration_batch_is_the_static_batch_or_one_large_batch():
+    from glimmer.calibration.dataset import calibration_batch
+
+    assert calibration_batch(256, dataclasses.replace(META, batch=4)) == 4
+    dynamic = dataclasses.replace(META, batch=None, input_size=(224, 224))
+    assert calibration_batch(256, dynamic) == 256  # 256 images of 224x224 fit 256 MiB in one batch
+    assert calibration_batch(256, dynamic, budget_bytes=3 * 224 * 224 * 4 * 10) == 10
+    assert calibration_batch(256, dynamic, budget_bytes=1) == 1

@@ -35,9 +35,10 @@ def batches(sizes, seed=0):
     return [rng.random((n, 3, 8, 8), dtype=np.float32) for n in sizes]
 
 
-def build_int8(tmp_path, calibrator, name="tiny"):
-    onnx_path = write_tiny_onnx(tmp_path / "tiny.onnx")
-    return trt_build.build_engine(onnx_path, tmp_path / f"{name}.int8.engine", "int8", meta=tiny_meta(),
+def build_int8(tmp_path, calibrator, name="tiny", batch=None):
+    """A dynamic-batch network by default: the calibrator gets a calibration profile of its own."""
+    onnx_path = write_tiny_onnx(tmp_path / "tiny.onnx", batch=batch)
+    return trt_build.build_engine(onnx_path, tmp_path / f"{name}.int8.engine", "int8", meta=tiny_meta(batch),
                                   calibrator=calibrator, log=quiet)
 
 
@@ -47,8 +48,9 @@ def test_calibrator_feeds_batches_and_writes_its_cache_with_fake_tensorrt(genera
     trt = install_fake_tensorrt(monkeypatch, generation, cuda)
     data = batches([2, 2, 2, 1])  # the short last batch cannot be used at a fixed batch size
     cache = tmp_path / "calib.cache"
-    calibrator = make_entropy_calibrator(data, cache, log=quiet)
+    calibrator = make_entropy_calibrator(data, cache, log=quiet, batch_size=2)
     sidecar = build_int8(tmp_path, calibrator)
+    assert sidecar["shapes"]["profile"]["calibration"] == {"batch": [2]}  # one profile for calibration
     assert sidecar["builder_options"]["flags"] == ["FP16", "INT8"]
     assert sidecar["builder_options"]["calibrator"] is True
     assert trt.stats["calibration_batches"] == 3
@@ -63,7 +65,7 @@ def test_calibrator_feeds_batches_and_writes_its_cache_with_fake_tensorrt(genera
 def test_calibration_cache_skips_the_images_with_fake_tensorrt(tmp_path, monkeypatch, cuda):
     trt = install_fake_tensorrt(monkeypatch, "10.3", cuda)
     cache = tmp_path / "calib.cache"
-    build_int8(tmp_path, make_entropy_calibrator(batches([2, 2]), cache, log=quiet))
+    build_int8(tmp_path, make_entropy_calibrator(batches([2, 2]), cache, log=quiet, batch_size=2))
 
     def untouchable():
         raise AssertionError("calibration images read although a cache exists")
@@ -74,6 +76,16 @@ def test_calibration_cache_skips_the_images_with_fake_tensorrt(tmp_path, monkeyp
     assert trt.stats["calibration_batches"] == 2 and calibrator.batches_fed == 0
     # The cache contents take part in the engine key: another table means another engine.
     assert sidecar["builder_options"]["calibration_cache_sha256"] == calibrator.cache_sha256
+
+
+def test_calibration_batch_must_match_the_network(tmp_path, monkeypatch, cuda):
+    trt = install_fake_tensorrt(monkeypatch, "8.6", cuda)
+    with pytest.raises(GlimmerError, match="could not build"):  # a static batch-1 network, batches of 2
+        build_int8(tmp_path, make_entropy_calibrator(batches([2]), tmp_path / "a.cache", log=quiet), batch=1)
+    assert "Calibration batch 2 does not match the network's batch 1." in trt.log
+    sidecar = build_int8(tmp_path, make_entropy_calibrator(batches([1, 1]), tmp_path / "b.cache", log=quiet),
+                         batch=1, name="static")
+    assert trt.stats["calibration_batches"] == 2 and "calibration" not in sidecar["shapes"]["profile"]
 
 
 def test_calibrator_errors_surface_from_the_build_with_fake_tensorrt(tmp_path, monkeypatch, cuda):
