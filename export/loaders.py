@@ -37,6 +37,7 @@ class Source:
         model: the PyTorch model in eval mode (None for an ONNX source).
         meta: the runtime metadata artifacts will carry (fp32, batch 1; callers override).
         onnx_model: the ONNX graph when ``kind == "onnx"``.
+        qat: a quantisation-aware checkpoint's ``qat`` entry (its INT8 ranges), else None.
     """
 
     kind: str
@@ -46,6 +47,7 @@ class Source:
     model: Optional[torch.nn.Module] = None
     onnx_model: Optional[onnx.ModelProto] = None
     info: Dict[str, Any] = field(default_factory=dict)
+    qat: Optional[Dict[str, Any]] = None
 
     @property
     def task(self) -> str:
@@ -77,7 +79,7 @@ def _from_glimmer(path: Path, img_size: Optional[int]) -> Source:
     size = _square(img_size, ck.input_size)
     meta = ck.meta(input_size=size)
     return Source(kind=ck.kind, path=path, name=path.stem, meta=meta, model=ck.model.eval(),
-                  info={"arch": ck.arch, "provenance": ck.provenance})
+                  info={"arch": ck.arch, "provenance": ck.provenance}, qat=ck.qat)
 
 
 def _from_ultralytics(path: Path, img_size: Optional[int]) -> Source:

@@ -4,8 +4,11 @@ and sniffing which kind a file is without unpickling code.
 Our file is a plain dict (tensors and primitives only, so ``torch.load(weights_only=True)`` reads it):
 ``format``, ``version``, ``arch``, ``config`` (GlimmerConfig), ``class_names``, ``input_size``,
 ``preprocess`` (channel order, scale, mean/std), ``state_dict``, ``provenance`` (dataset, epoch,
-metrics) and, in a training run's ``last.pt``, ``train_state`` for resuming.
+metrics) and, in a training run's ``last.pt``, ``train_state`` for resuming. A checkpoint from
+quantisation-aware training (``glimmer-train --qat-from``) adds ``qat``: the fixed activation ranges
+it was trained with, by training-module name (see :data:`QAT_KEYS`), so the INT8 export reuses them.
 """
+import math
 import re
 import zipfile
 from dataclasses import dataclass, field
@@ -23,6 +26,9 @@ from .glimmernet import AIDER_CLASSES, ARCHS, GlimmerConfig, GlimmerNet
 FORMAT = "glimmer-checkpoint"
 VERSION = 1
 DEFAULT_PREPROCESS = {"channel_order": "RGB", "scale": 1.0 / 255.0, "mean": None, "std": None}
+#: ``qat`` entry: ``activation_amax`` {module name: max|x|}, ``weight_bits`` (2-8), ``calibration``
+#: (how the ranges were measured, e.g. "max"), ``images`` (calibration images), ``epochs`` (of QAT).
+QAT_KEYS = ("activation_amax", "weight_bits", "calibration", "images", "epochs")
 
 
 @dataclass
@@ -39,6 +45,7 @@ class Checkpoint:
     path: Optional[Path] = None
     sha256: str = ""
     raw: Dict[str, Any] = field(default_factory=dict, repr=False)
+    qat: Optional[Dict[str, Any]] = None  # the ``qat`` entry of a quantisation-aware checkpoint
 
     def meta(self, **overrides: Any) -> ModelMeta:
         """Runtime metadata for artifacts exported from this checkpoint."""
@@ -98,8 +105,9 @@ def _torch_load(path: Path) -> Dict[str, Any]:
 def save_checkpoint(path: Path, model: GlimmerNet, arch: str, class_names: Sequence[str],
                     input_size: Tuple[int, int], provenance: Optional[Dict[str, Any]] = None,
                     preprocess: Optional[Dict[str, Any]] = None,
-                    train_state: Optional[Dict[str, Any]] = None) -> None:
-    """Write our checkpoint atomically."""
+                    train_state: Optional[Dict[str, Any]] = None,
+                    qat: Optional[Dict[str, Any]] = None) -> None:
+    """Write our checkpoint atomically (``qat``: the entry of :data:`QAT_KEYS`, for QAT runs)."""
     if len(class_names) != model.config.num_classes:
         raise ValueError(f"{len(class_names)} class names for a {model.config.num_classes}-class model")
     payload: Dict[str, Any] = {
@@ -111,6 +119,8 @@ def save_checkpoint(path: Path, model: GlimmerNet, arch: str, class_names: Seque
     }
     if train_state is not None:
         payload["train_state"] = train_state
+    if qat is not None:
+        payload["qat"] = check_qat(qat, model, Path(path))
     with atomic_path(Path(path)) as tmp:
         torch.save(payload, str(tmp))
 
@@ -150,10 +160,48 @@ def _from_ours(raw: Dict[str, Any], path: Path) -> Checkpoint:
     except (TypeError, ValueError) as exc:
         raise GlimmerError(f"{path}: bad checkpoint key 'config': {exc}") from None
     _load_state(model, raw["state_dict"], path)
+    qat = check_qat(raw["qat"], model, path) if "qat" in raw else None
     return Checkpoint(model=model.eval(), arch=raw["arch"], class_names=list(raw["class_names"]),
                       input_size=(int(raw["input_size"][0]), int(raw["input_size"][1])),
                       preprocess=dict(raw.get("preprocess") or DEFAULT_PREPROCESS),
-                      provenance=dict(raw.get("provenance") or {}), kind="glimmer", raw=raw)
+                      provenance=dict(raw.get("provenance") or {}), kind="glimmer", raw=raw, qat=qat)
+
+
+def check_qat(qat: Any, model: GlimmerNet, path: Path) -> Dict[str, Any]:
+    """The ``qat`` entry, checked against ``model``; anything malformed is a GlimmerError naming it.
+
+    A wrong range would only show up as a silently worse INT8 model, so it fails here instead.
+    """
+    def bad(why: str) -> GlimmerError:
+        return GlimmerError(f"{path}: bad checkpoint key 'qat': {why}")
+
+    def count(value: Any) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+    if not isinstance(qat, Mapping):
+        raise bad(f"a {type(qat).__name__}, not a dict")
+    missing = [k for k in QAT_KEYS if k not in qat]
+    if missing:
+        raise bad(f"entry {missing[0]!r} is missing")
+    ranges = qat["activation_amax"]
+    if not isinstance(ranges, Mapping) or not ranges:
+        raise bad("'activation_amax' must map module names to ranges")
+    modules = dict(model.named_modules())
+    for name, value in ranges.items():
+        if name not in modules:
+            raise bad(f"'activation_amax' names {name!r}, which is no module of this model")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+                or value < 0:
+            raise bad(f"'activation_amax' of {name!r} is {value!r}, not a finite range >= 0")
+    bits = qat["weight_bits"]
+    if not count(bits) or not 2 <= bits <= 8:
+        raise bad(f"'weight_bits' is {bits!r}, not 2 to 8")
+    if not isinstance(qat["calibration"], str):
+        raise bad(f"'calibration' is {qat['calibration']!r}, not a name")
+    for key in ("images", "epochs"):
+        if not count(qat[key]):
+            raise bad(f"{key!r} is {qat[key]!r}, not a count")
+    return dict(qat, activation_amax={str(k): float(v) for k, v in ranges.items()})
 
 
 def _load_state(model: torch.nn.Module, state: Mapping[str, torch.Tensor], path: Path) -> None:
