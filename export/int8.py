@@ -84,8 +84,9 @@ class Int8Builder:
     """
 
     def __init__(self, fp32: onnx.ModelProto, score: Optional[Callable[[onnx.ModelProto, bool], float]],
-                 log: Callable[[str], None] = lambda line: None) -> None:
+                 log: Callable[[str], None] = lambda line: None, weight_bits: int = 8) -> None:
         self.fp32 = fp32
+        self.weight_bits = weight_bits
         self.score = score
         self.log = log
         self.targets = quant_targets(fp32)
@@ -97,10 +98,10 @@ class Int8Builder:
         with contextlib.redirect_stdout(io.StringIO()):
             return activation_amax(self.fp32, self.activations, calib, method, INPUT_NAME)
 
-    def quantize(self, amax: Mapping[str, float], float_groups: Sequence[str] = (), weight_bits: int = 8
-                 ) -> onnx.ModelProto:
+    def quantize(self, amax: Mapping[str, float], float_groups: Sequence[str] = (),
+                 weight_bits: Optional[int] = None) -> onnx.ModelProto:
         chosen = [t for t in self.targets if layer_group(t.layer) not in float_groups]
-        return insert_qdq(self.fp32, amax, chosen, weight_bits)
+        return insert_qdq(self.fp32, amax, chosen, weight_bits or self.weight_bits)
 
     def choose_method(self, calib, methods: Sequence[str]) -> Dict[str, Any]:
         """Calibrate with each method; keep the one with the highest simulated F1 (ties: the
@@ -173,15 +174,14 @@ def build_int8(fp32: onnx.ModelProto, meta: ModelMeta, reference, *, calib=None,
     def f1(model: onnx.ModelProto, simulated: bool) -> float:
         return score(ort_session(model.SerializeToString(), simulate_qdq=simulated), val)["f1_weighted"]
 
-    builder = Int8Builder(fp32, f1 if val is not None else None, log)
+    weight_bits = int(qat.get("weight_bits", 8)) if qat else 8
+    builder = Int8Builder(fp32, f1 if val is not None else None, log, weight_bits)
     record: Dict[str, Any] = {"placement": "tensorrt: Q/DQ on the inputs and weights of Conv and Gemm, "
                               "symmetric, per-channel weights, float elsewhere"}
-    weight_bits = 8
     if qat:
         from .qat import qat_activation_amax
 
         amax = qat_activation_amax(fp32, qat)
-        weight_bits = int(qat.get("weight_bits", 8))
         record["scales"] = "quantization-aware training"
         record["qat"] = {k: v for k, v in qat.items() if k != "activation_amax"}
     else:
@@ -201,7 +201,7 @@ def build_int8(fp32: onnx.ModelProto, meta: ModelMeta, reference, *, calib=None,
     record["weight_bits"] = weight_bits
     record["method"] = record.get("calibration", {}).get("method")
     record["float_groups"] = float_groups
-    model = builder.quantize(amax, float_groups, weight_bits)
+    model = builder.quantize(amax, float_groups)
     int8_meta_ = dataclasses.replace(meta, precision="int8", extra=dict(meta.extra, int8=int8_meta(meta, record)))
     attach_metadata(model, int8_meta_)
     record["layers"] = layer_table(fp32, builder.targets, float_groups)
