@@ -167,6 +167,7 @@ def build_int8(fp32: onnx.ModelProto, meta: ModelMeta, reference, *, calib=None,
     labelled ``val`` set the calibration method is chosen and the accuracy budget enforced.
     """
     from glimmer.runtime.cpu import cpu_facts
+    from glimmer.runtime.int8_policy import describe_int8, int8_policy
 
     from .onnx_export import attach_metadata
     from .verify import compare, integer_kernels, latency_input, latency_ms, ort_session, score
@@ -209,8 +210,10 @@ def build_int8(fp32: onnx.ModelProto, meta: ModelMeta, reference, *, calib=None,
     record["tensorrt_int8_layers"] = {"int8": on_trt, "of": len(record["layers"])}
 
     cpu = cpu_facts()
+    mode, why = int8_policy(int8_meta_, cpu, "auto")  # what glimmer-run does with this file here
+    record["onnxruntime_cpu_execution"] = describe_int8(mode, why)
     simulated = ort_session(model.SerializeToString(), simulate_qdq=True)
-    kernels = ort_session(model.SerializeToString())
+    kernels = ort_session(model.SerializeToString(), simulate_qdq=mode == "simulated")
     # Agreement on the images INT8 is calibrated for (noise lies outside the calibrated ranges).
     images = {"val" if val is not None else "calibration": _even(val.inputs if val is not None else calib.data,
                                                                   meta.batch)}
@@ -223,6 +226,7 @@ def build_int8(fp32: onnx.ModelProto, meta: ModelMeta, reference, *, calib=None,
         accuracy["int8_simulated"] = dict(score(simulated, val), how=SIMULATED_HOW)
         accuracy["int8_onnxruntime_cpu"] = dict(score(kernels, val), how=KERNELS_HOW, cpu=cpu.description,
                                                 cpu_saturates_u8s8=cpu.saturates,
+                                                execution=record["onnxruntime_cpu_execution"],
                                                 integer_kernels=integer_kernels(model.SerializeToString()))
         if weight_bits > 7:
             narrow = builder.quantize(amax, float_groups, 7)
@@ -240,8 +244,9 @@ def _even(x, batch: Optional[int]):
 
 
 SIMULATED_HOW = "Q/DQ simulated in float (ONNX Runtime with Q/DQ fusion off): what TensorRT computes, up to rounding"
-KERNELS_HOW = ("ONNX Runtime CPU with all graph optimisations, as glimmer-run runs it on this machine "
-               "(integer_kernels: the nodes it fused into integer arithmetic)")
+KERNELS_HOW = ("ONNX Runtime CPU as glimmer-run runs the file on this machine (int8_kernels auto: see "
+               "execution); integer_kernels: the nodes ONNX Runtime fuses into integer arithmetic when "
+               "its Q/DQ fusion is on")
 
 
 def summary_lines(record: Mapping[str, Any]) -> List[str]:

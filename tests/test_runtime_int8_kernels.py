@@ -81,6 +81,8 @@ ARM = CpuFacts.from_flags("aarch64", frozenset({"asimd"}))
 CLASSES = ["Normal", "Fire", "Flood", "Smoke"]
 
 
+TRT_REASON = ("TensorRT placement: no integer kernels either way; unfused, the weights' dequantisation folds "
+              "into constants")
 TRT = {"int8": {"weight_bits": 8, "placement": "tensorrt (Conv/Gemm inputs and weights)"}}
 
 
@@ -101,11 +103,10 @@ def meta_of(precision: str = "int8", extra=None) -> ModelMeta:
     (meta_of(), SATURATING, "fused", "fused",
      "int8_kernels = fused; x86_64, AVX2 without VNNI: u8*s8 pair sums saturate int16; 8-bit weights"),
     (meta_of(), VNNI, "simulated", "simulated", "int8_kernels = simulated; x86_64, AVX-512 VNNI"),
-    (meta_of(extra=TRT), SATURATING, "auto", "fused", "x86_64, AVX2 without VNNI: u8*s8 pair sums saturate "
-     "int16; TensorRT placement: no conv output is quantised, so nothing becomes an integer kernel"),
-    (meta_of(extra=TRT), SATURATING, "simulated", "simulated", "int8_kernels = simulated; x86_64, AVX2 without "
-     "VNNI: u8*s8 pair sums saturate int16; TensorRT placement: no conv output is quantised, so nothing "
-     "becomes an integer kernel"),
+    (meta_of(extra=TRT), SATURATING, "auto", "simulated", "x86_64, AVX2 without VNNI: u8*s8 pair sums saturate "
+     "int16; " + TRT_REASON),
+    (meta_of(extra=TRT), VNNI, "auto", "simulated", "x86_64, AVX-512 VNNI; " + TRT_REASON),
+    (meta_of(extra=TRT), VNNI, "fused", "fused", "int8_kernels = fused; x86_64, AVX-512 VNNI; " + TRT_REASON),
     (meta_of("fp32"), SATURATING, "auto", None, "not an INT8 model (fp32)"),
     (meta_of("fp32"), VNNI, "simulated", None, "not an INT8 model (fp32)"),
 ])
