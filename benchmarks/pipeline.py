@@ -10,7 +10,7 @@ them), in one run:
 Each is measured ``--runs`` times, interleaved; the table shows the best (the figure least disturbed
 by other work on a shared machine) and the median.
 
-Targets (issue 4): pipeline >= 1.5x the plain loop's FPS on this 2-core machine, and end-to-end FPS
+Targets: pipeline >= 1.5x the plain loop's FPS on this 2-core machine, and end-to-end FPS
 within 10% of model-only FPS whenever decoding is not the slower stage. ``--long`` adds a memory
 run (20,000 frames from a looped file) reporting resident memory (VmRSS) at its start and end.
 

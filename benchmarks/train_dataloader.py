@@ -1,7 +1,7 @@
 """Benchmark: does glimmer-train's data loading keep up with GlimmerNet's training step on this CPU?
 
-Measures, at the paper's 224x224 and with the paper's augmentations (issue 2, "data loading must
-not starve the model"):
+Measures, at the paper's 224x224 and with the paper's augmentations (the goal: data loading must
+not starve the model):
 - the DataLoader alone (OpenCV decode of PNG/JPEG, runtime resize, albumentations, /255), images/s
   with 0, 1 and 2 worker processes;
 - the training step alone (forward, cross-entropy, backward, RMSprop step) on tensors already in

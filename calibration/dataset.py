@@ -1,10 +1,11 @@
 """INT8 calibration images, read and preprocessed exactly as deployment does.
 
-Spec: /work/shared/spec/tensorrt.md "INT8" (the same calibration images must go through exactly the
-runtime's preprocessing) and issue 3. Images are found recursively under ``--calib DIR`` (a training
-split with class folders works), decoded with :func:`glimmer.runtime.imagefolder.read_image` and
-turned into network input by :class:`glimmer.runtime.preprocess.Preprocessor` built from the model's
-own :class:`ModelMeta`: resize or letterbox, channel order, scale, mean/std all come from the artifact.
+The same calibration images must go through exactly the runtime's preprocessing, or the ranges
+describe inputs the deployed model never sees (docs/tensorrt.md, "INT8 paths"). Images are found
+recursively under ``--calib DIR`` (a training split with class folders works), decoded with
+:func:`glimmer.runtime.imagefolder.read_image` and turned into network input by
+:class:`glimmer.runtime.preprocess.Preprocessor` built from the model's own :class:`ModelMeta`:
+resize or letterbox, channel order, scale, mean/std all come from the artifact.
 
 The selection is a seeded shuffle of the sorted file list, so a folder sorted by class still gives
 every class a share. Undecodable files are skipped and counted; fewer usable images than asked for is

@@ -1,6 +1,6 @@
 """Legacy implicit INT8 calibration for TensorRT 8.x / 10.x: an IInt8EntropyCalibrator2.
 
-Implements the "INT8" section of /work/shared/spec/tensorrt.md. TensorRT calls the calibrator while
+Implements the implicit path of docs/tensorrt.md, "INT8 paths". TensorRT calls the calibrator while
 building: ``get_batch_size``, then ``get_batch(names)`` until it returns None (each call hands over
 device pointers to one NCHW float32 batch), and it reads / writes a calibration cache so that a
 rebuild skips the images. The batches come from an iterable of numpy arrays already preprocessed by

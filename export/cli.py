@@ -6,7 +6,7 @@ PyTorch, and TensorRT engines where TensorRT and a GPU exist.
                    [--dilation-mode split|aligned|embed|auto] [--val DIR]
     glimmer-export NAME.onnx --fp16 | --int8     (on the target: build the engine only)
 
-Implements issue 3; the rewrites are in ``deploy_model`` / ``lower_dilation``.
+The rewrites are in ``deploy_model`` / ``lower_dilation``.
 """
 import argparse
 import copy

@@ -1,5 +1,6 @@
 """The export form of GlimmerNet / TakuNet: the same function as the training model, written so the
-traced ONNX graph is small and static (spec: glimmernet.md; ARCHITECTURE.md "Export rewrite").
+traced ONNX graph is small and static (docs/glimmernet.md, "Export form"); the training model
+keeps the readable form.
 
 What changes against ``glimmer.models.glimmernet`` (each rewrite is exact up to fp32 rounding):
 - every BatchNorm folded into the conv in front of it (stem, GDBlocks group by group, Aggregator,

@@ -1,5 +1,5 @@
 """The TensorRT step of glimmer-export: build engines where TensorRT and a GPU exist, else say where
-and how they will be built (spec: /work/shared/spec/tensorrt.md; issue 3 "TensorRT engines").
+and how they will be built (docs/tensorrt.md).
 
 The builder itself (version adapters, timing cache, sidecar JSON keyed by ONNX sha256, TensorRT
 version, GPU and precision) lives in :mod:`glimmer.runtime.trt_build`, so the drone can build at first

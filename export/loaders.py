@@ -2,7 +2,7 @@
 
 - our ``.pt`` and the reference implementation's Lightning ``.ckpt`` (``glimmer.models.checkpoint``,
   read with ``weights_only=True``: no code runs);
-- an ultralytics YOLOv8 ``.pt``, pruned ones included (the compression issue saves them in
+- an ultralytics YOLOv8 ``.pt``, pruned ones included (``glimmer-compress`` saves them in
   ultralytics' own format). Read with ultralytics' own loader, which **unpickles the file**: a
   pickle can run code, so only export ``.pt`` files from a source you trust;
 - an ``.onnx`` carrying our metadata (or ultralytics'), for the on-target engine step.

@@ -3,10 +3,11 @@ plain ONNX convolutions that every ONNX Runtime and TensorRT 8.4+ parser runs na
 
 The training form (``glimmer.models.layers.GroupedDilatedConv2d``) splits C channels into m
 contiguous groups, each with a depthwise kxk conv of its own dilation ``d_i`` and padding ``d_i``.
-Exact rewrites (spec: ARCHITECTURE.md "Export rewrite"; issue 3), all built from one rule: a
-contiguous range of channels ("stream") becomes one depthwise conv, a plain dilated kxk conv if the
-range has one dilation, else a kernel of size ``(k - 1) * dmax + 1`` holding each channel's k x k
-taps at offsets ``(t - k // 2) * d`` from the centre and zeros elsewhere (zero taps add exact zeros).
+The training model keeps that readable form; the lowering happens at export only. Exact rewrites,
+all built from one rule: a contiguous range of channels ("stream") becomes one depthwise conv, a
+plain dilated kxk conv if the range has one dilation, else a kernel of size ``(k - 1) * dmax + 1``
+holding each channel's k x k taps at offsets ``(t - k // 2) * d`` from the centre and zeros
+elsewhere (zero taps add exact zeros).
 
 ``split``    one stream per run of equal dilation, explicit symmetric pads (never ``auto_pad``):
              dilations (1, 2, 2, 3) -> 3 convs.

@@ -8,7 +8,8 @@ without Shape/Gather chains when shapes are static, and marks a dynamic batch th
 ``dynamic_axes``. Its ``Constant`` nodes are then moved into initializers, so the op histogram counts
 real work only.
 
-Spec: issue 3 (metadata, static or dynamic batch, opset 17 default); runtime.metadata for the schema.
+Output: an ONNX with our metadata, a static or dynamic batch, opset 17 by default; the metadata
+schema is in :mod:`glimmer.runtime.metadata`.
 """
 import io
 import warnings

@@ -1,6 +1,6 @@
 """Checking an exported ONNX against the PyTorch model it came from, and timing it.
 
-Issue 3's acceptance numbers: max abs difference on random and on image-like inputs (FP32 must stay
+What an export must pass: max abs difference on random and on image-like inputs (FP32 must stay
 within 1e-4 for our models), top-1 agreement for a classifier, box and score agreement for a
 detector, and ONNX Runtime CPU latency at batch 1 as a median of many runs.
 

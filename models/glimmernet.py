@@ -1,6 +1,6 @@
 """GlimmerNet (Nedeljkovic, arXiv 2512.07391) and TakuNet (Rossi et al., WACVW 2025).
 
-One parameterised network covers both (spec/glimmernet.md): GlimmerNet's GDBlocks give each of m
+One parameterised network covers both (docs/glimmernet.md): GlimmerNet's GDBlocks give each of m
 channel groups its own dilation and its Aggregator recombines the groups before mixing; TakuNet is
 the same network with one undilated group, no recombination, and 4 inputs per pointwise group.
 

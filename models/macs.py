@@ -4,7 +4,7 @@ What is counted: one MAC per weight tap per output element of every ``nn.Conv2d`
 grouped dilated sub-conv) and ``nn.Linear``, plus one accumulate per input element of the head's global
 average pool (a linear map too; 2,160 at 224), batch 1. Not counted: bias adds, BatchNorm, activations,
 2x2 pooling, GRN, residual adds. Default GlimmerNet at 224: 26,464,280. The paper's "22.26M FLOPs" comes from fvcore skipping the GDBlock convs
-(spec/glimmernet.md, "FLOPs: report honestly"); :func:`paper_compatible_flops` reproduces that
+(docs/glimmernet.md, "FLOPs, counted honestly"); :func:`paper_compatible_flops` reproduces that
 figure for comparison and is always labelled as such.
 """
 from collections import OrderedDict
@@ -67,8 +67,8 @@ def paper_compatible_flops(model: nn.Module, img_size: int = 224) -> int:
     fvcore's rules: conv/linear MACs, 2 per element for an affine BatchNorm in eval, 1 per input
     element for adaptive average pooling.
 
-    Reproduces 22,264,920 for the default GlimmerNet at 224 (spec). Only for comparison with the
-    paper; it is not the model's real cost.
+    Reproduces 22,264,920 for the default GlimmerNet at 224 (docs/glimmernet.md). Only for
+    comparison with the paper; it is not the model's real cost.
     """
     from .layers import GroupedDilatedConv2d
 

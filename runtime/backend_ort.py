@@ -93,7 +93,7 @@ class OnnxRuntimeBackend(Backend):
             if name == "TensorrtExecutionProvider":
                 chosen.append((name, {
                     "device_id": self.device_id,
-                    # Engines take minutes to build on a Jetson: cache them (spec complaint 4).
+                    # Engines take minutes to build on a Jetson: cache them.
                     "trt_engine_cache_enable": True,
                     "trt_engine_cache_path": str(self.trt_cache_dir),
                     "trt_timing_cache_enable": True,

@@ -1,14 +1,14 @@
 """TensorRT backend: runs a serialized engine (with its sidecar JSON) behind the Backend seam.
 
-Implements "Execution API by version" and "CUDA memory and streams" of
-/work/shared/spec/tensorrt.md: pinned host buffers and device buffers sized once for the engine's
-largest profile shape, one non-default stream, async H2D -> enqueue -> async D2H and a single
-synchronize per batch. After the first batch of a given size the whole sequence (copies included)
-is captured into a CUDA graph and replayed: GlimmerNet is ~50 small convolutions, so per-kernel
-launch overhead, not arithmetic, dominates on a Jetson and one graph launch replaces them all. If
-the engine cannot be captured (enqueue fails under capture) the capture is ended and the backend
-stays on plain enqueue. Both TensorRT execution generations (bindings, tensor names) come through
-:mod:`glimmer.runtime.trt_compat`; CUDA calls through :mod:`glimmer.runtime.cuda_mem`.
+Implements "Execution API by version" and "CUDA memory and streams" of docs/tensorrt.md: pinned host
+buffers and device buffers sized once for the engine's largest profile shape, one non-default
+stream, async H2D -> enqueue -> async D2H and a single synchronize per batch. After the first batch
+of a given size the whole sequence (copies included) is captured into a CUDA graph and replayed:
+GlimmerNet is ~50 small convolutions, so per-kernel launch overhead, not arithmetic, dominates on a
+Jetson and one graph launch replaces them all. If the engine cannot be captured (enqueue fails under
+capture) the capture is ended and the backend stays on plain enqueue. Both TensorRT execution
+generations (bindings, tensor names) come through :mod:`glimmer.runtime.trt_compat`; CUDA calls
+through :mod:`glimmer.runtime.cuda_mem`.
 """
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional

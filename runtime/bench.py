@@ -6,7 +6,7 @@
                   [--json out.json] [--plot out.png]
 
 Two figures, each with min / max / mean / median / p90 / p95 / p99 latency and throughput, the way
-trtexec reports them (spec: shared/spec/tensorrt.md, "Tools and their conventions"):
+trtexec reports them (docs/tensorrt.md, "Measuring"):
 
 - model-only: the backend's infer call alone, repeated on one fixed preprocessed batch
   (trtexec's Latency: for TensorRT host->device + compute + device->host; for ONNX Runtime the

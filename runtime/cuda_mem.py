@@ -1,7 +1,7 @@
 """CUDA memory, streams and graphs behind one small interface: cuda-python or pycuda.
 
 TensorRT needs device buffers, pinned host buffers, one non-default stream and async copies (the
-pattern of NVIDIA's TensorRT samples, see /work/shared/spec/tensorrt.md "CUDA memory and streams").
+pattern of NVIDIA's TensorRT samples, see docs/tensorrt.md, "CUDA memory and streams").
 Two Python bindings provide them: cuda-python (``cuda.bindings.runtime``, or ``from cuda import
 cudart`` before 12.6), which NVIDIA's own samples use from TensorRT 8.6 on, and pycuda, which has no
 aarch64 wheels and must be built from source on a Jetson. The runtime uses whichever is installed

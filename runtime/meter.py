@@ -1,7 +1,7 @@
 """Per-stage latency statistics and throughput, reported in trtexec's vocabulary.
 
 trtexec reports Throughput (qps) and, for Latency, H2D, GPU compute and D2H, min / max / mean /
-median / p90 / p95 / p99 (spec: shared/spec/tensorrt.md, "Tools and their conventions"). We do
+median / p90 / p95 / p99 (docs/tensorrt.md, "Measuring"). We do
 the same for the camera pipeline's stages and say what each figure includes (``STAGES``).
 
 Samples live in fixed-size ring buffers allocated up front, so a run of days uses the same memory

@@ -1,12 +1,12 @@
-"""Where results go: JSON lines, an annotated video, a window, the console (spec: "Outputs users
-expect").
+"""Where results go: JSON lines, an annotated video, a window, the console (docs/runtime.md,
+"Outputs users expect").
 
 - JSON lines: one object per frame (index, timestamp, per-stage latency, predictions), flushed per
   frame so a crash or a pulled battery loses nothing already processed.
 - Annotated video: written under a temporary name beside the target and renamed when the run ends,
   so a half-written file never carries the name a user asked for.
 - Window: only when asked (``--show``) and when a display exists; never over SSH by accident
-  (spec complaint 3).
+  (display code that fails headless is a common complaint with such tools).
 - Console: predictions at most every ``interval`` seconds (alerts always), a live status line.
 """
 import json

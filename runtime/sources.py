@@ -1,4 +1,4 @@
-"""Frame sources in jetson-inference's URI vocabulary (spec: shared/spec/runtime.md, "Sources").
+"""Frame sources in jetson-inference's URI vocabulary (docs/runtime.md, "Sources").
 
     csi://N                    Jetson CSI camera through GStreamer (nvarguscamerasrc)
     N, v4l2:///dev/videoN,
@@ -11,8 +11,8 @@
 Every source iterates ``(frame, timestamp, index)`` (BGR uint8, seconds, 0-based) and has ``close()``.
 Files yield every frame in order (``loop`` plays them again); live sources run a grabber thread
 that keeps only the newest frame and counts the ones it overwrote, because buffered stale frames are
-what makes latency grow on live streams (complaint 1 of the spec). A live stream that stops
-delivering is reopened with bounded exponential back-off, then ends with a clear error.
+what makes latency grow on live streams (docs/runtime.md, "Recurring problems"). A live stream
+that stops delivering is reopened with bounded exponential back-off, then ends with a clear error.
 """
 import abc
 import contextlib
@@ -46,7 +46,7 @@ CSI_PIPELINE = ("nvarguscamerasrc sensor-id={sensor} ! video/x-raw(memory:NVMM),
 
 @dataclass
 class SourceOptions:
-    """What users expect to set on a source (spec: "Options users expect").
+    """What users expect to set on a source (docs/runtime.md, "Sources").
 
     Attributes:
         width, height, rate: requested capture size and frame rate (cameras; ignored for files).
@@ -382,7 +382,7 @@ def parse_uri(uri: str) -> Tuple[str, str]:
 
 
 def csi_pipeline(sensor: int, options: SourceOptions) -> str:
-    """The spec's nvarguscamerasrc pipeline; capture at 1280x720 unless a size is asked for."""
+    """The nvarguscamerasrc pipeline (docs/runtime.md); 1280x720 capture unless a size is asked."""
     width, height = options.width or 1280, options.height or 720
     return CSI_PIPELINE.format(sensor=sensor, cw=width, ch=height, rate=int(options.rate or 30),
                                flip=_NVVIDCONV_FLIP[options.flip], w=width, h=height)

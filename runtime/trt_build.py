@@ -1,8 +1,8 @@
 """TensorRT engine builder and on-device engine cache.
 
-Implements "Builder API by version" and the engine-cache rules of /work/shared/spec/tensorrt.md and
-complaint 4 of /work/shared/spec/runtime.md (engines rebuilt on every start because the cache was not
-writable or not keyed right). An engine is valid only for the exact TensorRT version and GPU that
+Implements "Builder API by version" and "Engine cache" of docs/tensorrt.md, against a common
+complaint about on-device runtimes: engines rebuilt on every start because the cache was not
+writable or not keyed right. An engine is valid only for the exact TensorRT version and GPU that
 built it, so a cached engine is keyed by the ONNX's sha256, the TensorRT version, the GPU name and
 compute capability, the precision, the input shapes and the builder options; the key, the engine's
 own sha256 and the model metadata go into a sidecar JSON (``NAME.fp16.json`` beside

@@ -1,7 +1,7 @@
 """The one place TensorRT API generations 8.4 -> 11 are told apart, by feature detection.
 
-Implements the version table of /work/shared/spec/tensorrt.md ("Builder API by version",
-"Execution API by version"). Every branch asks ``hasattr`` what the installed bindings offer and
+Implements the version table in docs/tensorrt.md ("Builder API by version", "Execution API by
+version"). Every branch asks ``hasattr`` what the installed bindings offer and
 never parses ``trt.__version__``: JetPack 5 ships 8.4/8.5, JetPack 6.0 ships 8.6, JetPack 6.1+ 10.3,
 desktops may have 11.x, and point releases move APIs. What changes between generations:
 

@@ -1,6 +1,6 @@
 """A small fake of the ``tensorrt`` module per API generation, and a fake CUDA runtime.
 
-Real TensorRT cannot be installed on the build machines (see /work/shared/spec/tensorrt.md), so the
+Real TensorRT cannot be installed on the build machines (docs/tensorrt.md, last section), so the
 TensorRT code is tested against this fake. It mimics the *surface* each generation offers and, just
 as important, what each one lacks (an attribute that is gone raises AttributeError, as in the real
 bindings): 8.4 (bindings API only, EXPLICIT_BATCH required), 8.6 (bindings and tensor names),

@@ -47,7 +47,7 @@ def test_prune_half_lands_within_5_percent_of_the_paper(v8m):
     pruned = prune_yolov8(copy.deepcopy(v8m), 0.5).model
     n = count_params(pruned)
     assert abs(n - PAPER_PRUNED_M) / PAPER_PRUNED_M < 0.05, n
-    assert n == 6_745_246  # the coupling rules of the spec, stem and box branch kept whole
+    assert n == 6_745_246  # coupling rules of docs/yolo-compression.md; stem, box branch kept whole
 
 
 def test_coupling_rules_hold_after_pruning(v8m):

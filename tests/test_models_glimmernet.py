@@ -31,7 +31,7 @@ def test_takunet_parameter_count():
 
 
 def test_parameter_formula_holds_for_other_depths():
-    # spec: total = 14,884 + 480*d1 + 960*d2 + 1,920*d3 + 2,880*d4
+    # docs/glimmernet.md: total = 14,884 + 480*d1 + 960*d2 + 1,920*d3 + 2,880*d4
     d = (2, 1, 3, 2)
     assert count_params(GlimmerNet(depths=d)) == 14_884 + 480 * d[0] + 960 * d[1] + 1_920 * d[2] + 2_880 * d[3]
 

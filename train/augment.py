@@ -1,6 +1,6 @@
 """The GlimmerNet paper's training augmentations (albumentations), inside deployment's resize.
 
-Recipe (spec/glimmernet.md, "Training recipe of the paper"; train split only, each p = 0.1 unless
+Recipe (docs/glimmernet.md, "Training recipe of the paper"; train split only, each p = 0.1 unless
 given): resize (p 1), horizontal flip (p 0.5), perspective (scale 0.01-0.05), grid distortion
 (p 0.2), coarse dropout (up to 10 holes of 25x25 at 224), Gaussian noise (variance 40-70),
 shift-scale-rotate (0.1, 0.1, 10 deg, p 0.2), colour jitter (0.4, 0.4, 0.4, 0.2, p 0.2),

@@ -7,7 +7,7 @@
     glimmer-compress pipeline --model yolov8m.yaml|PATH.pt --data DATA.yaml --epochs E --out DIR
     glimmer-compress visdrone2yolo RAW_DIR OUT_DIR
 
-The method of Sabaghian et al. (shared/spec/yolo-compression.md) on ultralytics 8.4.190, offline.
+The method of Sabaghian et al. (docs/yolo-compression.md) on ultralytics 8.4.190, offline.
 """
 import argparse
 import copy

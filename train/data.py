@@ -1,10 +1,10 @@
 """The AIDERv2 dataset layout for classifier training, and its torch loading.
 
-``DATA_DIR/Train|Val|Test/<Class>/*.png|jpg`` (spec/glimmernet.md, "AIDERv2 dataset"): sorted class
-folder names give the class indices. ``Val/`` missing: a stratified hold-out of ``Train/`` stands in
-(and the run says so). ``Test/`` missing: no test report. Class folders that differ across splits
-are an error before any training. Every image is decoded once up front, so unreadable files are
-skipped and listed rather than crashing a worker at epoch 57.
+``DATA_DIR/Train|Val|Test/<Class>/*.png|jpg`` (docs/glimmernet.md, "AIDERv2 dataset layout"): sorted
+class folder names give the class indices. ``Val/`` missing: a stratified hold-out of ``Train/``
+stands in (and the run says so). ``Test/`` missing: no test report. Class folders that differ across
+splits are an error before any training. Every image is decoded once up front, so unreadable files
+are skipped and listed rather than crashing a worker at epoch 57.
 
 Loading: a map-style dataset decoded with OpenCV in DataLoader workers. The sampler hands each
 worker ``(index, epoch)``, and the augmentation seeds itself from that key, so the batches of an

@@ -1,6 +1,6 @@
 """The GlimmerNet paper's training loop: RMSprop, StepLR, cross-entropy, fp32, best Val weighted F1.
 
-Recipe (spec/glimmernet.md, "Training recipe of the paper"): RMSprop(lr 1e-3, alpha 0.9, momentum
+Recipe (docs/glimmernet.md, "Training recipe of the paper"): RMSprop(lr 1e-3, alpha 0.9, momentum
 0.9, weight decay 1e-5, eps 1e-8); StepLR(step 2, gamma 0.975) stepped once per epoch; plain
 cross-entropy; fp32; seed 22. The model with the best weighted F1 on Val is kept (``best.pt``) and
 reported on Test; ``last.pt`` adds the optimizer, scheduler, epoch, best score, history and RNG

@@ -1,8 +1,9 @@
 """ultralytics DetectionTrainer subclasses for fine-tuning and distilling a pruned YOLOv8.
 
-Trap (spec, "Facts about ultralytics"): the stock ``get_model`` rebuilds a ``DetectionModel`` from
-the unpruned yaml and copies only the tensors whose shapes match, so a pruned model silently loses
-its weights. :class:`ModuleTrainer.get_model` returns the loaded module itself.
+Trap (docs/yolo-compression.md, "ultralytics facts"): the stock ``get_model`` rebuilds a
+``DetectionModel`` from the unpruned yaml and copies only the tensors whose shapes match, so a
+pruned model silently loses its weights. :class:`ModuleTrainer.get_model` returns the loaded module
+itself.
 
 :class:`DistillTrainer` adds ``alpha * CWD`` (``cwd.py``) on the student's neck layers: forward hooks
 capture the student's and the frozen eval-mode teacher's features, a criterion wrapper adds the term

@@ -1,7 +1,7 @@
 """The one place that talks to ultralytics 8.4.190: offline guards, loading, saving, counting.
 
 Everything else in ``glimmer.train.compress`` goes through here, so version-specific facts (see
-``shared/spec/yolo-compression.md``) live in one module:
+docs/yolo-compression.md, "ultralytics facts") live in one module:
 
 - ``YOLO_OFFLINE=1`` is set before ultralytics is imported; :func:`offline` additionally replaces the
   two checks that would still try the network: the AMP check (downloads yolo26n.pt) and the font
