@@ -1,6 +1,7 @@
 """glimmer-export end to end: artifacts, metadata, report, INT8, errors and atomicity."""
 import copy
 import json
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -192,6 +193,20 @@ def test_yolov8_pt_exports_through_ultralytics_loader(tmp_path):
     out = exported.graph.output[0].type.tensor_type.shape.dim
     assert [d.dim_value for d in out] == [1, 4 + 2, 64 // 8 * 64 // 8 + 64 // 16 * 64 // 16 + 64 // 32 * 64 // 32]
     assert np.isfinite(check["box_max_abs_diff"])
+
+    # INT8: TensorRT placement on the detector too: one Q/DQ per Conv weight, one per distinct Conv input
+    make_scene_dataset(tmp_path / "calib", {"Train": 2}, size=64)
+    assert export([tmp_path / "yolo.pt", "--out", tmp_path / "q", "--int8", "--calib", tmp_path / "calib",
+                   "--calib-count", 8, "--latency-runs", 3]) == 0
+    int8 = onnx.load(str(tmp_path / "q" / "yolo.int8.onnx"))
+    convs = [n for n in exported.graph.node if n.op_type == "Conv"]
+    ops = Counter(n.op_type for n in int8.graph.node)
+    assert ops["QuantizeLinear"] == len(convs) + len({n.input[0] for n in convs})
+    assert ops["DequantizeLinear"] == ops["QuantizeLinear"] and zero_points_all_zero(int8)
+    consumers = {i: n.op_type for n in int8.graph.node for i in n.input}
+    assert {consumers[n.output[0]] for n in int8.graph.node if n.op_type == "DequantizeLinear"} == {"Conv"}
+    report = json.loads((tmp_path / "q" / "export-report.json").read_text())["int8"]
+    assert report["calibration"]["method"] == "minmax" and report["budget"]["checked"] is False
 
 
 def recording_builder(calls):
