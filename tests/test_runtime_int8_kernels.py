@@ -12,6 +12,7 @@ import onnxruntime
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from glimmer.export.onnx_export import attach_metadata
 from glimmer.runtime import cpu, loader
 from glimmer.runtime.backend_ort import OnnxRuntimeBackend
 from glimmer.runtime.bench import build_parser as bench_parser
@@ -24,7 +25,7 @@ from glimmer.runtime.cpu import CpuFacts, parse_cpu_flags
 from glimmer.runtime.errors import GlimmerError
 from glimmer.runtime.int8_policy import DISABLE_QDQ, check_int8_kernels, int8_policy, weight_bits
 from glimmer.runtime.loader import open_backend
-from glimmer.runtime.metadata import METADATA_KEY, ModelMeta
+from glimmer.runtime.metadata import ModelMeta
 
 # -- /proc/cpuinfo samples (abridged to the lines that matter) ------------------------------------
 AVX2 = ("processor\t: 0\nvendor_id\t: GenuineIntel\nmodel name\t: Intel(R) Core(TM) i7-8700 CPU\n"
@@ -156,8 +157,7 @@ def qdq_classifier(path: Path, meta: ModelMeta) -> Path:
                               [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 4])], inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
     model.ir_version = 8
-    entry = model.metadata_props.add()
-    entry.key, entry.value = METADATA_KEY, meta.to_json()
+    attach_metadata(model, meta)
     onnx.save(model, str(path))
     return path
 

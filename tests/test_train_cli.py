@@ -26,14 +26,7 @@ from glimmer.train.synthetic import CLASSES, make_scene_dataset
 
 SMALL = ["--img-size", "64", "--batch-size", "16"]
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Two OpenMP threads on two shared cores stall at every barrier when neighbours are busy."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def run(argv):

@@ -2,15 +2,14 @@
 every dilation mode), QAT against post-training quantisation, and glimmer-train --qat-from's
 checkpoints and errors."""
 
-import io
 import json
 import zipfile
-from contextlib import redirect_stderr, redirect_stdout
 
 import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
+from test_train_cli import error_line, run
 
 from glimmer.calibration.qdq import insert_qdq, qdq_layers, quant_targets
 from glimmer.export.deploy_model import deploy_form
@@ -19,9 +18,7 @@ from glimmer.export.onnx_export import export_onnx
 from glimmer.export.qat import qat_activation_amax, training_module
 from glimmer.models.checkpoint import load_checkpoint, save_checkpoint
 from glimmer.models.glimmernet import GlimmerNet
-from glimmer.runtime.console import run_cli
 from glimmer.runtime.errors import GlimmerError
-from glimmer.train.cli import main
 from glimmer.train.qat import (
     QATModel,
     calibrate_amax,
@@ -36,14 +33,7 @@ SIZE = 64  # the smallest convenient input that survives the stem and four 2x2 p
 TINY = dict(depths=(1, 1, 1, 1), widths=(8, 16, 24, 48), dilations=(1, 2, 2, 3))
 CPU = torch.device("cpu")
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Two OpenMP threads on two shared cores stall at every barrier when neighbours are busy."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @torch.no_grad()
@@ -218,19 +208,6 @@ def test_qat_recovers_the_accuracy_post_training_quantisation_loses():
 
 # ---- glimmer-train --qat-from ---------------------------------------------------------------------
 
-def run(argv):
-    """(exit code, stdout, stderr) of glimmer-train in this process."""
-    out, err = io.StringIO(), io.StringIO()
-    with redirect_stdout(out), redirect_stderr(err):
-        rc = run_cli("glimmer-train", main, [str(a) for a in argv])
-    return rc, out.getvalue(), err.getvalue()
-
-
-def error_line(err: str) -> str:
-    lines = [line.split("\r")[-1] for line in err.split("\n")]
-    lines = [line for line in lines if line.strip()]
-    assert len(lines) == 1 and "Traceback" not in err, err
-    return lines[0]
 
 
 @pytest.fixture(scope="module")

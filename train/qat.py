@@ -323,14 +323,7 @@ class QATTrainer(Trainer):
                      f"F1 {val['f1_weighted']:.4f}  {row['seconds']:.1f}s" + ("  * best" if improved else ""))
         qmodel.remove()
         del train_loader, val_loader
-        test, test_skipped = None, None
-        if data.test is None:
-            test_skipped = f"no Test/ folder in {data.root}"
-        else:
-            test = self._test_qat(data, meta)
-        metrics = document(finished=True, test=test, test_skipped=test_skipped)
-        report.write_metrics(self.run_dir, metrics)
-        return metrics
+        return self._finish(data, meta, document, self._test_qat)
 
     def _test_qat(self, data: AiderDataset, meta) -> Dict[str, Any]:
         """best.pt on Test under fake quantisation; the result also goes into its provenance."""

@@ -310,12 +310,15 @@ class Trainer:
                      f"F1 {val['f1_weighted']:.4f}  {row['seconds']:.1f}s"
                      + ("  * best" if improved else ""))
         del train_loader, val_loader  # shuts the persistent workers down before the test pass
+        return self._finish(data, meta, document, self._test)
 
+    def _finish(self, data: AiderDataset, meta, document, test_fn) -> Dict[str, Any]:
+        """The Test pass (when there is a Test split) and the final metrics.json."""
         test, test_skipped = None, None
         if data.test is None:
             test_skipped = f"no Test/ folder in {data.root}"
         else:
-            test = self._test(data, meta)
+            test = test_fn(data, meta)
         metrics = document(finished=True, test=test, test_skipped=test_skipped)
         report.write_metrics(self.run_dir, metrics)
         return metrics
