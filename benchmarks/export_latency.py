@@ -28,7 +28,7 @@ from glimmer.export.lower_dilation import MODES
 from glimmer.export.onnx_export import export_onnx
 from glimmer.export.verify import ort_session, time_calls
 from glimmer.models.glimmernet import GlimmerNet
-from glimmer.runtime.metadata import ModelMeta
+from glimmer.runtime.core.metadata import ModelMeta
 from glimmer.train.synthetic import CLASSES, make_scene_dataset
 
 

@@ -29,7 +29,7 @@ from glimmer.calibration.dataset import CalibrationSet
 from glimmer.export.int8 import METHODS, Int8Builder
 from glimmer.export.onnx_export import read_metadata
 from glimmer.export.verify import load_labelled, ort_session, score
-from glimmer.runtime.cpu import cpu_facts
+from glimmer.runtime.core.cpu import cpu_facts
 from glimmer.train.synthetic import make_scene_dataset
 
 BIN = Path(sys.executable).parent

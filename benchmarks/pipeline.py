@@ -5,7 +5,7 @@ them), in one run:
 
 - decode only, preprocess only, model only (``backend.infer`` on one fixed batch): each stage alone;
 - a plain loop: read, preprocess, infer, postprocess, one frame after another;
-- the pipeline (``glimmer.runtime.pipeline.Pipeline``): the same work, stages overlapped in threads.
+- the pipeline (``glimmer.runtime.stream.pipeline.Pipeline``): the same work, stages overlapped in threads.
 
 Each is measured ``--runs`` times, interleaved; the table shows the best (the figure least disturbed
 by other work on a shared machine) and the median.
@@ -26,12 +26,12 @@ import warnings
 from pathlib import Path
 from typing import Dict, List
 
-from glimmer.runtime.backend_ort import OnnxRuntimeBackend
-from glimmer.runtime.metadata import METADATA_KEY, ModelMeta
-from glimmer.runtime.pipeline import Pipeline, build_task
-from glimmer.runtime.preprocess import Preprocessor
-from glimmer.runtime.sinks import Sink
-from glimmer.runtime.sources import SourceOptions, open_source
+from glimmer.runtime.backends.ort.runner import OnnxRuntimeBackend
+from glimmer.runtime.core.metadata import METADATA_KEY, ModelMeta
+from glimmer.runtime.core.preprocess import Preprocessor
+from glimmer.runtime.stream.pipeline import Pipeline, build_task
+from glimmer.runtime.stream.sinks import Sink
+from glimmer.runtime.stream.sources import SourceOptions, open_source
 
 NAMES = ("decode only (capture)", "preprocess only (720p -> input)",
          "model only (backend.infer, one batch)", "plain sequential loop", "glimmer-run pipeline")
@@ -123,7 +123,7 @@ def plot_rss(samples, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from glimmer.runtime.fsutil import atomic_path
+    from glimmer.runtime.core.files import atomic_path
 
     fig, ax = plt.subplots(figsize=(6, 3.2))
     ax.plot([i for i, _ in samples], [m for _, m in samples], marker="o", ms=3)

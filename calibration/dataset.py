@@ -3,8 +3,8 @@
 The same calibration images must go through exactly the runtime's preprocessing, or the ranges
 describe inputs the deployed model never sees (docs/tensorrt.md, "INT8 paths"). Images are found
 recursively under ``--calib DIR`` (a training split with class folders works), decoded with
-:func:`glimmer.runtime.imagefolder.read_image` and turned into network input by
-:class:`glimmer.runtime.preprocess.Preprocessor` built from the model's own :class:`ModelMeta`:
+:func:`glimmer.runtime.core.images.read_image` and turned into network input by
+:class:`glimmer.runtime.core.preprocess.Preprocessor` built from the model's own :class:`ModelMeta`:
 resize or letterbox, channel order, scale, mean/std all come from the artifact.
 
 The selection is a seeded shuffle of the sorted file list, so a folder sorted by class still gives
@@ -20,10 +20,10 @@ from typing import Dict, Iterator, List, Optional
 
 import numpy as np
 
-from glimmer.runtime.errors import GlimmerError
-from glimmer.runtime.imagefolder import IMAGE_EXTS, list_images, read_image
-from glimmer.runtime.metadata import ModelMeta
-from glimmer.runtime.preprocess import Preprocessor
+from glimmer.runtime.core.errors import GlimmerError
+from glimmer.runtime.core.images import IMAGE_EXTS, list_images, read_image
+from glimmer.runtime.core.metadata import ModelMeta
+from glimmer.runtime.core.preprocess import Preprocessor
 
 #: bytes of preprocessed input one calibration batch may take (host copy; the device holds the same)
 CALIB_BATCH_BYTES = 256 * 2 ** 20

@@ -18,7 +18,7 @@ from typing import Dict, Sequence
 import numpy as np
 import onnx
 
-from glimmer.runtime.errors import GlimmerError
+from glimmer.runtime.core.errors import GlimmerError
 
 from .dataset import CalibrationSet, OrtCalibrationReader
 

@@ -4,7 +4,7 @@ Implements the implicit path of docs/tensorrt.md, "INT8 paths". TensorRT calls t
 building: ``get_batch_size``, then ``get_batch(names)`` until it returns None (each call hands over
 device pointers to one NCHW float32 batch), and it reads / writes a calibration cache so that a
 rebuild skips the images. The batches come from an iterable of numpy arrays already preprocessed by
-the runtime's :class:`~glimmer.runtime.preprocess.Preprocessor`, so calibration statistics see what
+the runtime's :class:`~glimmer.runtime.core.preprocess.Preprocessor`, so calibration statistics see what
 the drone sees. Implicit calibration is deprecated from TensorRT 10.1 and removed in 11.0; there the
 explicitly quantized (Q/DQ) ONNX is the only INT8 path, and this module says so.
 
@@ -17,9 +17,10 @@ from typing import Any, Callable, Iterator, List, Optional
 
 import numpy as np
 
-from glimmer.runtime import cuda_mem, trt_compat
-from glimmer.runtime.errors import GlimmerError
-from glimmer.runtime.fsutil import atomic_write_bytes
+from glimmer.runtime.backends.trt import compat as trt_compat
+from glimmer.runtime.backends.trt import cuda as cuda_mem
+from glimmer.runtime.core.errors import GlimmerError
+from glimmer.runtime.core.files import atomic_write_bytes
 
 QDQ_HINT = ("export the explicitly quantized ONNX instead: glimmer-export CHECKPOINT --int8 --calib DIR "
             "writes NAME.int8.onnx (symmetric Q/DQ), which every TensorRT version from 8.x to 11 builds")
@@ -37,7 +38,7 @@ def make_entropy_calibrator(batches: Any, cache_file: Path, *,
     ``batches`` is an iterable of NCHW float32 arrays, or an object with a ``batches()`` method
     (:class:`glimmer.calibration.dataset.CalibrationSet`); either is read only if TensorRT asks,
     so a valid calibration cache means no image is decoded. Pass the result as ``calibrator=`` to
-    :func:`glimmer.runtime.trt_build.build_engine`. ``batch_size`` (default: ``batches.batch_size``)
+    :func:`glimmer.runtime.backends.trt.build.build_engine`. ``batch_size`` (default: ``batches.batch_size``)
     is the batch of a dynamic network's calibration profile. Raises GlimmerError on TensorRT 11+,
     which has no implicit calibration.
     """

@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 from typing import Callable
 
-from glimmer.runtime.bench_peers import Peer, PeerContext, PeerUnavailable
+from glimmer.runtime.tools.peers import Peer, PeerContext, PeerUnavailable
 
 
 class TorchPeer(Peer):
@@ -25,7 +25,7 @@ class TorchPeer(Peer):
     label = "PyTorch eager (CPU)"
 
     def _model(self, ctx: PeerContext):
-        from glimmer.runtime.errors import GlimmerError
+        from glimmer.runtime.core.errors import GlimmerError
 
         if self.arg:
             from .loaders import load_source

@@ -15,8 +15,8 @@ import sys
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
-from glimmer.runtime.console import add_verbose_flag, run_cli
-from glimmer.runtime.errors import GlimmerError
+from glimmer.runtime.core.console import add_verbose_flag, run_cli
+from glimmer.runtime.core.errors import GlimmerError
 
 MODES = ("split", "aligned", "embed", "auto")
 CALIB_METHODS = ("minmax", "percentile", "entropy")  # ONNX Runtime's calibrators

@@ -2,15 +2,15 @@
 and how they will be built (docs/tensorrt.md).
 
 The builder itself (version adapters, timing cache, sidecar JSON keyed by ONNX sha256, TensorRT
-version, GPU and precision) lives in :mod:`glimmer.runtime.trt_build`, so the drone can build at first
+version, GPU and precision) lives in :mod:`glimmer.runtime.backends.trt.build`, so the drone can build at first
 start with the same code; it is imported lazily here, when an engine is wanted.
 """
 import contextlib
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
-from glimmer.runtime.errors import GlimmerError
-from glimmer.runtime.metadata import ModelMeta
+from glimmer.runtime.core.errors import GlimmerError
+from glimmer.runtime.core.metadata import ModelMeta
 
 TIMING_CACHE = "timing.cache"
 
@@ -18,7 +18,7 @@ TIMING_CACHE = "timing.cache"
 def tensorrt_status() -> Tuple[bool, str]:
     """(usable, reason) from the runtime's builder; a missing builder module reads as unusable."""
     try:
-        from glimmer.runtime import trt_build
+        from glimmer.runtime.backends.trt import build as trt_build
     except ImportError as exc:  # pragma: no cover - the module ships with the runtime
         return False, f"the TensorRT builder is unavailable ({exc})"
     return trt_build.tensorrt_status()
@@ -43,8 +43,8 @@ def tensorrt_latency_ms(onnx_path: Path, precision: str, meta: ModelMeta, batch:
                         work_dir: Path) -> float:
     """Median ms of one inference (copy in, compute, copy out) by an engine built from ``onnx_path``
     in ``work_dir``: how ``--dilation-mode auto`` compares the lowerings where TensorRT exists."""
-    from glimmer.runtime.backend_trt import TensorRTBackend
-    from glimmer.runtime.trt_build import build_engine
+    from glimmer.runtime.backends.trt.build import build_engine
+    from glimmer.runtime.backends.trt.runner import TensorRTBackend
 
     from .verify import time_calls
 
@@ -61,8 +61,8 @@ def tensorrt_runner(onnx_path: Path, precision: str, meta: ModelMeta, batch: Any
     """One inference of ``batch`` (copy in, compute, copy out) by an engine built from ``onnx_path``
     in ``work_dir``, as a zero-argument callable valid inside the ``with``: ``--dilation-mode auto``
     holds one per lowering so their timing can be interleaved (:mod:`glimmer.export.interleave`)."""
-    from glimmer.runtime.backend_trt import TensorRTBackend
-    from glimmer.runtime.trt_build import build_engine
+    from glimmer.runtime.backends.trt.build import build_engine
+    from glimmer.runtime.backends.trt.runner import TensorRTBackend
 
     engine = Path(work_dir) / f"{Path(onnx_path).stem}.{precision}.engine"
     build_engine(Path(onnx_path), engine, precision, meta=meta, timing_cache=Path(work_dir) / TIMING_CACHE,
@@ -74,7 +74,7 @@ def tensorrt_runner(onnx_path: Path, precision: str, meta: ModelMeta, batch: Any
 def build_engines(jobs: List[Dict[str, Any]], meta: ModelMeta, out_dir: Path, *, dynamic_batch: bool,
                   max_batch: int, log: Callable[[str], None] = print) -> List[Dict[str, Any]]:
     """Build each job ``{onnx, engine, precision[, meta][, calibrator]}``; returns the sidecars."""
-    from glimmer.runtime.trt_build import build_engine
+    from glimmer.runtime.backends.trt.build import build_engine
 
     batches: Dict[str, Optional[int]] = {}
     if dynamic_batch:

@@ -25,7 +25,7 @@ import onnx
 
 from glimmer.calibration.qdq import QuantTarget, insert_qdq, quant_targets
 from glimmer.calibration.ranges import METHODS, activation_amax
-from glimmer.runtime.metadata import ModelMeta
+from glimmer.runtime.core.metadata import ModelMeta
 
 from .onnx_export import INPUT_NAME
 
@@ -166,8 +166,8 @@ def build_int8(fp32: onnx.ModelProto, meta: ModelMeta, reference, *, calib=None,
     Scales come from ``qat`` (a quantization-aware-trained checkpoint's) or from ``calib``; with a
     labelled ``val`` set the calibration method is chosen and the accuracy budget enforced.
     """
-    from glimmer.runtime.cpu import cpu_facts
-    from glimmer.runtime.int8_policy import describe_int8, int8_policy
+    from glimmer.runtime.backends.ort.int8 import describe_int8, int8_policy
+    from glimmer.runtime.core.cpu import cpu_facts
 
     from .onnx_export import attach_metadata
     from .verify import compare, integer_kernels, latency_input, latency_ms, ort_session, score

@@ -19,9 +19,9 @@ import onnx
 import torch
 
 from glimmer.models.checkpoint import load_checkpoint, sniff_kind
-from glimmer.runtime.errors import GlimmerError
-from glimmer.runtime.fsutil import sha256_file
-from glimmer.runtime.metadata import ModelMeta
+from glimmer.runtime.core.errors import GlimmerError
+from glimmer.runtime.core.files import sha256_file
+from glimmer.runtime.core.metadata import ModelMeta
 
 from .onnx_export import load_onnx, read_metadata
 

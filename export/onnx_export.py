@@ -9,7 +9,7 @@ without Shape/Gather chains when shapes are static, and marks a dynamic batch th
 real work only.
 
 Output: an ONNX with our metadata, a static or dynamic batch, opset 17 by default; the metadata
-schema is in :mod:`glimmer.runtime.metadata`.
+schema is in :mod:`glimmer.runtime.core.metadata`.
 """
 import io
 import warnings
@@ -21,9 +21,9 @@ import onnx
 import torch
 from onnx import numpy_helper
 
-from glimmer.runtime.errors import GlimmerError
-from glimmer.runtime.fsutil import atomic_path
-from glimmer.runtime.metadata import METADATA_KEY, ModelMeta
+from glimmer.runtime.core.errors import GlimmerError
+from glimmer.runtime.core.files import atomic_path
+from glimmer.runtime.core.metadata import METADATA_KEY, ModelMeta
 
 DEFAULT_OPSET = 17
 INPUT_NAME = "images"

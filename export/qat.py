@@ -26,7 +26,7 @@ from typing import Any, Dict, Mapping, Optional, Tuple
 import onnx
 
 from glimmer.calibration.qdq import quant_targets
-from glimmer.runtime.errors import GlimmerError
+from glimmer.runtime.core.errors import GlimmerError
 
 #: (deploy layer pattern, training module template), following the table above.
 LAYER_MAP: Tuple[Tuple[str, str], ...] = (

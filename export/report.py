@@ -13,7 +13,7 @@ from typing import Any, Dict, Optional
 
 import onnx
 
-from glimmer.runtime.fsutil import atomic_write_text, sha256_file
+from glimmer.runtime.core.files import atomic_write_text, sha256_file
 
 from .onnx_export import op_histogram, unsupported_ops
 

@@ -16,9 +16,9 @@ from typing import Any, Callable, Dict, List, Optional
 import numpy as np
 import torch
 
-from glimmer.runtime.errors import GlimmerError
-from glimmer.runtime.metadata import ModelMeta
-from glimmer.runtime.preprocess import Preprocessor
+from glimmer.runtime.core.errors import GlimmerError
+from glimmer.runtime.core.metadata import ModelMeta
+from glimmer.runtime.core.preprocess import Preprocessor
 
 
 def ort_session(model_bytes: bytes, threads: int = 1, simulate_qdq: bool = False):
@@ -197,7 +197,7 @@ class LabelledSet:
 def load_labelled(meta: ModelMeta, root: Path, option: str = "--val") -> LabelledSet:
     """Read ``root``; its class folders must be the model's classes. Unreadable images are counted
     and skipped (a scan of real data has a few), an empty set is an error naming ``option``."""
-    from glimmer.runtime.imagefolder import labelled_images, read_image
+    from glimmer.runtime.core.images import labelled_images, read_image
 
     try:
         paths, labels, names = labelled_images(Path(root), meta.class_names)
@@ -219,7 +219,7 @@ def load_labelled(meta: ModelMeta, root: Path, option: str = "--val") -> Labelle
 
 def score(session, data: LabelledSet) -> Dict[str, Any]:
     """Weighted F1 (the GlimmerNet paper's metric), accuracy and per-class F1 of one session."""
-    from glimmer.runtime.metrics import classification_report
+    from glimmer.runtime.tools.metrics import classification_report
 
     report = classification_report(data.truth, predict_labels(session, data.inputs), data.names)
     return {"f1_weighted": report["f1_weighted"], "accuracy": report["accuracy"],

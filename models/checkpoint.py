@@ -17,9 +17,9 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 
-from glimmer.runtime.errors import GlimmerError
-from glimmer.runtime.fsutil import atomic_path, sha256_file
-from glimmer.runtime.metadata import ModelMeta
+from glimmer.runtime.core.errors import GlimmerError
+from glimmer.runtime.core.files import atomic_path, sha256_file
+from glimmer.runtime.core.metadata import ModelMeta
 
 from .glimmernet import AIDER_CLASSES, ARCHS, GlimmerConfig, GlimmerNet
 

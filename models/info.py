@@ -7,8 +7,8 @@ import json
 import sys
 from typing import Any, Dict, List, Optional
 
-from glimmer.runtime.console import add_verbose_flag, run_cli
-from glimmer.runtime.errors import GlimmerError
+from glimmer.runtime.core.console import add_verbose_flag, run_cli
+from glimmer.runtime.core.errors import GlimmerError
 
 COUNTED = ("true multiply-accumulates of every conv (each grouped dilated sub-conv included) and linear "
            "layer, plus the head's global average pool; BatchNorm, activations, 2x2 pooling, GRN and "

@@ -680,7 +680,7 @@ CLASSES = ["Earthquake", "Fire", "Flood", "Normal"]
 
 
 def tiny_meta(batch: Optional[int] = 1):
-    from glimmer.runtime.metadata import ModelMeta
+    from glimmer.runtime.core.metadata import ModelMeta
     return ModelMeta(task="classify", name="tiny", class_names=CLASSES, input_size=(8, 8), batch=batch)
 
 

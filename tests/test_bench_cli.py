@@ -9,10 +9,10 @@ import onnx
 import pytest
 from test_check_evaluate import fixed_detector
 
-from glimmer.runtime import bench_peers
-from glimmer.runtime.bench import main
-from glimmer.runtime.console import run_cli
-from glimmer.runtime.metadata import METADATA_KEY, ModelMeta
+from glimmer.runtime.core.console import run_cli
+from glimmer.runtime.core.metadata import METADATA_KEY, ModelMeta
+from glimmer.runtime.tools import peers as bench_peers
+from glimmer.runtime.tools.bench import main
 from glimmer.train.synthetic import CLASSES
 
 TRTEXEC = ("min_ms", "max_ms", "mean_ms", "median_ms", "p90_ms", "p95_ms", "p99_ms")
@@ -160,8 +160,8 @@ def test_bench_and_check_modules_stay_on_the_runtime_floor():
     import sys
 
     code = ("import sys\n"
-            "import glimmer.runtime.bench, glimmer.runtime.check, glimmer.runtime.checks\n"
-            "import glimmer.runtime.evaluate, glimmer.runtime.baseline, glimmer.runtime.bench_peers as p\n"
+            "import glimmer.runtime.tools.bench, glimmer.runtime.tools.check, glimmer.runtime.tools.regression\n"
+            "import glimmer.runtime.tools.evaluate, glimmer.runtime.tools.baseline, glimmer.runtime.tools.peers as p\n"
             "p.discover()\n"
             "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'ultralytics') or\n"
             "             m.startswith(('glimmer.export', 'glimmer.models', 'glimmer.train', 'glimmer.calibration')))\n"

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from glimmer.calibration.dataset import CalibrationSet, OrtCalibrationReader
-from glimmer.runtime.errors import GlimmerError
-from glimmer.runtime.metadata import ModelMeta
-from glimmer.runtime.preprocess import Preprocessor
+from glimmer.runtime.core.errors import GlimmerError
+from glimmer.runtime.core.metadata import ModelMeta
+from glimmer.runtime.core.preprocess import Preprocessor
 
 
 def write_images(root: Path, per_folder: int, folders=("A", "B/deeper")) -> list:

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from test_check_evaluate import centroid_classifier, fit_centroids, fixed_detector, yolo_set
 
-from glimmer.runtime.bench import this_device
-from glimmer.runtime.check import main
-from glimmer.runtime.console import run_cli
+from glimmer.runtime.core.console import run_cli
+from glimmer.runtime.tools.bench import this_device
+from glimmer.runtime.tools.check import main
 from glimmer.train.synthetic import make_scene_dataset, make_scene_video
 
 PROFILE = """\

@@ -10,11 +10,16 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from glimmer.runtime.backend_ort import OnnxRuntimeBackend
-from glimmer.runtime.errors import GlimmerError
-from glimmer.runtime.evaluate import coco_map, evaluate_classifier, evaluate_detector, read_labels
-from glimmer.runtime.imagefolder import labelled_images, read_image
-from glimmer.runtime.metadata import METADATA_KEY, ModelMeta
+from glimmer.runtime.backends.ort.runner import OnnxRuntimeBackend
+from glimmer.runtime.core.errors import GlimmerError
+from glimmer.runtime.core.images import labelled_images, read_image
+from glimmer.runtime.core.metadata import METADATA_KEY, ModelMeta
+from glimmer.runtime.tools.evaluate import (
+    coco_map,
+    evaluate_classifier,
+    evaluate_detector,
+    read_labels,
+)
 from glimmer.train.synthetic import CLASSES, make_scene_dataset
 
 # 101-point interpolated AP of one class where the first of two objects is found at precision 1

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import yaml
 
-from glimmer.runtime.console import run_cli
+from glimmer.runtime.core.console import run_cli
 from glimmer.train import compress_cli
 from glimmer.train.compress.data import check_dataset, label_path
 from glimmer.train.compress.shapes import make_shapes_dataset

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from glimmer.runtime.errors import GlimmerError
+from glimmer.runtime.core.errors import GlimmerError
 from glimmer.train import compress_cli
 from glimmer.train.compress.prune import prune_yolov8
 from glimmer.train.compress.yolo import (

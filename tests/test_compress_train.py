@@ -114,7 +114,7 @@ def test_cwd_training_pulls_student_towards_teacher():
 
 def test_compressed_model_goes_through_glimmer_export_and_glimmer_run(pipeline, data, tmp_path):
     export_cli = pytest.importorskip("glimmer.export.cli")
-    from glimmer.runtime.metadata import METADATA_KEY, ModelMeta
+    from glimmer.runtime.core.metadata import METADATA_KEY, ModelMeta
 
     rc = export_cli.main([str(pipeline / "4-distill" / "weights" / "best.pt"), "--out", str(tmp_path),
                           "--img-size", "64", "--latency-runs", "1"])
@@ -125,7 +125,7 @@ def test_compressed_model_goes_through_glimmer_export_and_glimmer_run(pipeline, 
     assert METADATA_KEY in props and meta.task == "detect"
     assert list(meta.class_names) == ["disc", "box"] and tuple(meta.input_size) == (64, 64)
 
-    run_cli = pytest.importorskip("glimmer.runtime.cli")
+    run_cli = pytest.importorskip("glimmer.runtime.tools.run")
     jsonl = tmp_path / "run.jsonl"
     images = data.parent / "images" / "val"
     rc = run_cli.main(["--model", str(onnx_path), "--source", str(images), "--headless",

@@ -14,9 +14,9 @@ from glimmer.calibration.qdq import zero_points_all_zero
 from glimmer.export import cli
 from glimmer.models.checkpoint import reference_state_dict, save_checkpoint
 from glimmer.models.glimmernet import GlimmerNet
-from glimmer.runtime.console import run_cli
-from glimmer.runtime.fsutil import sha256_file
-from glimmer.runtime.metadata import ModelMeta
+from glimmer.runtime.core.console import run_cli
+from glimmer.runtime.core.files import sha256_file
+from glimmer.runtime.core.metadata import ModelMeta
 from glimmer.train.synthetic import CLASSES, make_scene_dataset
 
 
@@ -235,7 +235,7 @@ def test_auto_times_the_lowerings_as_tensorrt_engines_where_tensorrt_builds(work
     import types
 
     from glimmer.export import engines, interleave
-    from glimmer.runtime import trt_build
+    from glimmer.runtime.backends.trt import build as trt_build
 
     opened, events, built, now = [], [], [], [0.0]
     monkeypatch.setattr(interleave, "time", types.SimpleNamespace(perf_counter=lambda: now[0]))
@@ -277,7 +277,7 @@ def test_engine_jobs_with_fake_tensorrt_builder(workdir, tmp_path, monkeypatch):
     """Bookkeeping only: which ONNX each engine is built from, names and batch profile. No real
     TensorRT runs here; the builder is replaced by a recorder."""
     from glimmer.export import engines
-    from glimmer.runtime import trt_build
+    from glimmer.runtime.backends.trt import build as trt_build
 
     calls = []
     monkeypatch.setattr(engines, "tensorrt_status", lambda: (True, "fake tensorrt"))

@@ -14,7 +14,7 @@ from glimmer.export.deploy_model import deploy_form
 from glimmer.export.int8 import Int8Builder, layer_group, tensorrt_int8
 from glimmer.export.onnx_export import export_onnx
 from glimmer.models.glimmernet import GlimmerNet
-from glimmer.runtime.metadata import ModelMeta
+from glimmer.runtime.core.metadata import ModelMeta
 
 
 @pytest.mark.parametrize("layer, group", [

@@ -23,7 +23,7 @@ from glimmer.export.onnx_export import (
 from glimmer.export.verify import compare, ort_session
 from glimmer.models.glimmernet import GlimmerNet, TakuNet
 from glimmer.models.layers import GroupedDilatedConv2d
-from glimmer.runtime.metadata import ModelMeta
+from glimmer.runtime.core.metadata import ModelMeta
 
 
 def randomise(module: nn.Module, seed: int = 0) -> nn.Module:

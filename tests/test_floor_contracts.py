@@ -4,13 +4,13 @@ import json
 import numpy as np
 import pytest
 
-from glimmer.runtime.console import run_cli
-from glimmer.runtime.errors import GlimmerError
-from glimmer.runtime.fsutil import atomic_path, atomic_write_text, sha256_file
-from glimmer.runtime.imagefolder import labelled_images, list_images, read_image
-from glimmer.runtime.metadata import METADATA_KEY, ModelMeta
-from glimmer.runtime.metrics import classification_report
-from glimmer.runtime.preprocess import Preprocessor, letterbox
+from glimmer.runtime.core.console import run_cli
+from glimmer.runtime.core.errors import GlimmerError
+from glimmer.runtime.core.files import atomic_path, atomic_write_text, sha256_file
+from glimmer.runtime.core.images import labelled_images, list_images, read_image
+from glimmer.runtime.core.metadata import METADATA_KEY, ModelMeta
+from glimmer.runtime.core.preprocess import Preprocessor, letterbox
+from glimmer.runtime.tools.metrics import classification_report
 
 
 def _meta(**kw):

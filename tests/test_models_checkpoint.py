@@ -9,7 +9,7 @@ from glimmer.models.checkpoint import (
     sniff_kind,
 )
 from glimmer.models.glimmernet import GlimmerNet, TakuNet
-from glimmer.runtime.errors import GlimmerError
+from glimmer.runtime.core.errors import GlimmerError
 
 
 def _randomised(model):

@@ -10,12 +10,13 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-import glimmer.runtime as runtime_pkg
-from glimmer.runtime import loader
-from glimmer.runtime.backend_ort import OnnxRuntimeBackend
-from glimmer.runtime.errors import GlimmerError
-from glimmer.runtime.loader import open_backend, read_onnx_metadata, resolve_backend
-from glimmer.runtime.metadata import METADATA_KEY, ModelMeta
+import glimmer.runtime.backends.trt as trt_pkg
+from glimmer.runtime.backends import factory as loader
+from glimmer.runtime.backends.factory import open_backend, resolve_backend
+from glimmer.runtime.backends.ort.runner import OnnxRuntimeBackend
+from glimmer.runtime.core.errors import GlimmerError
+from glimmer.runtime.core.metadata import METADATA_KEY, ModelMeta
+from glimmer.runtime.core.onnx_meta import read_onnx_metadata
 
 W = np.arange(12, dtype=np.float32).reshape(3, 4) / 10.0
 B = np.array([0.5, -0.5, 0.0, 1.0], np.float32)
@@ -115,7 +116,7 @@ def test_loader_auto_prefers_onnxruntime_then_tensorrt(model, monkeypatch):
 
 @pytest.fixture()
 def fake_trt_modules(monkeypatch, tmp_path):
-    """Stand-ins for glimmer.runtime.trt_build / backend_trt recording how the loader calls them."""
+    """Stand-ins for glimmer.runtime.backends.trt.build / backend_trt recording how the loader calls them."""
     calls = {}
     engine = tmp_path / "cache" / "linear.engine"
 
@@ -132,13 +133,13 @@ def fake_trt_modules(monkeypatch, tmp_path):
         def __init__(self, engine_path, meta=None):
             calls["backend"] = (Path(engine_path), meta)
 
-    build = types.ModuleType("glimmer.runtime.trt_build")
+    build = types.ModuleType("glimmer.runtime.backends.trt.build")
     build.ensure_engine, build.read_sidecar = ensure_engine, read_sidecar
-    backend = types.ModuleType("glimmer.runtime.backend_trt")
+    backend = types.ModuleType("glimmer.runtime.backends.trt.runner")
     backend.TensorRTBackend = TensorRTBackend
-    for name, module in (("trt_build", build), ("backend_trt", backend)):
-        monkeypatch.setitem(sys.modules, f"glimmer.runtime.{name}", module)
-        monkeypatch.setattr(runtime_pkg, name, module, raising=False)
+    for name, module in (("build", build), ("runner", backend)):
+        monkeypatch.setitem(sys.modules, f"glimmer.runtime.backends.trt.{name}", module)
+        monkeypatch.setattr(trt_pkg, name, module, raising=False)
     return calls, engine
 
 
@@ -162,14 +163,14 @@ def test_engine_takes_metadata_from_its_sidecar_with_fake_tensorrt(tmp_path, fak
 def test_engine_sidecar_without_meta_is_a_clear_error_with_fake_tensorrt(tmp_path, fake_trt_modules, monkeypatch):
     engine = tmp_path / "m.engine"
     engine.write_bytes(b"plan")
-    monkeypatch.setattr(sys.modules["glimmer.runtime.trt_build"], "read_sidecar", lambda p: {"tensorrt": "x"})
+    monkeypatch.setattr(sys.modules["glimmer.runtime.backends.trt.build"], "read_sidecar", lambda p: {"tensorrt": "x"})
     with pytest.raises(GlimmerError, match="its sidecar has no 'meta' table"):
         open_backend(engine)
 
 
 def test_missing_tensorrt_modules_are_a_clear_error(tmp_path, monkeypatch, model):
-    for name in ("trt_build", "backend_trt"):
-        monkeypatch.setitem(sys.modules, f"glimmer.runtime.{name}", None)  # import raises ImportError
-        monkeypatch.delattr(runtime_pkg, name, raising=False)
+    for name in ("build", "runner"):
+        monkeypatch.setitem(sys.modules, f"glimmer.runtime.backends.trt.{name}", None)  # import raises ImportError
+        monkeypatch.delattr(trt_pkg, name, raising=False)
     with pytest.raises(GlimmerError, match="the TensorRT backend cannot be loaded"):
         open_backend(model, "tensorrt")

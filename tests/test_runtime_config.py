@@ -3,10 +3,10 @@ from pathlib import Path
 
 import pytest
 
-from glimmer.runtime.cli import build_parser, main, settings_from
-from glimmer.runtime.config import DeployConfig, load_config
-from glimmer.runtime.console import run_cli
-from glimmer.runtime.errors import GlimmerError
+from glimmer.runtime.core.console import run_cli
+from glimmer.runtime.core.errors import GlimmerError
+from glimmer.runtime.tools.config import DeployConfig, load_config
+from glimmer.runtime.tools.run import build_parser, main, settings_from
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -13,19 +13,25 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from glimmer.export.onnx_export import attach_metadata
-from glimmer.runtime import cpu, loader
-from glimmer.runtime.backend_ort import OnnxRuntimeBackend
-from glimmer.runtime.bench import build_parser as bench_parser
-from glimmer.runtime.check import format_table
-from glimmer.runtime.checks import parse_check, run_check
-from glimmer.runtime.cli import build_parser, main, settings_from
-from glimmer.runtime.config import load_config
-from glimmer.runtime.console import run_cli
-from glimmer.runtime.cpu import CpuFacts, parse_cpu_flags
-from glimmer.runtime.errors import GlimmerError
-from glimmer.runtime.int8_policy import DISABLE_QDQ, check_int8_kernels, int8_policy, weight_bits
-from glimmer.runtime.loader import open_backend
-from glimmer.runtime.metadata import ModelMeta
+from glimmer.runtime.backends.factory import open_backend
+from glimmer.runtime.backends.ort import runner as ort_runner
+from glimmer.runtime.backends.ort.int8 import (
+    DISABLE_QDQ,
+    check_int8_kernels,
+    int8_policy,
+    weight_bits,
+)
+from glimmer.runtime.backends.ort.runner import OnnxRuntimeBackend
+from glimmer.runtime.core import cpu
+from glimmer.runtime.core.console import run_cli
+from glimmer.runtime.core.cpu import CpuFacts, parse_cpu_flags
+from glimmer.runtime.core.errors import GlimmerError
+from glimmer.runtime.core.metadata import ModelMeta
+from glimmer.runtime.tools.bench import build_parser as bench_parser
+from glimmer.runtime.tools.check import format_table
+from glimmer.runtime.tools.config import load_config
+from glimmer.runtime.tools.regression import parse_check, run_check
+from glimmer.runtime.tools.run import build_parser, main, settings_from
 
 # -- /proc/cpuinfo samples (abridged to the lines that matter) ------------------------------------
 AVX2 = ("processor\t: 0\nvendor_id\t: GenuineIntel\nmodel name\t: Intel(R) Core(TM) i7-8700 CPU\n"
@@ -273,8 +279,8 @@ def test_fp32_model_and_gpu_providers_are_left_alone(tmp_path, stub_cpu, session
 def test_metadata_is_read_once_before_the_session_and_not_when_given(int8_model, monkeypatch, stub_cpu):
     stub_cpu({"avx2"})
     reads = []
-    real = loader.read_onnx_metadata
-    monkeypatch.setattr(loader, "read_onnx_metadata", lambda path: reads.append(path) or real(path))
+    real = ort_runner.read_onnx_metadata
+    monkeypatch.setattr(ort_runner, "read_onnx_metadata", lambda path: reads.append(path) or real(path))
     with OnnxRuntimeBackend(int8_model, threads=1) as be:
         assert be.meta == meta_of() and be.int8_mode == "simulated"
     assert reads == [int8_model]

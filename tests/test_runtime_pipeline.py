@@ -11,17 +11,17 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from glimmer.runtime import sinks as sinks_mod
-from glimmer.runtime.backend import Backend, TensorSpec
-from glimmer.runtime.backend_ort import OnnxRuntimeBackend
-from glimmer.runtime.classify import softmax
-from glimmer.runtime.cli import main
-from glimmer.runtime.console import run_cli
-from glimmer.runtime.metadata import METADATA_KEY, ModelMeta
-from glimmer.runtime.pipeline import Pipeline, build_task
-from glimmer.runtime.preprocess import Preprocessor
-from glimmer.runtime.sinks import FrameResult, JsonLinesSink, Sink
-from glimmer.runtime.sources import SourceOptions, open_source
+from glimmer.runtime.backends.base import Backend, TensorSpec
+from glimmer.runtime.backends.ort.runner import OnnxRuntimeBackend
+from glimmer.runtime.core.console import run_cli
+from glimmer.runtime.core.metadata import METADATA_KEY, ModelMeta
+from glimmer.runtime.core.preprocess import Preprocessor
+from glimmer.runtime.stream import sinks as sinks_mod
+from glimmer.runtime.stream.classify import softmax
+from glimmer.runtime.stream.pipeline import Pipeline, build_task
+from glimmer.runtime.stream.sinks import FrameResult, JsonLinesSink, Sink
+from glimmer.runtime.stream.sources import SourceOptions, open_source
+from glimmer.runtime.tools.run import main
 from glimmer.train.synthetic import CLASSES, make_scene_video
 
 FRAMES = 24
@@ -138,7 +138,7 @@ def test_a_failing_stage_is_one_error_and_leaves_no_partial_video(work, tmp_path
     root, model, clip = work
 
     def broken_infer(self, batch):
-        from glimmer.runtime.errors import GlimmerError
+        from glimmer.runtime.core.errors import GlimmerError
 
         raise GlimmerError("inference failed: device lost")
 

@@ -3,12 +3,12 @@ hand-made boxes, boxes mapped back through a hand-made letterbox, latency statis
 import numpy as np
 import pytest
 
-from glimmer.runtime.classify import Classifier, ClassifySettings, softmax
-from glimmer.runtime.detect import Detector, DetectSettings, batched_nms, nms
-from glimmer.runtime.errors import GlimmerError
-from glimmer.runtime.metadata import ModelMeta
-from glimmer.runtime.meter import STAGES, Meter, format_report
-from glimmer.runtime.preprocess import Preprocessor
+from glimmer.runtime.core.errors import GlimmerError
+from glimmer.runtime.core.metadata import ModelMeta
+from glimmer.runtime.core.preprocess import Preprocessor
+from glimmer.runtime.stream.classify import Classifier, ClassifySettings, softmax
+from glimmer.runtime.stream.detect import Detector, DetectSettings, batched_nms, nms
+from glimmer.runtime.stream.meter import STAGES, Meter, format_report
 
 CLASSES = ["Earthquake", "Fire", "Flood", "Normal"]
 FIRE = np.array([0.0, 8.0, 0.0, 0.0])

@@ -9,9 +9,9 @@ import cv2
 import numpy as np
 import pytest
 
-from glimmer.runtime import sources
-from glimmer.runtime.errors import GlimmerError
-from glimmer.runtime.sources import LiveSource, SourceOptions, open_source, parse_uri
+from glimmer.runtime.core.errors import GlimmerError
+from glimmer.runtime.stream import sources
+from glimmer.runtime.stream.sources import LiveSource, SourceOptions, open_source, parse_uri
 from glimmer.train.synthetic import make_scene_video, render_scene
 
 
@@ -169,7 +169,7 @@ def test_csi_needs_gstreamer_and_says_how_to_fix(monkeypatch):
 
 
 def test_absent_camera_is_one_clear_line_and_exit_1(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "glimmer.runtime.cli", "--model",
+    proc = subprocess.run([sys.executable, "-m", "glimmer.runtime.tools.run", "--model",
                            str(tmp_path / "m.onnx"), "--camera", "57"],
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 1

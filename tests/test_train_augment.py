@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from glimmer.models.checkpoint import DEFAULT_PREPROCESS
-from glimmer.runtime.preprocess import Preprocessor
+from glimmer.runtime.core.preprocess import Preprocessor
 from glimmer.train.augment import ClassifierTransform, classifier_meta, paper_augmentations
 
 CLASSES = ["Earthquake", "Fire", "Flood", "Normal"]

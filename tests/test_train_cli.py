@@ -17,10 +17,10 @@ import pytest
 import torch
 
 from glimmer.models.checkpoint import load_checkpoint
-from glimmer.runtime.console import run_cli
-from glimmer.runtime.imagefolder import labelled_images, read_image
-from glimmer.runtime.metrics import classification_report
-from glimmer.runtime.preprocess import Preprocessor
+from glimmer.runtime.core.console import run_cli
+from glimmer.runtime.core.images import labelled_images, read_image
+from glimmer.runtime.core.preprocess import Preprocessor
+from glimmer.runtime.tools.metrics import classification_report
 from glimmer.train.cli import main
 from glimmer.train.synthetic import CLASSES, make_scene_dataset
 

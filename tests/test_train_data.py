@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from glimmer.runtime.errors import GlimmerError
+from glimmer.runtime.core.errors import GlimmerError
 from glimmer.train.augment import ClassifierTransform, classifier_meta
 from glimmer.train.data import (
     EpochSampler,

@@ -18,7 +18,7 @@ from glimmer.export.onnx_export import export_onnx
 from glimmer.export.qat import qat_activation_amax, training_module
 from glimmer.models.checkpoint import load_checkpoint, save_checkpoint
 from glimmer.models.glimmernet import GlimmerNet
-from glimmer.runtime.errors import GlimmerError
+from glimmer.runtime.core.errors import GlimmerError
 from glimmer.train.qat import (
     QATModel,
     calibrate_amax,

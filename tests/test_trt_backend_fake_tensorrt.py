@@ -16,10 +16,10 @@ from fake_tensorrt import (
     write_tiny_onnx,
 )
 
-from glimmer.runtime import trt_build
-from glimmer.runtime.backend import TensorSpec
-from glimmer.runtime.backend_trt import TensorRTBackend
-from glimmer.runtime.errors import GlimmerError
+from glimmer.runtime.backends.base import TensorSpec
+from glimmer.runtime.backends.trt import build as trt_build
+from glimmer.runtime.backends.trt.runner import TensorRTBackend
+from glimmer.runtime.core.errors import GlimmerError
 
 ALL = sorted(GENERATIONS)
 

@@ -18,12 +18,13 @@ from fake_tensorrt import (
     write_tiny_onnx,
 )
 
-from glimmer.runtime import trt_build, trt_compat
-from glimmer.runtime.console import run_cli
-from glimmer.runtime.errors import GlimmerError
-from glimmer.runtime.fsutil import sha256_file
-from glimmer.runtime.loader import read_onnx_metadata
-from glimmer.runtime.metadata import ModelMeta
+from glimmer.runtime.backends.trt import build as trt_build
+from glimmer.runtime.backends.trt import compat as trt_compat
+from glimmer.runtime.core.console import run_cli
+from glimmer.runtime.core.errors import GlimmerError
+from glimmer.runtime.core.files import sha256_file
+from glimmer.runtime.core.metadata import ModelMeta
+from glimmer.runtime.core.onnx_meta import read_onnx_metadata
 
 ALL = sorted(GENERATIONS)
 WEAK = [g for g in ALL if GENERATIONS[g]["precision_flags"]]

@@ -15,8 +15,8 @@ from fake_tensorrt import (
 )
 
 from glimmer.calibration.trt_calibrator import make_entropy_calibrator
-from glimmer.runtime import trt_build
-from glimmer.runtime.errors import GlimmerError
+from glimmer.runtime.backends.trt import build as trt_build
+from glimmer.runtime.core.errors import GlimmerError
 
 
 def quiet(_msg):

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 from fake_tensorrt import FakeCudaRuntime, install_fake_cuda
 
-from glimmer.runtime import cuda_mem
-from glimmer.runtime.errors import GlimmerError
+from glimmer.runtime.backends.trt import cuda as cuda_mem
+from glimmer.runtime.core.errors import GlimmerError
 
 
 def test_real_cuda_python_without_a_gpu_says_no_cuda_device(monkeypatch):

@@ -6,7 +6,7 @@ given): resize (p 1), horizontal flip (p 0.5), perspective (scale 0.01-0.05), gr
 shift-scale-rotate (0.1, 0.1, 10 deg, p 0.2), colour jitter (0.4, 0.4, 0.4, 0.2, p 0.2),
 blur (limit 10), to-gray, random gamma (20-200).
 
-The resize and the tensor scaling are not albumentations': they are ``glimmer.runtime.preprocess``,
+The resize and the tensor scaling are not albumentations': they are ``glimmer.runtime.core.preprocess``,
 the code the drone runs (cv2 INTER_LINEAR resize, BGR -> RGB, /255, no mean/std), so training sees
 exactly what deployment sees. The reference used albumentations 1.x; the parameters below carry its
 meaning over to 2.x (noted where the API changed).
@@ -21,8 +21,8 @@ import cv2
 import numpy as np
 
 from glimmer.models.checkpoint import DEFAULT_PREPROCESS
-from glimmer.runtime.metadata import ModelMeta
-from glimmer.runtime.preprocess import Preprocessor, resize
+from glimmer.runtime.core.metadata import ModelMeta
+from glimmer.runtime.core.preprocess import Preprocessor, resize
 
 # 1.x GaussNoise(var_limit=(40, 70)) added noise of variance 40-70 in uint8 units; 2.x takes the
 # standard deviation as a fraction of 255.

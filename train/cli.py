@@ -16,8 +16,8 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Dict, List, Optional
 
-from glimmer.runtime.console import add_verbose_flag, run_cli
-from glimmer.runtime.errors import GlimmerError
+from glimmer.runtime.core.console import add_verbose_flag, run_cli
+from glimmer.runtime.core.errors import GlimmerError
 
 from .trainer import BEST, LAST, RunSettings
 
@@ -187,7 +187,7 @@ def _qat_settings(args: argparse.Namespace, data_dir: Path, run_dir: Path):
                                "checkpoint's architecture and input size")
     train_dir = find_split(data_dir, "train")
     if train_dir is not None:
-        from glimmer.runtime.imagefolder import class_folders
+        from glimmer.runtime.core.images import class_folders
 
         found = class_folders(train_dir)
         if found != list(ck.class_names):

@@ -19,8 +19,8 @@ from typing import Any, Dict, List, Optional, Tuple
 
 os.environ["YOLO_OFFLINE"] = "1"  # before anything imports ultralytics
 
-from glimmer.runtime.console import add_verbose_flag, run_cli  # noqa: E402
-from glimmer.runtime.errors import GlimmerError  # noqa: E402
+from glimmer.runtime.core.console import add_verbose_flag, run_cli  # noqa: E402
+from glimmer.runtime.core.errors import GlimmerError  # noqa: E402
 
 YAML_NAME = re.compile(r"^yolov8[nsmlx]\.yaml$")
 

@@ -23,8 +23,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm import tqdm
 
-from glimmer.runtime.errors import GlimmerError
-from glimmer.runtime.imagefolder import IMAGE_EXTS, class_folders, list_images, read_image
+from glimmer.runtime.core.errors import GlimmerError
+from glimmer.runtime.core.images import IMAGE_EXTS, class_folders, list_images, read_image
 
 # Accepted spellings of the split folders (AIDERv2 capitalises them; other exports do not).
 SPLIT_ALIASES = {

@@ -37,8 +37,8 @@ from glimmer.export.fold_bn import bn_scale_shift
 from glimmer.models.checkpoint import Checkpoint, load_checkpoint
 from glimmer.models.glimmernet import GDBlock, GlimmerNet, Refiner
 from glimmer.models.layers import GroupedDilatedConv2d
-from glimmer.runtime.errors import GlimmerError
-from glimmer.runtime.metrics import classification_report
+from glimmer.runtime.core.errors import GlimmerError
+from glimmer.runtime.tools.metrics import classification_report
 
 from . import report
 from .augment import classifier_meta

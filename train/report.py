@@ -12,7 +12,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
-from glimmer.runtime.fsutil import atomic_path, atomic_write_text
+from glimmer.runtime.core.files import atomic_path, atomic_write_text
 
 FORMAT = "glimmer-train-metrics"
 VERSION = 1
@@ -31,7 +31,7 @@ EPOCH_KEYS = (
 
 
 def summarize_test(report: Dict[str, Any], source: str) -> Dict[str, Any]:
-    """The ``test`` block from :func:`glimmer.runtime.metrics.classification_report`."""
+    """The ``test`` block from :func:`glimmer.runtime.tools.metrics.classification_report`."""
     return {
         "source": source,
         "f1_weighted": report["f1_weighted"],

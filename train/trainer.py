@@ -20,8 +20,8 @@ import torch.nn.functional as F
 
 from glimmer.models.checkpoint import load_checkpoint, save_checkpoint
 from glimmer.models.glimmernet import GlimmerNet, build_model, count_params
-from glimmer.runtime.errors import GlimmerError
-from glimmer.runtime.metrics import classification_report
+from glimmer.runtime.core.errors import GlimmerError
+from glimmer.runtime.tools.metrics import classification_report
 
 from . import report
 from .augment import ClassifierTransform, classifier_meta

@@ -11,8 +11,8 @@ from typing import Any, Dict, List
 
 import yaml
 
-from glimmer.runtime.errors import GlimmerError
-from glimmer.runtime.fsutil import atomic_write_text
+from glimmer.runtime.core.errors import GlimmerError
+from glimmer.runtime.core.files import atomic_write_text
 
 IMG_SUFFIXES = {".bmp", ".jpeg", ".jpg", ".png", ".tif", ".tiff", ".webp", ".dng", ".mpo", ".pfm", ".heic"}
 

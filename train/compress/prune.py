@@ -27,7 +27,7 @@ from typing import Dict, List, Optional, Tuple
 import torch
 from torch import nn
 
-from glimmer.runtime.errors import GlimmerError
+from glimmer.runtime.core.errors import GlimmerError
 
 from .yolo import check_yolov8, layer_costs, ultralytics_modules
 

@@ -11,8 +11,8 @@ from typing import Any, Dict, List, Optional
 
 import numpy as np
 
-from glimmer.runtime.errors import GlimmerError
-from glimmer.runtime.fsutil import atomic_path, atomic_write_text
+from glimmer.runtime.core.errors import GlimmerError
+from glimmer.runtime.core.files import atomic_path, atomic_write_text
 
 from .yolo import count_params, gflops, load_detector, offline
 

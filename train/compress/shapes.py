@@ -8,7 +8,7 @@ from typing import Tuple
 
 import numpy as np
 
-from glimmer.runtime.fsutil import atomic_write_text
+from glimmer.runtime.core.files import atomic_write_text
 
 NAMES = ("disc", "box")
 

@@ -16,7 +16,7 @@ from typing import Any, Dict, Optional, Sequence
 import torch
 from torch import nn
 
-from glimmer.runtime.errors import GlimmerError
+from glimmer.runtime.core.errors import GlimmerError
 
 from .cwd import ChannelWiseDistiller, FeatureTap
 from .yolo import check_yolov8, offline, ultralytics_modules

@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Tuple
 
-from glimmer.runtime.errors import GlimmerError
-from glimmer.runtime.fsutil import atomic_write_text
+from glimmer.runtime.core.errors import GlimmerError
+from glimmer.runtime.core.files import atomic_write_text
 
 NAMES = ("pedestrian", "people", "bicycle", "car", "van", "truck", "tricycle", "awning-tricycle",
          "bus", "motor")

@@ -22,8 +22,8 @@ os.environ["YOLO_OFFLINE"] = "1"  # before any ultralytics import: its ONLINE fl
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
-from glimmer.runtime.errors import GlimmerError  # noqa: E402
-from glimmer.runtime.fsutil import atomic_path  # noqa: E402
+from glimmer.runtime.core.errors import GlimmerError  # noqa: E402
+from glimmer.runtime.core.files import atomic_path  # noqa: E402
 
 ULTRALYTICS_VERSION = "8.4.190"
 SCALES = ("n", "s", "m", "l", "x")

@@ -21,9 +21,9 @@ The policy is for the CPU EP only; on the TensorRT / CUDA EPs the backend leaves
 """
 from typing import Any, Optional, Tuple
 
-from .cpu import CpuFacts
-from .errors import GlimmerError
-from .metadata import ModelMeta
+from glimmer.runtime.core.cpu import CpuFacts
+from glimmer.runtime.core.errors import GlimmerError
+from glimmer.runtime.core.metadata import ModelMeta
 
 INT8_KERNELS = ("auto", "fused", "simulated")
 #: each mode in a few words (describe()), and in full (start-up lines, reports)

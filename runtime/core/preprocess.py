@@ -10,14 +10,14 @@ from typing import List, Sequence, Tuple
 
 import numpy as np
 
-from .metadata import ModelMeta
+from glimmer.runtime.core.metadata import ModelMeta
 
 
 def _cv2():
     try:
         import cv2
     except ImportError:  # pragma: no cover - depends on the install
-        from .errors import GlimmerError
+        from glimmer.runtime.core.errors import GlimmerError
 
         raise GlimmerError("OpenCV (cv2) is not installed: on x86 `pip install opencv-python-headless`; "
                            "on a Jetson use JetPack's python3-opencv") from None
@@ -85,7 +85,7 @@ class Preprocessor:
     def image(self, frame_bgr: np.ndarray) -> Tuple[np.ndarray, LetterboxTransform]:
         """One frame -> (CHW float32, transform back to the frame)."""
         if frame_bgr.ndim != 3 or frame_bgr.shape[2] != 3:
-            from .errors import GlimmerError
+            from glimmer.runtime.core.errors import GlimmerError
 
             raise GlimmerError(f"expected an HxWx3 colour frame, got shape {frame_bgr.shape}")
         size = self.meta.input_size

@@ -15,11 +15,11 @@ import sys
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-from .checks import CheckResult, parse_checks, run_check
-from .config import load_config
-from .console import add_verbose_flag, run_cli
-from .errors import GlimmerError
-from .fsutil import atomic_write_text
+from glimmer.runtime.core.console import add_verbose_flag, run_cli
+from glimmer.runtime.core.errors import GlimmerError
+from glimmer.runtime.core.files import atomic_write_text
+from glimmer.runtime.tools.config import load_config
+from glimmer.runtime.tools.regression import CheckResult, parse_checks, run_check
 
 EXIT_FAIL, EXIT_ERROR = 1, 2
 
@@ -105,7 +105,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     config = load_config(args.config)  # validates the rest of the profile too
     origin = str(args.config)
     checks = _select(parse_checks(config.checks, origin, args.config.resolve().parent), args.only, origin)
-    from .bench import this_device
+    from glimmer.runtime.tools.bench import this_device
 
     device = this_device()
     print(f"device: {device}")
@@ -118,7 +118,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"results written to {args.json}")
     errors = any(r.status == "ERROR" for r in results)
     if args.update_baseline:
-        from .baseline import update_baseline
+        from glimmer.runtime.tools.baseline import update_baseline
 
         changes = update_baseline(args.config, results, args.margin, device)
         for name, values in changes.items():

@@ -11,7 +11,7 @@ A check is one model on one kind of data with bounds it must stay within:
               reference to this model (e.g. FP32 -> INT8) is bounded too.
 
 ``int8_kernels`` (auto | fused | simulated) is how ONNX Runtime's CPU EP runs an INT8 model of the
-check (int8_policy.py); the result notes which execution each INT8 model got, since fused kernels
+check (backends/ort/int8.py); the result notes which execution each INT8 model got, since fused kernels
 can lose accuracy where u8*s8 pair sums saturate (x86 without VNNI). FP32 models are unaffected.
 
 ``device`` names the machine the baseline was measured on (glimmer-bench's "device" line): on any
@@ -22,9 +22,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional
 
-from .config import BACKENDS, Key, _did_you_mean, _type_name, check_value
-from .errors import GlimmerError
-from .int8_policy import INT8_KERNELS, int8_note
+from glimmer.runtime.backends.ort.int8 import INT8_KERNELS, int8_note
+from glimmer.runtime.core.errors import GlimmerError
+from glimmer.runtime.tools.config import BACKENDS, Key, _did_you_mean, _type_name, check_value
 
 SPEED_BOUNDS = ("min_fps", "max_p99_ms")
 ACCURACY_BOUNDS = ("min_accuracy", "min_f1_weighted", "min_map50", "min_map50_95")
@@ -181,7 +181,7 @@ def judge(check: Check, measured: Dict[str, float]) -> List[Row]:
 
 # -- running --------------------------------------------------------------------------------------
 def _open(model: Path, check: Check):
-    from .loader import open_backend
+    from glimmer.runtime.backends.factory import open_backend
 
     return open_backend(model, check.backend, threads=check.threads, int8_kernels=check.int8_kernels,
                         log=lambda line: None)
@@ -195,9 +195,9 @@ def _note_int8(backend, role: str, details: Dict[str, Any]) -> None:
 
 
 def _speed(check: Check, details: Dict[str, Any]) -> Dict[str, float]:
-    from .bench import end_to_end, open_bench_source, source_frames
-    from .pipeline import build_task
-    from .preprocess import Preprocessor
+    from glimmer.runtime.core.preprocess import Preprocessor
+    from glimmer.runtime.stream.pipeline import build_task
+    from glimmer.runtime.tools.bench import end_to_end, open_bench_source, source_frames
 
     with _open(check.model, check) as backend:
         _note_int8(backend, "model", details)
@@ -214,7 +214,7 @@ def _speed(check: Check, details: Dict[str, Any]) -> Dict[str, float]:
 
 
 def _accuracy(check: Check, details: Dict[str, Any]) -> Dict[str, float]:
-    from .evaluate import evaluate
+    from glimmer.runtime.tools.evaluate import evaluate
 
     with _open(check.model, check) as backend:
         _note_int8(backend, "model", details)

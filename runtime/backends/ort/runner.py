@@ -5,7 +5,7 @@ INT8 from the model's precision), CUDA EP, CPU EP; ONNX Runtime itself falls bac
 provider for nodes one cannot run. The model's metadata comes from the ONNX custom metadata map
 (key ``glimmer``, or ultralytics' own keys), so no flags are needed to preprocess or decode.
 On the CPU EP an INT8 model's Q/DQ are fused or simulated in float by ``int8_kernels``
-(int8_policy.py): fused u8*s8 kernels saturate on x86 without VNNI.
+(backends/ort/int8.py): fused u8*s8 kernels saturate on x86 without VNNI.
 """
 import os
 from pathlib import Path
@@ -13,11 +13,18 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from .backend import Backend, TensorSpec
-from .cpu import cpu_facts
-from .errors import GlimmerError
-from .int8_policy import DISABLE_QDQ, MODES, check_int8_kernels, describe_int8, int8_policy
-from .metadata import ModelMeta
+from glimmer.runtime.backends.base import Backend, TensorSpec
+from glimmer.runtime.backends.ort.int8 import (
+    DISABLE_QDQ,
+    MODES,
+    check_int8_kernels,
+    describe_int8,
+    int8_policy,
+)
+from glimmer.runtime.core.cpu import cpu_facts
+from glimmer.runtime.core.errors import GlimmerError
+from glimmer.runtime.core.metadata import ModelMeta
+from glimmer.runtime.core.onnx_meta import read_onnx_metadata
 
 PREFERENCE = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
 _ORT_TYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(double)": "float64",
@@ -53,7 +60,7 @@ class OnnxRuntimeBackend(Backend):
             need those cores while inference waits.
         trt_cache_dir: where the TensorRT EP caches its engines (default: beside the model).
         int8_kernels: ``auto``, ``fused`` or ``simulated``: how the CPU EP runs an INT8 model's
-            Q/DQ (int8_policy.py); ignored for other models and on the TensorRT / CUDA EPs.
+            Q/DQ (backends/ort/int8.py); ignored for other models and on the TensorRT / CUDA EPs.
     """
 
     name = "onnxruntime"
@@ -114,9 +121,7 @@ class OnnxRuntimeBackend(Backend):
         when the file has none: the session then reports the problem."""
         if self._meta is not None:
             return self._meta
-        from .loader import read_onnx_metadata  # the session that would tell us does not exist yet
-
-        try:
+        try:  # the session that would tell us does not exist yet
             return ModelMeta.from_props(read_onnx_metadata(self.model_path), origin=str(self.model_path))
         except GlimmerError:
             return None

@@ -8,8 +8,8 @@ compute capability, the precision, the input shapes and the builder options; the
 own sha256 and the model metadata go into a sidecar JSON (``NAME.fp16.json`` beside
 ``NAME.fp16.engine``) written atomically after the engine. A cached engine whose sidecar is missing,
 damaged or keyed differently is rebuilt, never trusted. API differences between TensorRT versions are
-handled in :mod:`glimmer.runtime.trt_compat`; CUDA device queries go through
-:mod:`glimmer.runtime.cuda_mem`.
+handled in :mod:`glimmer.runtime.backends.trt.compat`; CUDA device queries go through
+:mod:`glimmer.runtime.backends.trt.cuda`.
 """
 import datetime
 import hashlib
@@ -21,10 +21,11 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Dict, Optional, Tuple
 
-from . import cuda_mem, trt_compat
-from .errors import GlimmerError
-from .fsutil import atomic_write_bytes, atomic_write_text, sha256_file
-from .metadata import METADATA_KEY, PRECISIONS, ModelMeta
+from glimmer.runtime.backends.trt import compat as trt_compat
+from glimmer.runtime.backends.trt import cuda as cuda_mem
+from glimmer.runtime.core.errors import GlimmerError
+from glimmer.runtime.core.files import atomic_write_bytes, atomic_write_text, sha256_file
+from glimmer.runtime.core.metadata import METADATA_KEY, PRECISIONS, ModelMeta
 
 ENV_CACHE = "GLIMMER_ENGINE_CACHE"
 SIDECAR_FORMAT = "glimmer-tensorrt-engine"
@@ -93,7 +94,7 @@ def read_sidecar(engine_path: Path) -> Dict[str, Any]:
 
 def onnx_meta(onnx_path: Path) -> ModelMeta:
     """Metadata of an ONNX file, read without the onnx package (a Jetson image has none)."""
-    from .loader import read_onnx_metadata
+    from glimmer.runtime.core.onnx_meta import read_onnx_metadata
 
     props = read_onnx_metadata(onnx_path)
     if METADATA_KEY not in props and "names" not in props:

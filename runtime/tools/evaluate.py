@@ -1,7 +1,7 @@
 """Accuracy of a deployed model through the runtime's own preprocessing, backend and postprocess.
 
 - Classifier: weighted F1 (the GlimmerNet paper's metric), accuracy and per-class figures over a
-  labelled folder ``<root>/<Class>/<image>`` (glimmer.runtime.metrics).
+  labelled folder ``<root>/<Class>/<image>`` (glimmer.runtime.tools.metrics).
 - Detector: mAP50 and mAP50-95 (COCO's AP averaged over IoU 0.50:0.05:0.95, 101-point interpolated
   precision, up to 100 detections per image) by faster-coco-eval, a maintained C++ implementation
   of the COCO evaluator, on a YOLO-format val set: a ``data.yaml`` (``path`` / ``val`` /
@@ -16,12 +16,12 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .backend import Backend
-from .detect import Detector, DetectSettings
-from .errors import GlimmerError
-from .imagefolder import labelled_images, list_images, read_image
-from .metrics import classification_report
-from .preprocess import Preprocessor
+from glimmer.runtime.backends.base import Backend
+from glimmer.runtime.core.errors import GlimmerError
+from glimmer.runtime.core.images import labelled_images, list_images, read_image
+from glimmer.runtime.core.preprocess import Preprocessor
+from glimmer.runtime.stream.detect import Detector, DetectSettings
+from glimmer.runtime.tools.metrics import classification_report
 
 #: ultralytics' validation thresholds: low conf so the precision-recall curve is complete
 VAL_SETTINGS = DetectSettings(conf=0.001, iou=0.7, max_det=300)

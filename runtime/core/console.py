@@ -9,7 +9,7 @@ import sys
 import traceback
 from typing import Callable, List, Optional
 
-from .errors import GlimmerError
+from glimmer.runtime.core.errors import GlimmerError
 
 
 def add_verbose_flag(parser: argparse.ArgumentParser) -> None:

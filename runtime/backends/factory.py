@@ -10,18 +10,17 @@ engine built from it gets it handed over); a bare ``.engine`` has only its sidec
 modules are imported only when chosen, so the ONNX Runtime path never needs them.
 """
 import importlib.util
-import mmap
 import sys
 from pathlib import Path
-from typing import Dict, Optional, Tuple
+from typing import Optional
 
-from .backend import Backend
-from .errors import GlimmerError
-from .int8_policy import check_int8_kernels
-from .metadata import ModelMeta
+from glimmer.runtime.backends.base import Backend
+from glimmer.runtime.backends.ort.int8 import check_int8_kernels
+from glimmer.runtime.core.errors import GlimmerError
+from glimmer.runtime.core.metadata import ModelMeta
+from glimmer.runtime.core.onnx_meta import read_onnx_metadata
 
 BACKENDS = ("auto", "onnxruntime", "tensorrt")
-_METADATA_PROPS = 14  # ModelProto.metadata_props in onnx.proto3
 
 
 def _installed(module: str) -> bool:
@@ -33,72 +32,10 @@ def _installed(module: str) -> bool:
         return False
 
 
-def _varint(buf, pos: int) -> Tuple[int, int]:
-    value, shift = 0, 0
-    while True:
-        if pos >= len(buf) or shift > 63:
-            raise ValueError("truncated varint")
-        byte = buf[pos]
-        pos += 1
-        value |= (byte & 0x7F) << shift
-        if not byte & 0x80:
-            return value, pos
-        shift += 7
-
-
-def _fields(buf, start: int, end: int):
-    """Top-level (field number, wire type, value or (start, end)) of one protobuf message."""
-    pos = start
-    while pos < end:
-        key, pos = _varint(buf, pos)
-        number, wire = key >> 3, key & 7
-        if wire == 0:
-            value, pos = _varint(buf, pos)
-            yield number, wire, value
-        elif wire == 1:
-            pos += 8
-        elif wire == 5:
-            pos += 4
-        elif wire == 2:
-            length, pos = _varint(buf, pos)
-            if pos + length > end:
-                raise ValueError("field runs past the end")
-            yield number, wire, (pos, pos + length)
-            pos += length
-        else:
-            raise ValueError(f"wire type {wire}")
-
-
-def read_onnx_metadata(path: Path) -> Dict[str, str]:
-    """The ``metadata_props`` map of an ONNX file, without onnx or ONNX Runtime installed.
-
-    Walks only the top level of the ModelProto wire format (the graph is skipped by its length,
-    never parsed), so it costs the same for a 30K-parameter model and a 100 MB detector; this is
-    what lets a Jetson with TensorRT but no ONNX Runtime read what an engine build needs.
-    """
-    path = Path(path)
-    try:
-        with open(str(path), "rb") as fh:
-            if fh.seek(0, 2) == 0:
-                raise GlimmerError(f"{path}: empty file, not an ONNX model")
-            with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as buf:
-                props: Dict[str, str] = {}
-                for number, wire, span in _fields(buf, 0, len(buf)):
-                    if number != _METADATA_PROPS or wire != 2:
-                        continue
-                    entry = {n: bytes(buf[s:e]).decode("utf-8") for n, w, (s, e) in
-                             ((n, w, v) for n, w, v in _fields(buf, *span) if w == 2)}
-                    props[entry.get(1, "")] = entry.get(2, "")
-                return props
-    except OSError as exc:
-        raise GlimmerError(f"{path}: cannot read: {exc.strerror}") from None
-    except (ValueError, UnicodeDecodeError):
-        raise GlimmerError(f"{path}: not an ONNX model (unreadable protobuf)") from None
-
-
 def _trt_modules():
     try:
-        from . import backend_trt, trt_build
+        from glimmer.runtime.backends.trt import build as trt_build
+        from glimmer.runtime.backends.trt import runner as backend_trt
     except ImportError as exc:
         raise GlimmerError(f"the TensorRT backend cannot be loaded ({exc}): TensorRT's Python "
                            "bindings come with JetPack on a Jetson; elsewhere use --backend "
@@ -149,7 +86,7 @@ def open_backend(model_path: Path, backend: str = "auto", *, cache_dir: Optional
         cache_dir: engine cache folder for ``.onnx`` + ``tensorrt`` (trt_build's default if None).
         threads: ONNX Runtime intra-op threads.
         int8_kernels: ``auto``, ``fused`` or ``simulated``: how ONNX Runtime's CPU EP runs an INT8
-            model's Q/DQ (int8_policy.py); TensorRT runs them its own way.
+            model's Q/DQ (backends/ort/int8.py); TensorRT runs them its own way.
         log: where engine-build progress lines go.
     """
     model_path = Path(model_path)
@@ -159,7 +96,7 @@ def open_backend(model_path: Path, backend: str = "auto", *, cache_dir: Optional
     kind = resolve_backend(model_path, backend)
     suffix = model_path.suffix.lower()
     if kind == "onnxruntime":
-        from .backend_ort import OnnxRuntimeBackend
+        from glimmer.runtime.backends.ort.runner import OnnxRuntimeBackend
 
         return OnnxRuntimeBackend(model_path, threads=threads, int8_kernels=int8_kernels)
     trt_build, backend_trt = _trt_modules()

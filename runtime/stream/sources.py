@@ -27,8 +27,8 @@ from typing import Any, Callable, Iterator, List, Optional, Tuple
 
 import numpy as np
 
-from .errors import GlimmerError
-from .imagefolder import is_image, list_images, read_image
+from glimmer.runtime.core.errors import GlimmerError
+from glimmer.runtime.core.images import is_image, list_images, read_image
 
 Frame = Tuple[np.ndarray, float, int]
 
@@ -73,7 +73,7 @@ class SourceOptions:
 
 
 def _cv2():
-    from .preprocess import _cv2 as load
+    from glimmer.runtime.core.preprocess import _cv2 as load
 
     return load()
 

@@ -28,15 +28,15 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 
-from .backend import Backend
-from .classify import Classifier, ClassifySettings
-from .detect import Detector, DetectSettings
-from .errors import GlimmerError
-from .metadata import ModelMeta
-from .meter import Meter
-from .preprocess import LetterboxTransform, Preprocessor
-from .sinks import FrameResult, Sink
-from .sources import Source
+from glimmer.runtime.backends.base import Backend
+from glimmer.runtime.core.errors import GlimmerError
+from glimmer.runtime.core.metadata import ModelMeta
+from glimmer.runtime.core.preprocess import LetterboxTransform, Preprocessor
+from glimmer.runtime.stream.classify import Classifier, ClassifySettings
+from glimmer.runtime.stream.detect import Detector, DetectSettings
+from glimmer.runtime.stream.meter import Meter
+from glimmer.runtime.stream.sinks import FrameResult, Sink
+from glimmer.runtime.stream.sources import Source
 
 _END = object()
 

@@ -15,9 +15,9 @@ import math
 from pathlib import Path
 from typing import Dict, List
 
-from .checks import METRIC, CheckResult
-from .errors import GlimmerError
-from .fsutil import atomic_write_text
+from glimmer.runtime.core.errors import GlimmerError
+from glimmer.runtime.core.files import atomic_write_text
+from glimmer.runtime.tools.regression import METRIC, CheckResult
 
 #: decimals kept per measured metric
 DECIMALS = {"fps": 1, "p99_ms": 2, "accuracy": 4, "f1_weighted": 4, "map50": 4, "map50_95": 4}

@@ -7,23 +7,25 @@ of a given size the whole sequence (copies included) is captured into a CUDA gra
 GlimmerNet is ~50 small convolutions, so per-kernel launch overhead, not arithmetic, dominates on a
 Jetson and one graph launch replaces them all. If the engine cannot be captured (enqueue fails under
 capture) the capture is ended and the backend stays on plain enqueue. Both TensorRT execution
-generations (bindings, tensor names) come through :mod:`glimmer.runtime.trt_compat`; CUDA calls
-through :mod:`glimmer.runtime.cuda_mem`.
+generations (bindings, tensor names) come through :mod:`glimmer.runtime.backends.trt.compat`; CUDA calls
+through :mod:`glimmer.runtime.backends.trt.cuda`.
 """
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional
 
 import numpy as np
 
-from . import cuda_mem, trt_build, trt_compat
-from .backend import Backend, TensorSpec
-from .errors import GlimmerError
-from .fsutil import sha256_file
-from .metadata import ModelMeta
+from glimmer.runtime.backends.base import Backend, TensorSpec
+from glimmer.runtime.backends.trt import build as trt_build
+from glimmer.runtime.backends.trt import compat as trt_compat
+from glimmer.runtime.backends.trt import cuda as cuda_mem
+from glimmer.runtime.core.errors import GlimmerError
+from glimmer.runtime.core.files import sha256_file
+from glimmer.runtime.core.metadata import ModelMeta
 
 
 class TensorRTBackend(Backend):
-    """A TensorRT ``.engine`` built by :mod:`glimmer.runtime.trt_build` (its sidecar is required)."""
+    """A TensorRT ``.engine`` built by :mod:`glimmer.runtime.backends.trt.build` (its sidecar is required)."""
 
     name = "tensorrt"
 

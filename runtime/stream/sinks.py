@@ -20,15 +20,15 @@ from typing import Any, Dict, List, Optional
 
 import numpy as np
 
-from .console import StatusLine
-from .errors import GlimmerError
+from glimmer.runtime.core.console import StatusLine
+from glimmer.runtime.core.errors import GlimmerError
 
 FOURCC = {".mp4": "mp4v", ".m4v": "mp4v", ".mov": "mp4v", ".mkv": "mp4v", ".avi": "MJPG"}
 _GREEN, _RED, _WHITE, _BLACK = (60, 200, 60), (40, 40, 230), (255, 255, 255), (0, 0, 0)
 
 
 def _cv2():
-    from .preprocess import _cv2 as load
+    from glimmer.runtime.core.preprocess import _cv2 as load
 
     return load()
 

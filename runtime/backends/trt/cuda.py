@@ -17,7 +17,7 @@ from typing import Any, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .errors import GlimmerError
+from glimmer.runtime.core.errors import GlimmerError
 
 ENV_BINDING = "GLIMMER_CUDA"
 BINDINGS = ("cuda-python", "pycuda")

@@ -10,8 +10,8 @@ from typing import List, Optional, Tuple
 
 import numpy as np
 
-from .errors import GlimmerError
-from .metadata import ModelMeta
+from glimmer.runtime.core.errors import GlimmerError
+from glimmer.runtime.core.metadata import ModelMeta
 
 
 @dataclass(frozen=True)

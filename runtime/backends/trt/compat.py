@@ -20,7 +20,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .errors import GlimmerError
+from glimmer.runtime.core.errors import GlimmerError
 
 _INSTALL_HINT = ("on a Jetson TensorRT comes with JetPack (`sudo apt install python3-libnvinfer`, "
                  "or the l4t-jetpack / l4t-tensorrt container); on x86 install NVIDIA's TensorRT "

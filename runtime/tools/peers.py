@@ -16,8 +16,8 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
-from .errors import GlimmerError
-from .metadata import ModelMeta
+from glimmer.runtime.core.errors import GlimmerError
+from glimmer.runtime.core.metadata import ModelMeta
 
 GROUP = "glimmer.bench_peers"
 #: peers the documentation promises, so a missing registration reads as a reason, not a typo
@@ -96,7 +96,7 @@ class OnnxNaivePeer(Peer):
         if not path.is_file():
             raise PeerUnavailable(f"{path}: no such file")
         try:
-            from .backend_ort import OnnxRuntimeBackend
+            from glimmer.runtime.backends.ort.runner import OnnxRuntimeBackend
 
             backend = OnnxRuntimeBackend(path, meta=ctx.meta, threads=ctx.threads).activate()
         except GlimmerError as exc:

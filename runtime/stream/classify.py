@@ -11,8 +11,8 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
-from .errors import GlimmerError
-from .metadata import ModelMeta
+from glimmer.runtime.core.errors import GlimmerError
+from glimmer.runtime.core.metadata import ModelMeta
 
 
 def softmax(logits: np.ndarray, axis: int = -1) -> np.ndarray:

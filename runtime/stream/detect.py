@@ -12,9 +12,9 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .errors import GlimmerError
-from .metadata import ModelMeta
-from .preprocess import LetterboxTransform
+from glimmer.runtime.core.errors import GlimmerError
+from glimmer.runtime.core.metadata import ModelMeta
+from glimmer.runtime.core.preprocess import LetterboxTransform
 
 
 @dataclass

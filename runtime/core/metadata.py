@@ -10,7 +10,7 @@ import json
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
-from .errors import GlimmerError
+from glimmer.runtime.core.errors import GlimmerError
 
 METADATA_KEY = "glimmer"
 SCHEMA_VERSION = 1

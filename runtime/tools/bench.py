@@ -31,19 +31,19 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
-from .backend import Backend
-from .bench_peers import PeerContext, make_peers, parse_compare, run_peer
-from .config import BACKENDS
-from .console import StatusLine, add_verbose_flag, run_cli
-from .errors import GlimmerError
-from .fsutil import atomic_path, atomic_write_text
-from .int8_policy import INT8_KERNELS, int8_note
-from .loader import open_backend
-from .metadata import ModelMeta
-from .meter import Meter, StageStats
-from .pipeline import Pipeline, build_task
-from .preprocess import Preprocessor
-from .sources import Source, SourceOptions, open_source
+from glimmer.runtime.backends.base import Backend
+from glimmer.runtime.backends.factory import open_backend
+from glimmer.runtime.backends.ort.int8 import INT8_KERNELS, int8_note
+from glimmer.runtime.core.console import StatusLine, add_verbose_flag, run_cli
+from glimmer.runtime.core.errors import GlimmerError
+from glimmer.runtime.core.files import atomic_path, atomic_write_text
+from glimmer.runtime.core.metadata import ModelMeta
+from glimmer.runtime.core.preprocess import Preprocessor
+from glimmer.runtime.stream.meter import Meter, StageStats
+from glimmer.runtime.stream.pipeline import Pipeline, build_task
+from glimmer.runtime.stream.sources import Source, SourceOptions, open_source
+from glimmer.runtime.tools.config import BACKENDS
+from glimmer.runtime.tools.peers import PeerContext, make_peers, parse_compare, run_peer
 
 MODEL_ONLY = ("the backend's infer call on one fixed preprocessed batch (ONNX Runtime: session.run; "
               "TensorRT: host->device copy + enqueue + device->host copy + synchronize)")

@@ -16,19 +16,26 @@ import sys
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-from .classify import ClassifySettings
-from .config import BACKENDS, DeployConfig, load_config
-from .console import add_verbose_flag, run_cli
-from .detect import DetectSettings
-from .errors import GlimmerError
-from .fsutil import atomic_write_text
-from .int8_policy import int8_note
-from .loader import open_backend
-from .metadata import ModelMeta
-from .meter import format_report
-from .pipeline import Pipeline, build_task
-from .sinks import ConsoleSink, DisplaySink, JsonLinesSink, Sink, VideoSink, display_available
-from .sources import SourceOptions, open_source
+from glimmer.runtime.backends.factory import open_backend
+from glimmer.runtime.backends.ort.int8 import int8_note
+from glimmer.runtime.core.console import add_verbose_flag, run_cli
+from glimmer.runtime.core.errors import GlimmerError
+from glimmer.runtime.core.files import atomic_write_text
+from glimmer.runtime.core.metadata import ModelMeta
+from glimmer.runtime.stream.classify import ClassifySettings
+from glimmer.runtime.stream.detect import DetectSettings
+from glimmer.runtime.stream.meter import format_report
+from glimmer.runtime.stream.pipeline import Pipeline, build_task
+from glimmer.runtime.stream.sinks import (
+    ConsoleSink,
+    DisplaySink,
+    JsonLinesSink,
+    Sink,
+    VideoSink,
+    display_available,
+)
+from glimmer.runtime.stream.sources import SourceOptions, open_source
+from glimmer.runtime.tools.config import BACKENDS, DeployConfig, load_config
 
 _UNTRAINED_WORDS = ("synthetic", "random", "untrained", "demo")
 

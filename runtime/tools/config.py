@@ -19,9 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Optional, Tuple
 
-from .errors import GlimmerError
-from .int8_policy import INT8_KERNELS
-from .sources import FLIPS
+from glimmer.runtime.backends.ort.int8 import INT8_KERNELS
+from glimmer.runtime.core.errors import GlimmerError
+from glimmer.runtime.stream.sources import FLIPS
 
 BACKENDS = ("auto", "onnxruntime", "tensorrt")
 

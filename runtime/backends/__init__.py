@@ -1,0 +1,1 @@
+"""The Backend interface and its implementations (ONNX Runtime, TensorRT), and the factory that picks one."""

@@ -1,0 +1,1 @@
+"""ONNX Runtime: the runner (one session factory) and the INT8 execution policy."""

@@ -1,0 +1,1 @@
+"""TensorRT: the runner, the engine builder and cache, version adapters, CUDA memory."""
