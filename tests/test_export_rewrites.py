@@ -1,18 +1,13 @@
-"""Export rewrites, each checked for numerical parity in ONNX Runtime (onnxscript-rewriter style:
-original vs rewritten graph, parameterised over bias, groups and dilation), plus the exact op
-histogram of the default GlimmerNet's export form."""
-import io
-
-import numpy as np
+"""The deploy form of GlimmerNet as a whole (each rewrite has its parity test in
+``tests/export/test_rewrite_<name>.py``): the exact op histogram of the default GlimmerNet's export
+form, FP32 parity with PyTorch through ONNX Runtime, the streams every stage runs on, and the
+assembly by module type (a variant with other attribute names exports alike)."""
 import onnx
-import onnxruntime as ort
 import pytest
 import torch
 from torch import nn
 
-from glimmer.export.deploy_model import deploy_form
-from glimmer.export.fold_bn import fold_conv_bn
-from glimmer.export.lower_dilation import aligned_sizes, lower_gd_conv, merge_runs, stream_sizes
+from glimmer.export.deploy_model import REWRITES, deploy_form, rule_for
 from glimmer.export.onnx_export import (
     CRUFT_OPS,
     export_onnx,
@@ -21,8 +16,7 @@ from glimmer.export.onnx_export import (
     unsupported_ops,
 )
 from glimmer.export.verify import compare, ort_session
-from glimmer.models.glimmernet import GlimmerNet, TakuNet
-from glimmer.models.layers import GroupedDilatedConv2d
+from glimmer.models.glimmernet import GlimmerNet, Head, Refiner, Stage, Stem, TakuNet
 from glimmer.runtime.core.metadata import ModelMeta
 
 
@@ -40,100 +34,6 @@ def randomise(module: nn.Module, seed: int = 0) -> nn.Module:
                 m.gamma.copy_(0.3 * torch.randn(m.gamma.shape, generator=gen))
                 m.beta.copy_(0.1 * torch.randn(m.beta.shape, generator=gen))
     return module.eval()
-
-
-def run_ort(module: nn.Module, x: torch.Tensor) -> np.ndarray:
-    model = export_onnx(module, x)
-    return ort_session(model.SerializeToString()).run(None, {"images": x.numpy()})[0]
-
-
-def plain_onnx(module: nn.Module, x: torch.Tensor) -> np.ndarray:
-    """The original module, exported as is (BatchNormalization node kept)."""
-    buf = io.BytesIO()
-    torch.onnx.export(module.eval(), (x,), buf, dynamo=False, opset_version=17, input_names=["x"])
-    return ort.InferenceSession(buf.getvalue(), providers=["CPUExecutionProvider"]).run(None, {"x": x.numpy()})[0]
-
-
-@pytest.mark.parametrize("bias", [True, False])
-@pytest.mark.parametrize("groups,dilation,stride", [(1, 1, 1), (1, 2, 2), (8, 1, 1), (8, 3, 1)])
-def test_fold_bn_matches_conv_then_bn_in_onnxruntime(bias, groups, dilation, stride):
-    conv = nn.Conv2d(8, 8 if groups == 8 else 16, 3, stride=stride, padding=dilation, dilation=dilation,
-                     groups=groups, bias=bias)
-    bn = nn.BatchNorm2d(conv.out_channels)
-    original = randomise(nn.Sequential(conv, bn))
-    folded = fold_conv_bn(conv, bn)
-    x = torch.randn(2, 8, 13, 13)
-    rewritten = export_onnx(folded, x)
-    assert op_histogram(rewritten) == {"Conv": 1}
-    out = ort_session(rewritten.SerializeToString()).run(None, {"images": x.numpy()})[0]
-    np.testing.assert_allclose(out, plain_onnx(original, x), atol=1e-5)
-
-
-def test_merge_runs_joins_equal_neighbours_only():
-    assert merge_runs([10, 10, 10, 10], [1, 2, 2, 3]) == [(10, 1), (20, 2), (10, 3)]
-    assert merge_runs([4, 4, 4], [2, 1, 2]) == [(4, 2), (4, 1), (4, 2)]
-    assert merge_runs([8], [1]) == [(8, 1)]
-
-
-def test_aligned_sizes_round_each_run_boundary_the_cheaper_way():
-    assert aligned_sizes([10] * 4, [1, 2, 2, 3]) == [12, 16, 12]  # GlimmerNet's stage 1 (40 channels)
-    assert aligned_sizes([20] * 4, [1, 2, 2, 3]) == [20, 40, 20]  # already multiples of 4: split
-    assert aligned_sizes([6, 10], [1, 3]) == [8, 8]  # up: 8x49 + 8x9 taps beats 4x9 + 12x49
-    assert aligned_sizes([10, 6], [1, 3]) == [8, 8]  # down, for the same reason
-    assert aligned_sizes([2] * 4, [1, 2, 2, 3]) == [4, 4]  # boundaries that meet merge their streams
-    assert aligned_sizes([40], [1]) == [40]
-
-
-class GDWithBN(nn.Module):
-    def __init__(self, channels, dilations):
-        super().__init__()
-        self.gd = GroupedDilatedConv2d(channels, dilations)
-        self.bn = nn.BatchNorm2d(channels)
-
-    def forward(self, x):
-        return self.bn(self.gd(x))
-
-
-class Streams(nn.Module):
-    """A lowered GD conv on its own: split the input into the streams, one conv each, concat."""
-
-    def __init__(self, convs):
-        super().__init__()
-        self.convs = nn.ModuleList(convs)
-
-    def forward(self, x):
-        parts = torch.split(x, [c.in_channels for c in self.convs], dim=1)
-        return torch.cat([conv(part) for conv, part in zip(self.convs, parts)], dim=1)
-
-
-@pytest.mark.parametrize("with_bn", [True, False])
-@pytest.mark.parametrize("dilations,width,split_convs", [((1, 2, 2, 3), 10, 3), ((1, 1, 2, 2), 8, 2), ((3, 1), 6, 2),
-                                                         ((2,), 8, 1)])
-def test_dilation_lowering_matches_grouped_dilated_conv(with_bn, dilations, width, split_convs):
-    original = randomise(GDWithBN(width * len(dilations), dilations), seed=len(dilations))
-    with torch.no_grad():
-        for conv in original.gd.convs:
-            conv.weight.normal_()
-            conv.bias.normal_()
-    bn = original.bn if with_bn else None
-    gd = original.gd
-    x = torch.randn(2, gd.channels, 11, 9)
-    want = plain_onnx(original if with_bn else gd, x)
-
-    for mode in ("split", "aligned", "embed"):
-        convs = lower_gd_conv(gd, mode, bn)
-        assert [c.in_channels for c in convs] == stream_sizes(gd, mode)
-        if mode == "split":
-            assert len(convs) == split_convs
-            for conv in convs:  # explicit symmetric "same" padding, the group's own dilation
-                assert conv.kernel_size == (3, 3) and conv.padding == conv.dilation
-        if mode == "embed":
-            assert len(convs) == 1 and convs[0].kernel_size == (2 * max(dilations) + 1,) * 2
-        lowered = export_onnx(Streams(convs), x)
-        for node in lowered.graph.node:
-            assert all(a.name != "auto_pad" for a in node.attribute)
-        np.testing.assert_allclose(ort_session(lowered.SerializeToString()).run(None, {"images": x.numpy()})[0],
-                                   want, atol=1e-5, err_msg=mode)
 
 
 # Default GlimmerNet (4,4,4,1) blocks, 4 stages: stem 2 convs + 13 GDBlocks + 4 Aggregators + Refiner.
@@ -200,3 +100,68 @@ def test_streams_run_from_stage_input_to_aggregator(default_glimmernet):
                                                             [(40, 3, 1), (80, 3, 2), (40, 3, 3)],
                                                             [(60, 3, 1), (120, 3, 2), (60, 3, 3)]]
     assert shapes["embed"] == [[(40, 7, 1)], [(80, 7, 1)], [(160, 7, 1)], [(240, 7, 1)]]
+
+
+class Variant(nn.Module):
+    """GlimmerNet's blocks under other attribute names and containers than GlimmerNet's."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.entry = Stem(16)
+        self.body = nn.ModuleList([Stage(16, 24, 1, (1, 3), "max", True, 4), Stage(24, 24, 2, (1, 3), "avg", True, 4)])
+        self.tail = nn.Sequential(Refiner(24), Head(24, 3, dropout=0.2))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.entry(x)
+        for stage in self.body:
+            x = stage(x)
+        return self.tail(x)
+
+
+@pytest.mark.parametrize("mode", ["split", "aligned", "embed"])
+def test_assembly_dispatches_on_module_type_not_attribute_paths(mode):
+    torch.manual_seed(2)
+    variant = randomise(Variant(), seed=4)
+    same = GlimmerNet(num_classes=3, depths=(1, 2), widths=(16, 24), dilations=(1, 3), poolings=("max", "avg"),
+                      pw_group_inputs=4)
+    deployed, reference = deploy_form(variant, mode, (64, 64)), deploy_form(same, mode, (64, 64))
+    assert list(deployed.state_dict()) == list(reference.state_dict())  # the deploy form's names
+    assert "stages.1.grn.shifts.0.weight" in deployed.state_dict() and "refiner.conv.weight" in deployed.state_dict()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(deployed(x), variant(x), atol=1e-4, rtol=1e-4)
+    example = torch.zeros(1, 3, 64, 64)
+    assert op_histogram(export_onnx(deployed, example)) == op_histogram(export_onnx(reference, example))
+
+
+def test_rules_cover_subclasses():
+    class WiderStem(Stem):
+        pass
+
+    assert rule_for(WiderStem(8)) is REWRITES[Stem]
+    assert rule_for(nn.ReLU()) is None
+
+
+def test_a_module_without_a_rewrite_is_an_error_not_dropped():
+    net = GlimmerNet(widths=(8, 16, 32, 48), depths=(1, 1, 1, 1))
+    net.extra = nn.ReLU()
+    with pytest.raises(ValueError, match="no export rewrite for ReLU"):
+        deploy_form(net, "split", (64, 64))
+
+
+def test_modules_out_of_the_export_layout_are_an_error():
+    class NoStages(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.stem, self.refiner, self.head = Stem(8), Refiner(8), Head(8, 4)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.head(self.refiner(self.stem(x)))
+
+    with pytest.raises(ValueError, match="cannot run: stem refiner fc"):
+        deploy_form(NoStages(), "split", (64, 64))
+
+
+def test_unknown_dilation_mode_is_an_error():
+    with pytest.raises(ValueError, match="dilation mode"):
+        deploy_form(GlimmerNet(widths=(8, 16, 32, 48), depths=(1, 1, 1, 1)), "dense", (64, 64))

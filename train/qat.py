@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from glimmer.calibration.qdq import activation_scale, qmax
-from glimmer.export.fold_bn import bn_scale_shift
+from glimmer.export.rewrites.fold_bn import bn_scale_shift
 from glimmer.models.checkpoint import Checkpoint, load_checkpoint
 from glimmer.models.glimmernet import GDBlock, GlimmerNet, Refiner
 from glimmer.models.layers import GroupedDilatedConv2d
@@ -80,7 +80,7 @@ def conv_bn_pairs(model: GlimmerNet) -> List[Tuple[List[nn.Conv2d], nn.BatchNorm
 
 @torch.no_grad()
 def fold_batchnorms(model: GlimmerNet) -> GlimmerNet:
-    """Fold every BN into its conv(s), in place (export/fold_bn.py's maths, in float64), and make
+    """Fold every BN into its conv(s), in place (export/rewrites/fold_bn.py's maths, in float64), and make
     the BN an exact identity (weight 1, bias 0, mean 0, var 1 - eps), frozen. Returns ``model``."""
     model.eval()
     for convs, bn in conv_bn_pairs(model):

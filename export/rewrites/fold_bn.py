@@ -8,6 +8,9 @@ For a conv ``y = W * x + b`` followed by ``BN(y) = gamma * (y - mu) / sqrt(var +
 so ``BN(conv(x)) == conv'(x)`` exactly (up to fp32 rounding). Same rule as onnxscript's
 ``_fuse_batchnorm`` rewrite, done on the PyTorch modules so the exported graph never holds a
 BatchNormalization node. Works for any conv shape (groups, dilation, bias or not).
+
+A conv -> BN -> ReLU6 sequence (``conv_bn_act``, the Refiner's conv -> BN) becomes :class:`ConvClip`:
+the folded conv, then ReLU6 as ``Clip(0, 6)``, which ONNX Runtime and TensorRT fuse into the conv.
 """
 from typing import Optional, Tuple
 
@@ -43,3 +46,32 @@ def fold_conv_bn(conv: nn.Conv2d, bn: Optional[nn.BatchNorm2d]) -> nn.Conv2d:
     out.weight.copy_(weight.to(conv.weight.dtype))
     out.bias.copy_(bias.to(conv.weight.dtype))
     return out.eval()
+
+
+def relu6(x: torch.Tensor) -> torch.Tensor:
+    """ReLU6, exported as ``Clip(0, 6)`` (fuses into the conv in front in ONNX Runtime and TensorRT)."""
+    return torch.clamp(x, 0.0, 6.0)
+
+
+class ConvClip(nn.Module):
+    """Conv (BN folded) -> Clip(0, 6), or the conv alone."""
+
+    def __init__(self, conv: nn.Conv2d, clip: bool = True) -> None:
+        super().__init__()
+        self.conv = conv
+        self.clip = clip
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv(x)
+        return relu6(y) if self.clip else y
+
+
+def fold_conv_bn_act(module: nn.Module) -> ConvClip:
+    """A module whose children are Conv2d, BatchNorm2d and optionally ReLU6, in that order (a
+    ``conv_bn_act`` Sequential, the Refiner) -> :class:`ConvClip`, read by type, not by name."""
+    children = list(module.children())
+    kinds = (nn.Conv2d, nn.BatchNorm2d, nn.ReLU6)
+    if not 2 <= len(children) <= 3 or not all(isinstance(c, k) for c, k in zip(children, kinds)):
+        raise ValueError(f"{type(module).__name__} is not conv -> BatchNorm [-> ReLU6]: "
+                         f"{[type(c).__name__ for c in children]}")
+    return ConvClip(fold_conv_bn(children[0], children[1]), clip=len(children) == 3)

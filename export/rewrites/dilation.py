@@ -20,6 +20,10 @@ elsewhere (zero taps add exact zeros).
              two channels of the middle dilation embedded.
 
 All accept the BatchNorm that follows the GD conv: BN is per channel, so it folds channel by channel.
+
+A GDBlock (GD conv -> BN -> ReLU6 -> + input) becomes :class:`DeployGDBlock`, which runs on streams
+(``streams``): per stream, the lowered conv -> Clip -> + that stream. The residual add is per
+channel, so it splits by stream exactly.
 """
 import itertools
 from typing import List, Optional, Sequence, Tuple
@@ -27,9 +31,11 @@ from typing import List, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
+from glimmer.models.glimmernet import GDBlock
 from glimmer.models.layers import GroupedDilatedConv2d
 
-from .fold_bn import fold_conv_bn
+from .fold_bn import fold_conv_bn, relu6
+from .streams import Streams
 
 MODES = ("split", "aligned", "embed")
 ALIGN = 4  # channels: ONNX Runtime's blocked depthwise conv needs a multiple of this
@@ -153,3 +159,30 @@ def lower_gd_conv(gd: GroupedDilatedConv2d, mode: str, bn: Optional[nn.BatchNorm
     if mode == "embed":
         return [lower_embed(gd, bn)]
     return lower_streams(gd, bn, stream_sizes(gd, mode))
+
+
+def block_streams(block: GDBlock, mode: str) -> List[int]:
+    """Channels of each stream a GDBlock lowered in ``mode`` runs on."""
+    return stream_sizes(block.conv, mode)
+
+
+class DeployGDBlock(nn.Module):
+    """One GDBlock on streams: per stream, lowered conv (BN folded) -> Clip -> + stream."""
+
+    def __init__(self, block: GDBlock, mode: str) -> None:
+        super().__init__()
+        self.convs = nn.ModuleList(lower_gd_conv(block.conv, mode, block.bn))
+
+    @property
+    def sizes(self) -> List[int]:
+        """Channels of each stream it takes and returns."""
+        return [conv.in_channels for conv in self.convs]
+
+    def forward(self, streams: Streams) -> Streams:
+        return [relu6(conv(s)) + s for conv, s in zip(self.convs, streams)]
+
+
+# For --dilation-mode auto, most preferred first: when two lowerings time within the measured noise,
+# the earlier wins. aligned is what ONNX Runtime's blocked kernels were measured fastest with and has
+# the fewest multiply-adds of the three; embed (a larger, mostly-zero kernel) the most.
+DILATION_PREFERENCE = ("aligned", "split", "embed")
