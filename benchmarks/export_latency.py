@@ -24,21 +24,20 @@ import torch
 from glimmer.calibration.dataset import CalibrationSet
 from glimmer.export.deploy_model import deploy_form
 from glimmer.export.int8 import quantize_ptq
-from glimmer.export.lower_dilation import MODES
 from glimmer.export.onnx_export import export_onnx
-from glimmer.export.verify import ort_session, time_calls
+from glimmer.export.rewrites.dilation import MODES
+from glimmer.export.verify import ort_session
 from glimmer.models.glimmernet import GlimmerNet
 from glimmer.runtime.core.metadata import ModelMeta
+from glimmer.runtime.core.timing import median_ms
 from glimmer.train.synthetic import CLASSES, make_scene_dataset
 
-
-def median_ms(fn, runs: int, warmup: int = 20) -> float:
-    return time_calls(fn, 1, runs, warmup)["median_ms"]
+WARMUP = 20
 
 
 def single_thread_ms(blob: bytes, feed: np.ndarray, runs: int = 100) -> float:
     session = ort_session(blob, 1)
-    return median_ms(lambda: session.run(None, {"images": feed}), runs)
+    return median_ms(lambda: session.run(None, {"images": feed}), runs, WARMUP)
 
 
 def plain_export(model: torch.nn.Module, x: torch.Tensor) -> bytes:
@@ -84,11 +83,11 @@ def main() -> None:
         torch.set_num_threads(threads)
         row = {}
         with torch.no_grad():
-            row["PyTorch eager"] = median_ms(lambda: model(x), max(50, args.runs // 3))
+            row["PyTorch eager"] = median_ms(lambda: model(x), max(50, args.runs // 3), WARMUP)
         for name, blob in forms.items():
             # INT8 as glimmer-run runs a TensorRT-placement file: Q/DQ fusion off, weights folded
             session = ort_session(blob, threads, simulate_qdq=name.startswith("INT8"))
-            row[name] = median_ms(lambda s=session: s.run(None, {"images": feed}), args.runs)
+            row[name] = median_ms(lambda s=session: s.run(None, {"images": feed}), args.runs, WARMUP)
         rows.append((threads, row))
 
     print(f"GlimmerNet (default, 31,204 params) at {size}x{size}, batch 1; {platform.processor() or platform.machine()}, "

@@ -29,6 +29,7 @@ from typing import Dict, List
 from glimmer.runtime.backends.ort.runner import OnnxRuntimeBackend
 from glimmer.runtime.core.metadata import METADATA_KEY, ModelMeta
 from glimmer.runtime.core.preprocess import Preprocessor
+from glimmer.runtime.core.timing import sample_ms
 from glimmer.runtime.stream.pipeline import Pipeline, build_task
 from glimmer.runtime.stream.sinks import Sink
 from glimmer.runtime.stream.sources import SourceOptions, open_source
@@ -75,12 +76,7 @@ def _export(path: Path, size: int) -> Path:
 
 def timed(fn, count: int) -> float:
     """FPS of ``fn()`` called ``count`` times (after 10 warm-up calls)."""
-    for _ in range(10):
-        fn()
-    t0 = time.perf_counter()
-    for _ in range(count):
-        fn()
-    return count / (time.perf_counter() - t0)
+    return count * 1e3 / sum(sample_ms(fn, count, warmup=10))
 
 
 def decode_fps(clip: Path, loop: int = 1) -> float:

@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/yolo_pruned_latency.py [--full] [--runs 10] [--threads N]
 
 Random weights (a fresh YOLOv8m with VisDrone's 10 classes): timing depends on shapes only, not on
-what the weights learned. Both models go through ultralytics' own ONNX exporter, as a user's would.
+what the weights learned. Both models go through glimmer-export's ONNX path, as a user's would.
 Sizes: 640, plus 1024 (the paper's input) with --full. Target: pruned >= 2.5x faster (the paper's
 FLOPs fall 3.7x). Prints a markdown table.
 """
@@ -14,7 +14,6 @@ import sys
 import tempfile
 from pathlib import Path
 
-os.environ["YOLO_OFFLINE"] = "1"
 os.environ.setdefault("YOLO_VERBOSE", "False")
 
 
@@ -28,7 +27,7 @@ def main() -> int:
     import torch
 
     from glimmer.train.compress.prune import prune_yolov8
-    from glimmer.train.compress.report import export_onnx, ort_latency
+    from glimmer.train.compress.report import ort_latency, write_onnx
     from glimmer.train.compress.yolo import build_detector, count_params, gflops, save_detector
 
     torch.manual_seed(0)
@@ -41,7 +40,7 @@ def main() -> int:
             pt = save_detector(model, Path(tmp) / f"{name.split()[0]}.pt", {"benchmark": True})
             for size in sizes:
                 print(f"exporting and timing {name} at {size} ...", file=sys.stderr, flush=True)
-                onnx_path = export_onnx(pt, size)
+                onnx_path = write_onnx(pt, size)
                 ms = ort_latency(onnx_path, runs=args.runs, warmup=2, threads=args.threads)
                 rows.append((name, size, count_params(model), gflops(model, size), ms))
                 onnx_path.unlink()
@@ -57,9 +56,9 @@ def main() -> int:
 
 
 def ort_version() -> str:
-    import onnxruntime
+    from glimmer.runtime.backends.ort.session import import_onnxruntime
 
-    return onnxruntime.__version__
+    return import_onnxruntime().__version__
 
 
 if __name__ == "__main__":

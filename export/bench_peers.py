@@ -10,7 +10,6 @@
 
 Each raises :class:`PeerUnavailable` with the reason when it cannot run here, never crashes the run.
 """
-import os
 from pathlib import Path
 from typing import Callable
 
@@ -80,12 +79,13 @@ class UltralyticsPeer(Peer):
             raise PeerUnavailable("the ultralytics predictor is compared for detectors only")
         if ctx.model_path.suffix.lower() != ".onnx":
             raise PeerUnavailable("ultralytics runs the .onnx here; give the .onnx to --model")
-        os.environ.setdefault("YOLO_OFFLINE", "1")  # never let ultralytics reach for the network
+        from glimmer.models.yolo import yolo
+        from glimmer.runtime.core.errors import GlimmerError
+
         try:
-            from ultralytics import YOLO
-        except ImportError:
-            raise PeerUnavailable("ultralytics is not installed (pip install 'glimmer-edge[train]')") from None
-        model = YOLO(str(ctx.model_path), task="detect")
+            model = yolo(ctx.model_path)
+        except GlimmerError as exc:  # ultralytics is not installed
+            raise PeerUnavailable(str(exc)) from None
         h, w = ctx.meta.input_size
         frames = ctx.frames
         state = {"i": 0}

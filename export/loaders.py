@@ -3,14 +3,13 @@
 - our ``.pt`` and the reference implementation's Lightning ``.ckpt`` (``glimmer.models.checkpoint``,
   read with ``weights_only=True``: no code runs);
 - an ultralytics YOLOv8 ``.pt``, pruned ones included (``glimmer-compress`` saves them in
-  ultralytics' own format). Read with ultralytics' own loader, which **unpickles the file**: a
-  pickle can run code, so only export ``.pt`` files from a source you trust;
+  ultralytics' own format). Read with ultralytics' own loader (:mod:`glimmer.models.yolo`), which
+  **unpickles the file**: a pickle can run code, so only export ``.pt`` files from a source you trust;
 - an ``.onnx`` carrying our metadata (or ultralytics'), for the on-target engine step.
 
 The kind comes from :func:`glimmer.models.checkpoint.sniff_kind`, which reads the pickle's bytes
 without unpickling, so an unknown file is refused before anything is loaded.
 """
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Optional, Tuple
@@ -83,16 +82,9 @@ def _from_glimmer(path: Path, img_size: Optional[int]) -> Source:
 
 
 def _from_ultralytics(path: Path, img_size: Optional[int]) -> Source:
-    os.environ.setdefault("YOLO_OFFLINE", "1")  # never let ultralytics reach for the network
-    try:
-        from ultralytics.nn.tasks import load_checkpoint as yolo_load
-    except ImportError:
-        raise GlimmerError(f"{path}: is an ultralytics checkpoint, but ultralytics is not installed "
-                           "(pip install 'glimmer-edge[train]')") from None
-    try:
-        model, ckpt = yolo_load(str(path), device="cpu")
-    except Exception as exc:  # ultralytics raises TypeError/ModuleNotFoundError/... for odd files
-        raise GlimmerError(f"{path}: ultralytics could not load it: {str(exc).strip().splitlines()[0]}") from None
+    from glimmer.models.yolo import load_pt
+
+    model, ckpt = load_pt(path)
     task = getattr(model, "task", "detect")
     if task != "detect":
         raise GlimmerError(f"{path}: ultralytics task {task!r} is not supported (detect only)")
@@ -107,7 +99,7 @@ def _from_ultralytics(path: Path, img_size: Optional[int]) -> Source:
                      input_size=size, channel_order="RGB", scale=1.0 / 255.0, letterbox=True,
                      pad_value=114, stride=stride, source_sha256=sha256_file(path),
                      extra={"arch": "yolov8", "ultralytics_yaml": str(getattr(model, "yaml", {}).get("yaml_file", ""))})
-    return Source(kind="ultralytics", path=path, name=path.stem, meta=meta, model=model.float().eval(),
+    return Source(kind="ultralytics", path=path, name=path.stem, meta=meta, model=model,
                   info={"train_args_imgsz": train_imgsz})
 
 

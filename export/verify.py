@@ -7,35 +7,36 @@ detector, and ONNX Runtime CPU latency at batch 1 as a median of many runs.
 Both kinds of input go through the runtime's own :class:`Preprocessor`, so they lie in the domain the
 deployed model sees: "random" frames are uniform uint8 noise, "image-like" frames are smooth colour
 fields with edges and blobs (drawn with OpenCV), the statistics a photo has and noise lacks.
+
+Sessions, timing and accuracy are the runtime's (backends/ort/session.py, core/timing.py,
+tools/evaluate.py), so an export figure means what the same figure on the drone means.
 """
-import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional
 
 import numpy as np
 import torch
 
+from glimmer.runtime.backends.ort.session import make_session
 from glimmer.runtime.core.errors import GlimmerError
 from glimmer.runtime.core.metadata import ModelMeta
 from glimmer.runtime.core.preprocess import Preprocessor
+from glimmer.runtime.core.timing import latency_stats, sample_ms
+from glimmer.runtime.tools.evaluate import (  # noqa: F401 - the names export/cli.py and int8.py use
+    LabelledSet,
+    predict_labels,
+    score,
+)
+from glimmer.runtime.tools.evaluate import load_labelled as _load_labelled
 
 
 def ort_session(model_bytes: bytes, threads: int = 1, simulate_qdq: bool = False):
-    """A CPU ONNX Runtime session with all graph optimisations (what deployment gets).
+    """A CPU ONNX Runtime session set up as deployment sets it (runtime/backends/ort/session.py).
 
     ``simulate_qdq`` turns ONNX Runtime's Q/DQ fusion off: Quantize/Dequantize run as written and
     the convs in float, which is what TensorRT computes (up to rounding) on any build CPU.
     """
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.log_severity_level = 3
-    if simulate_qdq:
-        options.add_session_config_entry("session.disable_quant_qdq", "1")
-    return ort.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"])
+    return make_session(model_bytes, threads=threads, simulate_qdq=simulate_qdq)
 
 
 #: what ONNX Runtime's CPU provider fuses a Q/DQ group into when it uses integer arithmetic
@@ -49,14 +50,11 @@ def integer_kernels(model_bytes: bytes) -> int:
     import tempfile
 
     import onnx
-    import onnxruntime as ort
 
     with tempfile.TemporaryDirectory(prefix="glimmer-ort-") as work:
-        options = ort.SessionOptions()
-        options.log_severity_level = 3
-        options.optimized_model_filepath = str(Path(work) / "optimised.onnx")
-        ort.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"])
-        graph = onnx.load(options.optimized_model_filepath).graph
+        optimised = Path(work) / "optimised.onnx"
+        make_session(model_bytes, optimized_model_path=optimised)
+        graph = onnx.load(str(optimised)).graph
     return sum(1 for node in graph.node if node.op_type in INTEGER_OPS)
 
 
@@ -147,16 +145,9 @@ def detection_agreement(ref: np.ndarray, out: np.ndarray, top_k: int = 10) -> Di
 
 
 def time_calls(fn: Callable[[], Any], batch_size: int, runs: int = 100, warmup: int = 10) -> Dict[str, float]:
-    """Median and p90 wall time of ``fn()`` in milliseconds."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - start) * 1e3)
-    return {"median_ms": float(np.median(times)), "p90_ms": float(np.percentile(times, 90)),
-            "runs": runs, "batch": int(batch_size)}
+    """Median and p90 wall time of ``fn()`` in milliseconds (the runtime's timer)."""
+    stats = latency_stats(sample_ms(fn, runs, warmup), digits=None)
+    return {"median_ms": stats["median_ms"], "p90_ms": stats["p90_ms"], "runs": runs, "batch": int(batch_size)}
 
 
 def latency_ms(session, batch: np.ndarray, runs: int = 100, warmup: int = 10) -> Dict[str, float]:
@@ -170,57 +161,7 @@ def latency_input(meta: ModelMeta) -> np.ndarray:
     return sample_inputs(meta, meta.batch or 1, image_like=True, seed=1)
 
 
-def predict_labels(session, inputs: np.ndarray) -> List[int]:
-    """Top-1 class of each preprocessed input; a static batch is filled by repeating the last one."""
-    spec = session.get_inputs()[0]
-    size = spec.shape[0] if isinstance(spec.shape[0], int) and spec.shape[0] > 0 else 8
-    labels: List[int] = []
-    for start in range(0, len(inputs), size):
-        chunk = inputs[start:start + size]
-        n = len(chunk)
-        if n < size and isinstance(spec.shape[0], int):
-            chunk = np.concatenate([chunk, np.repeat(chunk[-1:], size - n, axis=0)])
-        labels.extend(int(v) for v in session.run(None, {spec.name: chunk})[0].argmax(1)[:n])
-    return labels
-
-
-@dataclass
-class LabelledSet:
-    """A labelled folder (``<class>/<image>``) read and preprocessed once, as deployment does."""
-
-    inputs: np.ndarray
-    truth: List[int]
-    names: List[str]
-    unreadable: int
-
-
 def load_labelled(meta: ModelMeta, root: Path, option: str = "--val") -> LabelledSet:
-    """Read ``root``; its class folders must be the model's classes. Unreadable images are counted
-    and skipped (a scan of real data has a few), an empty set is an error naming ``option``."""
-    from glimmer.runtime.core.images import labelled_images, read_image
-
-    try:
-        paths, labels, names = labelled_images(Path(root), meta.class_names)
-    except GlimmerError as exc:
-        raise GlimmerError(f"{option} {exc}") from None
-    pre = Preprocessor(meta)
-    inputs, truth, unreadable = [], [], 0
-    for path, label in zip(paths, labels):
-        image = read_image(path)
-        if image is None:
-            unreadable += 1
-            continue
-        inputs.append(pre.image(image)[0])
-        truth.append(label)
-    if not inputs:
-        raise GlimmerError(f"{option} {root}: no readable images")
-    return LabelledSet(np.stack(inputs), truth, names, unreadable)
-
-
-def score(session, data: LabelledSet) -> Dict[str, Any]:
-    """Weighted F1 (the GlimmerNet paper's metric), accuracy and per-class F1 of one session."""
-    from glimmer.runtime.tools.metrics import classification_report
-
-    report = classification_report(data.truth, predict_labels(session, data.inputs), data.names)
-    return {"f1_weighted": report["f1_weighted"], "accuracy": report["accuracy"],
-            "per_class_f1": {k: v["f1"] for k, v in report["per_class"].items()}}
+    """Read and preprocess ``root`` once (the runtime evaluator's rule: unreadable images are
+    skipped and counted); an empty set is an error naming ``option``."""
+    return _load_labelled(meta, root, option)

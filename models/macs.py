@@ -6,9 +6,11 @@ average pool (a linear map too; 2,160 at 224), batch 1. Not counted: bias adds, 
 2x2 pooling, GRN, residual adds. Default GlimmerNet at 224: 26,464,280. The paper's "22.26M FLOPs" comes from fvcore skipping the GDBlock convs
 (docs/glimmernet.md, "FLOPs, counted honestly"); :func:`paper_compatible_flops` reproduces that
 figure for comparison and is always labelled as such.
+
+The one MAC counter of the project: glimmer-compress counts YOLOv8 layers with it too (``part``).
 """
 from collections import OrderedDict
-from typing import Dict, Tuple
+from typing import Callable, Dict, Hashable, Optional, Tuple
 
 import torch
 from torch import nn
@@ -28,12 +30,17 @@ def _top_name(name: str) -> str:
 
 
 @torch.no_grad()
-def count_macs(model: nn.Module, img_size: int = 224) -> Tuple[int, "OrderedDict[str, int]"]:
-    """Return (total MACs, MACs per top-level part) for one ``img_size`` x ``img_size`` image."""
-    per_part: OrderedDict[str, int] = OrderedDict()
+def count_macs(model: nn.Module, img_size: int = 224, part: Callable[[str], Optional[Hashable]] = _top_name
+               ) -> Tuple[int, "OrderedDict[Hashable, int]"]:
+    """Return (total MACs, MACs per part) for one ``img_size`` x ``img_size`` image.
+
+    ``part`` names the part a module (by its qualified name) counts towards, None to leave it out:
+    GlimmerNet's stem / stage<i> / head by default, ``model.<i>`` layers for a YOLOv8.
+    """
+    per_part: OrderedDict[Hashable, int] = OrderedDict()
     hooks = []
 
-    def hook(name: str):
+    def hook(key: Hashable):
         def fn(module: nn.Module, inputs, output) -> None:
             if isinstance(module, nn.Conv2d):
                 macs = _conv_macs(module, output)
@@ -41,18 +48,18 @@ def count_macs(model: nn.Module, img_size: int = 224) -> Tuple[int, "OrderedDict
                 macs = int(output[0].numel()) * module.in_features
             else:  # global average pool: one accumulate per input element
                 macs = int(inputs[0][0].numel())
-            key = _top_name(name)
             per_part[key] = per_part.get(key, 0) + macs
         return fn
 
     for name, module in model.named_modules():
-        if isinstance(module, (nn.Conv2d, nn.Linear, nn.AdaptiveAvgPool2d)):
-            hooks.append(module.register_forward_hook(hook(name)))
+        key = part(name) if isinstance(module, (nn.Conv2d, nn.Linear, nn.AdaptiveAvgPool2d)) else None
+        if key is not None:
+            hooks.append(module.register_forward_hook(hook(key)))
     was_training = model.training
     model.eval()
     try:
-        device = next(model.parameters()).device
-        model(torch.zeros(1, 3, img_size, img_size, device=device))
+        p = next(model.parameters())
+        model(torch.zeros(1, 3, img_size, img_size, dtype=p.dtype, device=p.device))
     finally:
         model.train(was_training)
         for h in hooks:

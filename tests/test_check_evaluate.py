@@ -180,3 +180,62 @@ def test_classifier_weighted_f1_and_per_class_through_runtime(scenes):
         worse = evaluate_classifier(backend, root / "Test")
     assert worse["per_class"]["Fire"]["recall"] < 0.3 and worse["per_class"]["Earthquake"]["recall"] < 0.3
     assert worse["f1_weighted"] < report["f1_weighted"] - 0.3
+
+
+# -- one rule for unreadable images, one classifier scorer ------------------------------------------
+def test_unreadable_images_are_skipped_and_counted_for_both_tasks(scenes, tmp_path):
+    """The rule (runtime/tools/evaluate.py): skip the file, count it, name it in the report."""
+    import shutil
+
+    root, good, _ = scenes
+    test = tmp_path / "Test"
+    shutil.copytree(root / "Test", test)
+    broken = test / CLASSES[0] / "zz-truncated.png"
+    broken.write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    with OnnxRuntimeBackend(good) as backend:
+        report = evaluate_classifier(backend, test)
+    assert report["num_samples"] == 32 and report["unreadable"] == 1
+    assert report["unreadable_files"] == [str(broken)]
+
+    head = np.zeros((1, 6, 1), np.float32)
+    head[0, :, 0] = [20, 20, 16, 16, 0.9, 0.0]
+    model = fixed_detector(tmp_path / "det.onnx", head, ["car", "person"])
+    data = yolo_set(tmp_path / "val", [[12, 12, 28, 28]], [0])
+    (data / "images" / "b.png").write_bytes(b"")
+    with OnnxRuntimeBackend(model) as backend:
+        result = evaluate_detector(backend, data)
+        assert result["images"] == 1 and result["unreadable"] == 1 and result["map50"] == pytest.approx(1.0)
+        (data / "images" / "a.png").write_bytes(b"")
+        with pytest.raises(GlimmerError, match="no readable images"):
+            evaluate_detector(backend, data)
+
+
+def test_a_set_read_once_scores_backends_sessions_and_callables_alike(scenes, tmp_path):
+    from glimmer.runtime.backends.ort.session import make_session
+    from glimmer.runtime.tools.evaluate import load_labelled, score
+
+    root, good, bad = scenes
+    with OnnxRuntimeBackend(good) as backend:
+        meta, full = backend.meta, evaluate_classifier(backend, root / "Test")
+        data = load_labelled(meta, root / "Test")
+        by_backend = score(backend, data)
+    assert data.inputs.shape == (32, 3, 64, 64) and data.unreadable == 0 and len(data.truth) == 32
+    assert by_backend["f1_weighted"] == full["f1_weighted"] and by_backend["accuracy"] == full["accuracy"]
+    session = make_session(good)  # its batch is fixed at 1: every input its own call
+    assert score(session, data) == by_backend
+    batches = []
+
+    def logits(x):  # a callable gets batches of 8 and returns their logits
+        batches.append(len(x))
+        return np.concatenate([session.run(None, {"images": row[None]})[0] for row in x])
+
+    assert score(logits, data) == by_backend and batches == [8, 8, 8, 8]
+    assert score(make_session(bad), data)["f1_weighted"] < by_backend["f1_weighted"] - 0.3
+    with pytest.raises(GlimmerError, match=r"^--val .*: class folders"):
+        load_labelled(meta, root, "--val")
+    empty = tmp_path / "empty"
+    for name in CLASSES:
+        (empty / name).mkdir(parents=True)
+        (empty / name / "x.png").write_bytes(b"")
+    with pytest.raises(GlimmerError, match=r"^--val .*empty: no readable images"):
+        load_labelled(meta, empty, "--val")

@@ -6,15 +6,18 @@ import pytest
 import torch
 from torch import nn
 
+from glimmer.models.macs import count_macs
+from glimmer.models.yolo import ultralytics_modules
 from glimmer.runtime.core.errors import GlimmerError
 from glimmer.train import compress_cli
 from glimmer.train.compress.prune import prune_yolov8
 from glimmer.train.compress.yolo import (
     build_detector,
     count_params,
+    gflops,
+    layer_costs,
     load_detector,
     save_detector,
-    ultralytics_modules,
 )
 
 PAPER_BASE_M, PAPER_PRUNED_M = 25_862_110, 6_845_710
@@ -41,6 +44,24 @@ def v8n_random_bn():
 
 def test_yolov8m_ten_classes_has_the_papers_parameter_count(v8m):
     assert count_params(v8m) == PAPER_BASE_M
+
+
+#: FLOPs per layer of YOLOv8n (2 classes) at 64 px as glimmer-compress counted them with its own conv
+#: hooks before it used glimmer.models.macs: the one counter must give the same figures
+V8N_2CLS_FLOPS_64 = [884736, 2359296, 3670016, 2359296, 6291456, 2359296, 6291456, 2359296, 3670016, 1310720,
+                     0, 0, 4718592, 0, 0, 4718592, 1179648, 0, 3932160, 1179648, 0, 3932160, 29621760]
+
+
+def test_compress_counts_flops_with_the_models_mac_counter(v8n_random_bn):
+    rows = layer_costs(v8n_random_bn, 64)
+    assert [r["flops"] for r in rows] == V8N_2CLS_FLOPS_64
+    assert [r["type"] for r in rows][-1] == "Detect" and rows[0]["params"] == count_params(v8n_random_bn.model[0])
+    total, _ = count_macs(v8n_random_bn, 64, part=lambda name: "all" if name.startswith("model.") else None)
+    assert 2 * total == sum(V8N_2CLS_FLOPS_64) and gflops(v8n_random_bn, 64) == pytest.approx(2 * total / 1e9)
+
+
+def test_yolov8m_at_640_costs_the_same_as_before(v8m):
+    assert round(gflops(v8m, 640), 4) == 78.7109
 
 
 def test_prune_half_lands_within_5_percent_of_the_paper(v8m):

@@ -71,11 +71,16 @@ def test_distilled_student_drops_the_alignment_convs_and_logs_cwd(pipeline):
     assert "lr/pg3" in row  # the alignment convs' own optimizer group
 
 
-def test_ultralytics_onnx_export_of_pruned_model_runs(pipeline):
+def test_pruned_model_is_exported_by_glimmer_exports_path_and_runs(pipeline):
+    from glimmer.runtime.core.metadata import METADATA_KEY, ModelMeta
+
     path = pipeline / "2-pruned.onnx"
     model = onnx.load(str(path))
-    meta = {p.key: p.value for p in model.metadata_props}
-    assert meta["task"] == "detect" and "'disc'" in meta["names"] and meta["imgsz"] == "[64, 64]"
+    props = {p.key: p.value for p in model.metadata_props}
+    meta = ModelMeta.from_props(props)
+    assert METADATA_KEY in props and model.producer_name == "glimmer-export"
+    assert meta.task == "detect" and list(meta.class_names) == ["disc", "box"] and tuple(meta.input_size) == (64, 64)
+    assert meta.extra["exporter"] == "torch.onnx (TorchScript)"
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     (out,) = sess.run(None, {sess.get_inputs()[0].name: torch.zeros(1, 3, 64, 64).numpy()})
     assert out.shape == (1, 4 + 2, 64 // 8 * 64 // 8 + 64 // 16 * 64 // 16 + 64 // 32 * 64 // 32)

@@ -64,6 +64,28 @@ def test_ort_backend_reads_metadata_specs_and_agrees_with_numpy(model):
             be.infer(np.zeros((1, 3, 32, 32)))
 
 
+def test_one_session_factory_for_paths_and_bytes(model):
+    """runtime/backends/ort/session.py: deployment's options, a path or serialized bytes, one error."""
+    from glimmer.runtime.backends.ort.session import make_session, session_options
+
+    x = np.random.default_rng(1).random((3, 3, 32, 32), dtype=np.float32)
+    want = x.mean(axis=(2, 3)) @ W + B
+    for source in (model, model.read_bytes()):
+        session = make_session(source, threads=1)
+        assert session.get_providers() == ["CPUExecutionProvider"]
+        np.testing.assert_allclose(session.run(None, {"images": x})[0], want, rtol=1e-5, atol=1e-5)
+    opts = session_options(threads=2, simulate_qdq=True)
+    assert (opts.intra_op_num_threads, opts.inter_op_num_threads, opts.log_severity_level) == (2, 1, 3)
+    assert opts.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    assert opts.get_session_config_entry("session.disable_quant_qdq") == "1"
+    with pytest.raises(RuntimeError):  # spinning allowed: the entry is not set at all
+        session_options(spin=True).get_session_config_entry("session.intra_op.allow_spinning")
+    with pytest.raises(GlimmerError, match="^the ONNX model: ONNX Runtime cannot load the model"):
+        make_session(b"\xff" * 64)
+    with pytest.raises(GlimmerError, match="threads must be at least 1, got 0"):
+        make_session(model, threads=0)
+
+
 def test_wire_reader_matches_onnx_metadata(model):
     props = read_onnx_metadata(model)
     assert props == {p.key: p.value for p in onnx.load(str(model)).metadata_props}

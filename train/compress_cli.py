@@ -11,16 +11,14 @@ The method of Sabaghian et al. (docs/yolo-compression.md) on ultralytics 8.4.190
 """
 import argparse
 import copy
-import os
 import re
 import sys
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
-os.environ["YOLO_OFFLINE"] = "1"  # before anything imports ultralytics
-
-from glimmer.runtime.core.console import add_verbose_flag, run_cli  # noqa: E402
-from glimmer.runtime.core.errors import GlimmerError  # noqa: E402
+import glimmer.models.yolo  # noqa: F401 - ultralytics' offline guard, set before anything imports it
+from glimmer.runtime.core.console import add_verbose_flag, run_cli
+from glimmer.runtime.core.errors import GlimmerError
 
 YAML_NAME = re.compile(r"^yolov8[nsmlx]\.yaml$")
 

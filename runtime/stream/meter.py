@@ -12,6 +12,8 @@ from typing import Any, Dict, List, Optional
 
 import numpy as np
 
+from glimmer.runtime.core.timing import latency_stats
+
 #: stage -> what its figure includes
 STAGES = {
     "capture": "waiting for and decoding the next frame in the source (for live sources: the wait "
@@ -24,7 +26,6 @@ STAGES = {
     "end_to_end": "from the frame leaving the source to its results written, including time "
                   "spent waiting in the pipeline's queues",
 }
-PERCENTILES = (50, 90, 95, 99)
 
 
 class StageStats:
@@ -50,12 +51,9 @@ class StageStats:
     def summary(self) -> Dict[str, float]:
         if not self.count:
             return {"count": 0}
-        values = self.recent()
-        pcts = np.percentile(values, PERCENTILES)
-        out = {"count": self.count, "mean_ms": self.total / self.count, "min_ms": self.minimum,
-               "max_ms": self.maximum}
-        for p, v in zip(PERCENTILES, pcts):
-            out["median_ms" if p == 50 else f"p{p}_ms"] = float(v)
+        # percentiles over the recent window; count, mean, min and max over every sample
+        out = latency_stats(self.recent(), digits=None)
+        out.update(count=self.count, mean_ms=self.total / self.count, min_ms=self.minimum, max_ms=self.maximum)
         return {k: (round(v, 3) if isinstance(v, float) else v) for k, v in out.items()}
 
 

@@ -27,7 +27,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional
 
 import numpy as np
 
@@ -39,7 +39,8 @@ from glimmer.runtime.core.errors import GlimmerError
 from glimmer.runtime.core.files import atomic_path, atomic_write_text
 from glimmer.runtime.core.metadata import ModelMeta
 from glimmer.runtime.core.preprocess import Preprocessor
-from glimmer.runtime.stream.meter import Meter, StageStats
+from glimmer.runtime.core.timing import latency_stats, sample_ms
+from glimmer.runtime.stream.meter import Meter
 from glimmer.runtime.stream.pipeline import Pipeline, build_task
 from glimmer.runtime.stream.sources import Source, SourceOptions, open_source
 from glimmer.runtime.tools.config import BACKENDS
@@ -51,15 +52,7 @@ FRAME_SEQ = "preprocess + inference + postprocess of one frame, run one after th
 SYNTHETIC_SIZE = (360, 640)  # a 640x360 frame: the resize to the network input is real work
 
 
-# -- statistics and the machine -------------------------------------------------------------------
-def latency_stats(samples_ms: Sequence[float]) -> Dict[str, float]:
-    """count, min, max, mean, median, p90, p95, p99 in ms (the meter's, so figures agree)."""
-    stats = StageStats(window=max(1, len(samples_ms)))
-    for ms in samples_ms:
-        stats.add(float(ms))
-    return stats.summary()
-
-
+# -- the machine ---------------------------------------------------------------------------------
 def _cpu_model() -> str:
     try:
         with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
@@ -170,16 +163,13 @@ def open_bench_source(uri: Optional[str], count: int) -> Source:
 
 # -- measurements ---------------------------------------------------------------------------------
 def _timed(step, warmup: int, iters: int, what: str, status: StatusLine) -> List[float]:
-    for _ in range(warmup):
-        step()
-    times: List[float] = []
-    status.update(f"{what}: timing {iters} iterations")
-    for i in range(iters):
-        t0 = time.perf_counter()
-        step()
-        times.append((time.perf_counter() - t0) * 1e3)
-        if i % 20 == 0:
-            status.update(f"{what}: {i + 1}/{iters}")
+    """:func:`sample_ms` with a status line that counts the timed iterations."""
+    def progress(done: int) -> None:
+        if done % 20 == 1:
+            status.update(f"{what}: {done}/{iters}")
+
+    status.update(f"{what}: {warmup} warm-up and {iters} timed iterations")
+    times = sample_ms(step, iters, warmup, progress=progress)
     status.close()
     return times
 

@@ -1,7 +1,9 @@
 """Accuracy of a deployed model through the runtime's own preprocessing, backend and postprocess.
 
 - Classifier: weighted F1 (the GlimmerNet paper's metric), accuracy and per-class figures over a
-  labelled folder ``<root>/<Class>/<image>`` (glimmer.runtime.tools.metrics).
+  labelled folder ``<root>/<Class>/<image>`` (glimmer.runtime.tools.metrics). :func:`load_labelled`
+  reads and preprocesses a folder once and :func:`score` scores any model on it (a Backend, an ONNX
+  Runtime session or a callable), which is how the export compares FP32 and INT8 sessions.
 - Detector: mAP50 and mAP50-95 (COCO's AP averaged over IoU 0.50:0.05:0.95, 101-point interpolated
   precision, up to 100 detections per image) by faster-coco-eval, a maintained C++ implementation
   of the COCO evaluator, on a YOLO-format val set: a ``data.yaml`` (``path`` / ``val`` /
@@ -9,24 +11,46 @@
   normalised to the image (ultralytics' format). Boxes come from the runtime's Detector with
   ultralytics' validation settings (conf 0.001, IoU 0.7), so the figure is what the drone sees.
 
+Unreadable images (truncated, not an image) are skipped and counted, for both tasks: a scan of real
+data has a few, and one bad file should not stop an accuracy figure; the report says how many
+(``unreadable``) and which (``unreadable_files``), and a set with no readable image is an error.
+
 faster-coco-eval and PyYAML are imported only when a detector is evaluated.
 """
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from glimmer.runtime.backends.base import Backend
 from glimmer.runtime.core.errors import GlimmerError
 from glimmer.runtime.core.images import labelled_images, list_images, read_image
+from glimmer.runtime.core.metadata import ModelMeta
 from glimmer.runtime.core.preprocess import Preprocessor
 from glimmer.runtime.stream.detect import Detector, DetectSettings
 from glimmer.runtime.tools.metrics import classification_report
 
 #: ultralytics' validation thresholds: low conf so the precision-recall curve is complete
 VAL_SETTINGS = DetectSettings(conf=0.001, iou=0.7, max_det=300)
+#: batch size for a model whose batch is free (a Backend runs one image at a time, as deployed)
+DEFAULT_BATCH = 8
 GroundTruth = List[Tuple[int, List[float]]]  # (class, [x1, y1, x2, y2] in pixels)
 Detections = List[Tuple[int, float, List[float]]]  # (class, score, [x1, y1, x2, y2])
+
+
+def readable(paths: Iterable[Path], skipped: List[Path]) -> Iterator[Tuple[Path, np.ndarray]]:
+    """(path, BGR image) of each decodable file; the others are appended to ``skipped``."""
+    for path in paths:
+        image = read_image(path)
+        if image is None:
+            skipped.append(path)
+            continue
+        yield path, image
+
+
+def _unreadable(skipped: Sequence[Path]) -> Dict[str, Any]:
+    return {"unreadable": len(skipped), "unreadable_files": [str(p) for p in skipped[:10]]}
 
 
 def _infer_one(backend: Backend, pre: Preprocessor, image: np.ndarray):
@@ -34,20 +58,113 @@ def _infer_one(backend: Backend, pre: Preprocessor, image: np.ndarray):
     return backend.infer(batch.astype(np.dtype(backend.inputs[0].dtype), copy=False)), transforms
 
 
-def evaluate_classifier(backend: Backend, root: Path) -> Dict[str, Any]:
-    """Weighted F1, accuracy and per-class precision / recall / F1 of an activated classifier."""
-    meta = backend.meta
-    paths, labels, names = labelled_images(Path(root), meta.class_names)
-    pre = Preprocessor(meta)
+# -- classifiers ----------------------------------------------------------------------------------
+@dataclass
+class LabelledSet:
+    """A labelled folder (``<class>/<image>``) read and preprocessed once, as deployment does."""
+
+    inputs: np.ndarray  # N x C x H x W float32
+    truth: List[int]
+    names: List[str]
+    unreadable: int
+    skipped: List[Path] = field(default_factory=list)
+
+
+def _labelled(meta: ModelMeta, root: Path, option: Optional[str]) -> Tuple[List[Path], List[int], List[str]]:
+    try:
+        return labelled_images(Path(root), meta.class_names)
+    except GlimmerError as exc:
+        if option:
+            raise GlimmerError(f"{option} {exc}") from None
+        raise
+
+
+def _preprocessed(meta: ModelMeta, paths: List[Path], labels: List[int],
+                  skipped: List[Path]) -> Iterator[Tuple[np.ndarray, int]]:
+    pre, label_of = Preprocessor(meta), dict(zip(paths, labels))
+    for path, image in readable(paths, skipped):
+        yield pre.image(image)[0], label_of[path]
+
+
+def _no_images(root: Path, option: Optional[str]) -> GlimmerError:
+    return GlimmerError(f"{option + ' ' if option else ''}{root}: no readable images")
+
+
+def load_labelled(meta: ModelMeta, root: Path, option: Optional[str] = None) -> LabelledSet:
+    """Read and preprocess ``root`` once; its class folders must be the model's classes. Errors name
+    ``option`` (the flag that gave the folder) when there is one."""
+    paths, labels, names = _labelled(meta, root, option)
+    skipped: List[Path] = []
+    pairs = list(_preprocessed(meta, paths, labels, skipped))
+    if not pairs:
+        raise _no_images(root, option)
+    return LabelledSet(np.stack([x for x, _ in pairs]), [y for _, y in pairs], names, len(skipped), skipped)
+
+
+def _runner(model: Any) -> Tuple[Callable[[np.ndarray], Any], int, bool]:
+    """(batch -> logits, batch size, whether that size is fixed) of a Backend, an ONNX Runtime
+    session (anything with ``get_inputs`` and ``run``) or a callable."""
+    if isinstance(model, Backend):
+        spec = model.inputs[0]
+        dtype, fixed = np.dtype(spec.dtype), spec.shape[0]
+        return (lambda x: model.infer(x.astype(dtype, copy=False))[0]), fixed or 1, fixed is not None
+    if hasattr(model, "get_inputs") and hasattr(model, "run"):
+        spec = model.get_inputs()[0]
+        fixed = spec.shape[0] if isinstance(spec.shape[0], int) and spec.shape[0] > 0 else None
+        return (lambda x: model.run(None, {spec.name: x})[0]), fixed or DEFAULT_BATCH, fixed is not None
+    if callable(model):
+        return model, DEFAULT_BATCH, False
+    raise TypeError(f"cannot score a {type(model).__name__}: give a Backend, a session or a callable")
+
+
+def classify(model: Any, pairs: Iterable[Tuple[np.ndarray, int]]) -> Tuple[List[int], List[int]]:
+    """(truth, top-1 prediction) over (preprocessed input, label) pairs, a batch at a time; a fixed
+    batch is filled by repeating the last input."""
+    run, size, fixed = _runner(model)
+    truth: List[int] = []
     predicted: List[int] = []
-    for path in paths:
-        image = read_image(path)
-        if image is None:
-            raise GlimmerError(f"{path}: cannot decode the image (remove it or replace it)")
-        outputs, _ = _infer_one(backend, pre, image)
-        predicted.append(int(np.asarray(outputs[0]).reshape(-1).argmax()))
-    report = classification_report(labels, predicted, names)
-    report["data"] = str(root)
+    chunk: List[np.ndarray] = []
+
+    def flush() -> None:
+        n = len(chunk)
+        batch = np.stack(chunk + [chunk[-1]] * (size - n if fixed else 0))
+        logits = np.asarray(run(batch)).reshape(len(batch), -1)
+        predicted.extend(int(v) for v in logits.argmax(1)[:n])
+        chunk.clear()
+
+    for x, label in pairs:
+        chunk.append(x)
+        truth.append(label)
+        if len(chunk) == size:
+            flush()
+    if chunk:
+        flush()
+    return truth, predicted
+
+
+def predict_labels(model: Any, inputs: Iterable[np.ndarray]) -> List[int]:
+    """Top-1 class of each preprocessed input."""
+    return classify(model, ((x, -1) for x in inputs))[1]
+
+
+def score(model: Any, data: LabelledSet) -> Dict[str, Any]:
+    """Weighted F1, accuracy and per-class F1 of one model on a set read once."""
+    truth, predicted = classify(model, zip(data.inputs, data.truth))
+    report = classification_report(truth, predicted, data.names)
+    return {"f1_weighted": report["f1_weighted"], "accuracy": report["accuracy"],
+            "per_class_f1": {k: v["f1"] for k, v in report["per_class"].items()}}
+
+
+def evaluate_classifier(backend: Backend, root: Path) -> Dict[str, Any]:
+    """Weighted F1, accuracy and per-class precision / recall / F1 of an activated classifier; the
+    images stream through (a folder larger than memory is fine)."""
+    paths, labels, names = _labelled(backend.meta, root, None)
+    skipped: List[Path] = []
+    truth, predicted = classify(backend, _preprocessed(backend.meta, paths, labels, skipped))
+    if not truth:
+        raise _no_images(root, None)
+    report = classification_report(truth, predicted, names)
+    report.update(_unreadable(skipped), data=str(root))
     return report
 
 
@@ -179,18 +296,18 @@ def evaluate_detector(backend: Backend, data: Path) -> Dict[str, Any]:
     ground_truth: List[GroundTruth] = []
     detections: List[Detections] = []
     sizes: List[Tuple[int, int]] = []
-    for path in images:
-        image = read_image(path)
-        if image is None:
-            raise GlimmerError(f"{path}: cannot decode the image (remove it or replace it)")
+    skipped: List[Path] = []
+    for path, image in readable(images, skipped):
         h, w = image.shape[:2]
         sizes.append((h, w))
         ground_truth.append(read_labels(label_path(path), w, h, meta.num_classes))
         outputs, transforms = _infer_one(backend, pre, image)
         pred = detector(outputs, transforms)[0]
         detections.append([(d["index"], d["score"], d["box"]) for d in pred["detections"]])
+    if not sizes:
+        raise _no_images(Path(data), None)
     report = coco_map(ground_truth, detections, meta.class_names, sizes)
-    report["data"] = str(data)
+    report.update(_unreadable(skipped), data=str(data))
     return report
 
 

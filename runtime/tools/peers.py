@@ -9,7 +9,6 @@ missing still registers: it reports ``unavailable: <reason>`` in the table inste
 the run. ``onnx-naive`` needs nothing but ONNX Runtime and lives here.
 """
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Tuple
@@ -18,6 +17,7 @@ import numpy as np
 
 from glimmer.runtime.core.errors import GlimmerError
 from glimmer.runtime.core.metadata import ModelMeta
+from glimmer.runtime.core.timing import sample_ms
 
 GROUP = "glimmer.bench_peers"
 #: peers the documentation promises, so a missing registration reads as a reason, not a typo
@@ -71,15 +71,7 @@ class Peer:
 
     def measure(self, ctx: PeerContext) -> List[float]:
         """Per-iteration latencies in ms, after ``ctx.warmup`` untimed calls."""
-        step = self.prepare(ctx)
-        for _ in range(ctx.warmup):
-            step()
-        times: List[float] = []
-        for _ in range(ctx.iters):
-            t0 = time.perf_counter()
-            step()
-            times.append((time.perf_counter() - t0) * 1e3)
-        return times
+        return sample_ms(self.prepare(ctx), ctx.iters, ctx.warmup)
 
 
 class OnnxNaivePeer(Peer):

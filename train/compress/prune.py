@@ -27,9 +27,10 @@ from typing import Dict, List, Optional, Tuple
 import torch
 from torch import nn
 
+from glimmer.models.yolo import ultralytics_modules
 from glimmer.runtime.core.errors import GlimmerError
 
-from .yolo import check_yolov8, layer_costs, ultralytics_modules
+from .yolo import check_yolov8, layer_costs
 
 Member = Tuple[str, int, int]  # (conv module name, first output channel, width)
 

@@ -1,20 +1,20 @@
 """Measure a compression stage: params, GFLOPs, mAP (ultralytics val), ONNX Runtime CPU latency.
 
 The pipeline's summary (one row per stage) is printed as a markdown table and written as JSON and
-a PNG chart. ONNX export goes through ultralytics' own exporter with ``simplify=False`` (onnxslim is
-not a dependency, and ``check_requirements`` would otherwise try to pip-install it).
+a PNG chart. Each stage is exported to ONNX by glimmer-export's own path (:func:`glimmer.export.api.export`:
+Conv+BN fused, Detect head in export mode, torch.onnx, our metadata, checked against PyTorch) and
+timed in a session set up as glimmer-run sets it, so the latency column is what the deployed file costs.
 """
 import json
-import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 import numpy as np
 
-from glimmer.runtime.core.errors import GlimmerError
+from glimmer.models.yolo import offline, yolo
 from glimmer.runtime.core.files import atomic_path, atomic_write_text
 
-from .yolo import count_params, gflops, load_detector, offline
+from .yolo import count_params, gflops, load_detector
 
 COLUMNS = (("stage", "stage"), ("params", "params"), ("gflops", "GFLOPs"), ("map50", "mAP50"),
            ("map50_95", "mAP50-95"), ("ort_ms", "ORT CPU ms"))
@@ -22,46 +22,39 @@ COLUMNS = (("stage", "stage"), ("params", "params"), ("gflops", "GFLOPs"), ("map
 
 def validate(weights: Path, data: Path, imgsz: int, batch: int, out: Path) -> Dict[str, float]:
     """mAP50 and mAP50-95 on the dataset's val split, via ultralytics' DetectionValidator."""
-    from ultralytics import YOLO
-
     with offline():
-        metrics = YOLO(str(weights), task="detect").val(
+        metrics = yolo(weights).val(
             data=str(data), imgsz=imgsz, batch=batch, device="cpu", workers=0, plots=False,
             project=str(out.parent.resolve()), name=out.name, exist_ok=True, verbose=False)
     return {"map50": float(metrics.box.map50), "map50_95": float(metrics.box.map)}
 
 
-def export_onnx(weights: Path, imgsz: int, batch: int = 1) -> Path:
-    """ultralytics' exporter (opset chosen by it, metadata included) beside the .pt."""
-    from ultralytics import YOLO
+def write_onnx(weights: Path, imgsz: int, batch: int = 1) -> Path:
+    """``<weights>.onnx`` beside the .pt, made by glimmer-export itself (checked against PyTorch)."""
+    import shutil
+    import tempfile
 
-    with offline():
-        out = YOLO(str(weights), task="detect").export(format="onnx", imgsz=imgsz, batch=batch,
-                                                       simplify=False, dynamic=False, device="cpu")
-    if not out or not Path(out).is_file():
-        raise GlimmerError(f"{weights}: ultralytics' ONNX export produced no file")
-    return Path(out)
+    from glimmer.export.api import export
+
+    weights = Path(weights)
+    path = weights.with_suffix(".onnx")
+    with tempfile.TemporaryDirectory(prefix="glimmer-compress-") as tmp:
+        export(weights, out=tmp, name=weights.stem, img_size=imgsz, batch=batch, latency_runs=1,
+               log=lambda _line: None)
+        shutil.move(str(Path(tmp) / f"{weights.stem}.onnx"), str(path))
+    return path
 
 
 def ort_latency(onnx_path: Path, runs: int = 20, warmup: int = 3, threads: Optional[int] = None) -> float:
     """Median ONNX Runtime CPU latency in ms for one call on random input of the model's shape."""
-    import onnxruntime as ort
+    from glimmer.runtime.backends.ort.session import make_session
+    from glimmer.runtime.core.timing import median_ms
 
-    opts = ort.SessionOptions()
-    if threads:
-        opts.intra_op_num_threads = threads
-    sess = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
+    sess = make_session(onnx_path, threads=threads)
     inp = sess.get_inputs()[0]
     x = np.random.default_rng(0).random([d if isinstance(d, int) else 1 for d in inp.shape],
                                         dtype=np.float32)
-    for _ in range(warmup):
-        sess.run(None, {inp.name: x})
-    times = []
-    for _ in range(runs):
-        t = time.perf_counter()
-        sess.run(None, {inp.name: x})
-        times.append((time.perf_counter() - t) * 1000)
-    return float(np.median(times))
+    return median_ms(lambda: sess.run(None, {inp.name: x}), runs, warmup)
 
 
 def measure(stage: str, weights: Path, data: Optional[Path], imgsz: int, batch: int, out: Path,
@@ -71,7 +64,7 @@ def measure(stage: str, weights: Path, data: Optional[Path], imgsz: int, batch: 
                            "gflops": round(gflops(model, imgsz), 3), "imgsz": imgsz}
     if data is not None:
         row.update(validate(weights, data, imgsz, batch, out / f"val-{stage}"))
-    row["ort_ms"] = round(ort_latency(export_onnx(weights, imgsz), runs=latency_runs), 2)
+    row["ort_ms"] = round(ort_latency(write_onnx(weights, imgsz), runs=latency_runs), 2)
     return row
 
 

@@ -16,13 +16,13 @@ from typing import Any, Dict, Optional, Sequence
 import torch
 from torch import nn
 
+from glimmer.models.yolo import detection_trainer, offline, ultralytics_modules
 from glimmer.runtime.core.errors import GlimmerError
 
 from .cwd import ChannelWiseDistiller, FeatureTap
-from .yolo import check_yolov8, offline, ultralytics_modules
+from .yolo import check_yolov8
 
-ultralytics_modules()  # version check before subclassing its internals
-from ultralytics.models.yolo.detect import DetectionTrainer  # noqa: E402
+DetectionTrainer = detection_trainer()  # version checked before subclassing its internals
 
 
 def is_pruned(model: nn.Module) -> bool:

@@ -1,75 +1,28 @@
-"""The one place that talks to ultralytics 8.4.190: offline guards, loading, saving, counting.
+"""YOLOv8 for glimmer-compress: which models qualify, building, loading and saving them, their cost.
 
-Everything else in ``glimmer.train.compress`` goes through here, so version-specific facts (see
-docs/yolo-compression.md, "ultralytics facts") live in one module:
+ultralytics itself (the offline guard, the import, loading a .pt) is :mod:`glimmer.models.yolo`'s;
+this module holds what compression adds on top:
 
-- ``YOLO_OFFLINE=1`` is set before ultralytics is imported; :func:`offline` additionally replaces the
-  two checks that would still try the network: the AMP check (downloads yolo26n.pt) and the font
-  check inside ``check_det_dataset`` (HEAD request for Arial.ttf).
 - A pruned model keeps ultralytics' own module classes and is saved in ultralytics' checkpoint
-  layout (``{"model": ..., "train_args": ...}``), so ``YOLO(path)``, ``val`` and the exporter load it.
+  layout (``{"model": ..., "train_args": ...}``), so ``YOLO(path)``, ``val`` and glimmer-export load it.
 - A model is accepted only if it is a YOLOv8 detector: Conv / C2f / SPPF / Upsample / Concat layers
   and a v8 (legacy) Detect head; anything else fails with one clear line.
+- Params and FLOPs per layer, with :func:`glimmer.models.macs.count_macs` (FLOPs = 2 x MACs, the
+  convention of ultralytics' GFLOPs).
 """
-import contextlib
-import os
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
-os.environ["YOLO_OFFLINE"] = "1"  # before any ultralytics import: its ONLINE flag is read at import
+import torch
+from torch import nn
 
-import torch  # noqa: E402
-from torch import nn  # noqa: E402
+from glimmer.models.macs import count_macs
+from glimmer.models.yolo import import_ultralytics, load_pt, ultralytics_modules
+from glimmer.runtime.core.errors import GlimmerError
+from glimmer.runtime.core.files import atomic_path
 
-from glimmer.runtime.core.errors import GlimmerError  # noqa: E402
-from glimmer.runtime.core.files import atomic_path  # noqa: E402
-
-ULTRALYTICS_VERSION = "8.4.190"
 SCALES = ("n", "s", "m", "l", "x")
-
-
-def ultralytics_modules():
-    """Import ultralytics lazily (it is slow to import) and check the pinned version."""
-    import ultralytics
-    from ultralytics.nn.modules import SPPF, C2f, Concat, Conv, Detect
-    from ultralytics.nn.tasks import DetectionModel
-
-    if ultralytics.__version__ != ULTRALYTICS_VERSION:
-        raise GlimmerError(f"ultralytics {ultralytics.__version__} is installed; glimmer-compress is "
-                           f"written against {ULTRALYTICS_VERSION} (internal APIs move inside 8.4.x)")
-    return {"Conv": Conv, "C2f": C2f, "SPPF": SPPF, "Concat": Concat, "Detect": Detect,
-            "DetectionModel": DetectionModel}
-
-
-def _amp_offline(model: nn.Module) -> bool:
-    """AMP only on accelerators; ultralytics' own check would download yolo26n.pt to compare outputs."""
-    try:
-        return next(model.parameters()).device.type not in {"cpu", "mps"}
-    except StopIteration:
-        return False
-
-
-def _font_offline(font: str = "Arial.ttf") -> Optional[Path]:
-    """Use a font already on disk; never fetch one (plots fall back to PIL's default font)."""
-    from ultralytics.utils import USER_CONFIG_DIR
-
-    path = USER_CONFIG_DIR / Path(font).name
-    return path if path.exists() else None
-
-
-@contextlib.contextmanager
-def offline() -> Iterator[None]:
-    """Run ultralytics with every network-touching check replaced by an offline equivalent."""
-    import ultralytics.data.utils as data_utils
-    import ultralytics.engine.trainer as trainer_mod
-
-    saved = (trainer_mod.check_amp, data_utils.check_font)
-    trainer_mod.check_amp, data_utils.check_font = _amp_offline, _font_offline
-    try:
-        yield
-    finally:
-        trainer_mod.check_amp, data_utils.check_font = saved
 
 
 def check_yolov8(model: Any, source: str) -> None:
@@ -105,7 +58,7 @@ def build_detector(cfg: str, nc: int) -> nn.Module:
 
 
 def load_detector(path: Path) -> Tuple[nn.Module, Dict[str, Any]]:
-    """Load an ultralytics .pt as a float32 eval-mode model plus its checkpoint dict."""
+    """Load a YOLOv8 detector's .pt as a float32 eval-mode model plus its checkpoint dict."""
     from glimmer.models.checkpoint import sniff_kind
 
     path = Path(path)
@@ -115,24 +68,16 @@ def load_detector(path: Path) -> Tuple[nn.Module, Dict[str, Any]]:
     if kind != "ultralytics":
         what = {"glimmer": "a GlimmerNet checkpoint", "reference": "a reference TakuNet checkpoint"}
         raise GlimmerError(f"{path}: not a YOLOv8 detector ({what.get(kind, 'not an ultralytics checkpoint')})")
-    ultralytics_modules()
-    from ultralytics.nn.tasks import load_checkpoint
-
-    try:
-        model, ckpt = load_checkpoint(str(path))
-    except (TypeError, RuntimeError, ModuleNotFoundError, AttributeError) as exc:
-        raise GlimmerError(f"{path}: cannot load as an ultralytics checkpoint: "
-                           f"{str(exc).strip().splitlines()[0][:200]}") from None
+    ultralytics_modules()  # the pinned version, before its loader runs
+    model, ckpt = load_pt(path)
     check_yolov8(model, str(path))
-    return model.float().eval(), ckpt
+    return model, ckpt
 
 
 def save_detector(model: nn.Module, path: Path, glimmer: Dict[str, Any],
                   train_args: Optional[Dict[str, Any]] = None) -> Path:
     """Write ``model`` in ultralytics' checkpoint layout, atomically; ``glimmer`` records provenance."""
     import copy
-
-    import ultralytics
 
     path = Path(path)
     if path.suffix != ".pt":
@@ -146,7 +91,7 @@ def save_detector(model: nn.Module, path: Path, glimmer: Dict[str, Any],
         m._forward_pre_hooks.clear()
     args = dict(train_args or getattr(model, "args", None) or {})
     args = {k: v for k, v in args.items() if isinstance(v, (str, int, float, bool, type(None), list, tuple))}
-    ckpt = {"model": snapshot, "ema": None, "train_args": args, "version": ultralytics.__version__,
+    ckpt = {"model": snapshot, "ema": None, "train_args": args, "version": import_ultralytics().__version__,
             "date": datetime.now(timezone.utc).isoformat(), "glimmer": glimmer,
             "license": "AGPL-3.0 (ultralytics)"}
     with atomic_path(path) as tmp:
@@ -159,37 +104,14 @@ def count_params(model: nn.Module) -> int:
 
 
 def layer_costs(model: nn.Module, imgsz: int) -> List[Dict[str, Any]]:
-    """Params and FLOPs (2 x multiply-accumulates of every conv, batch 1) per top-level layer.
+    """Params and FLOPs (2 x multiply-accumulates, batch 1) per top-level layer ``model.<i>``."""
+    def layer(name: str) -> Optional[int]:
+        parts = name.split(".")
+        return int(parts[1]) if parts[0] == "model" and len(parts) > 1 else None
 
-    Counted with forward hooks on the convs, the same convention as ultralytics' GFLOPs (thop).
-    """
-    macs: Dict[int, int] = {}
-    hooks = []
-    for name, mod in model.named_modules():
-        if isinstance(mod, nn.Conv2d) and name.startswith("model."):
-            layer = int(name.split(".")[1])
-
-            def hook(m, inp, out, layer=layer):
-                kh, kw = m.kernel_size
-                per_out = (m.in_channels // m.groups) * kh * kw
-                macs[layer] = macs.get(layer, 0) + out.numel() * per_out
-
-            hooks.append(mod.register_forward_hook(hook))
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            p = next(model.parameters())
-            model(torch.zeros(1, 3, imgsz, imgsz, dtype=p.dtype, device=p.device))
-    finally:
-        for h in hooks:
-            h.remove()
-        model.train(was_training)
-    rows = []
-    for i, layer in enumerate(model.model):
-        rows.append({"layer": i, "type": type(layer).__name__, "params": count_params(layer),
-                     "flops": 2 * macs.get(i, 0)})
-    return rows
+    _, macs = count_macs(model, imgsz, part=layer)
+    return [{"layer": i, "type": type(m).__name__, "params": count_params(m), "flops": 2 * macs.get(i, 0)}
+            for i, m in enumerate(model.model)]
 
 
 def gflops(model: nn.Module, imgsz: int) -> float:

@@ -1,1 +1,1 @@
-"""ONNX Runtime: the runner (one session factory) and the INT8 execution policy."""
+"""ONNX Runtime: the session factory (session.py), the runner and the INT8 execution policy."""

@@ -9,7 +9,7 @@ On the CPU EP an INT8 model's Q/DQ are fused or simulated in float by ``int8_ker
 """
 import os
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -21,6 +21,12 @@ from glimmer.runtime.backends.ort.int8 import (
     describe_int8,
     int8_policy,
 )
+from glimmer.runtime.backends.ort.session import (
+    ProviderArg,
+    import_onnxruntime,
+    open_session,
+    session_options,
+)
 from glimmer.runtime.core.cpu import cpu_facts
 from glimmer.runtime.core.errors import GlimmerError
 from glimmer.runtime.core.metadata import ModelMeta
@@ -30,18 +36,6 @@ PREFERENCE = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutio
 _ORT_TYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(double)": "float64",
               "tensor(int8)": "int8", "tensor(uint8)": "uint8", "tensor(int32)": "int32",
               "tensor(int64)": "int64", "tensor(bool)": "bool"}
-
-ProviderArg = Union[str, Tuple[str, Dict[str, Any]]]
-
-
-def import_onnxruntime():
-    try:
-        import onnxruntime
-    except ImportError:
-        raise GlimmerError("ONNX Runtime is not installed: pip install onnxruntime (x86) or NVIDIA's "
-                           "onnxruntime-gpu wheel for JetPack; or run an .engine with --backend "
-                           "tensorrt") from None
-    return onnxruntime
 
 
 def _dim(value: Any) -> Optional[int]:
@@ -140,26 +134,11 @@ class OnnxRuntimeBackend(Backend):
     def _open(self):
         if self._session is not None:
             return self._session
-        ort = import_onnxruntime()
-        opts = ort.SessionOptions()
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        opts.inter_op_num_threads = 1
-        if self.threads:
-            opts.intra_op_num_threads = self.threads
-        if not self.spin:
-            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        opts.log_severity_level = 3  # errors only: provider fallback notices are ours to report
+        opts = session_options(self.threads, spin=self.spin)
         meta = self._early_meta()
-        providers = self._provider_list(ort, meta.precision if meta is not None else "fp32")
+        providers = self._provider_list(import_onnxruntime(), meta.precision if meta is not None else "fp32")
         int8 = self._int8_options(opts, meta, providers)
-        try:
-            session = ort.InferenceSession(str(self.model_path), sess_options=opts, providers=providers)
-        except GlimmerError:
-            raise
-        except Exception as exc:  # ORT raises its own Fail/InvalidGraph/... types
-            raise GlimmerError(f"{self.model_path}: ONNX Runtime cannot load the model: "
-                               f"{str(exc).strip().splitlines()[0]}") from None
+        session = open_session(self.model_path, opts, providers)
         if self._meta is None and meta is not None:
             self._meta = meta  # read from the file above: not parsed a second time
         if self._meta is None:

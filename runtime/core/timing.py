@@ -1,13 +1,18 @@
-"""Comparing the latency of candidates fairly on a machine that may be busy.
+"""Timing a call: warm-up, timed calls, robust statistics; and a fair comparison of candidates.
 
-Timing each candidate once, one after another, lets a burst of load that lands on one of them
-decide the comparison (``--dilation-mode auto`` once kept ``embed`` over a clearly faster
-``aligned`` that way). Here every candidate is timed in each of several rounds, in an order that
-changes from round to round, so load hits them all alike; the spread of a candidate's round
-medians measures the noise, and candidates whose medians differ by no more than that noise count as
-tied: a fixed preference order then decides, so the choice is stable instead of a coin toss.
+Every latency figure in glimmer comes from here, so they all mean the same thing: ``time.perf_counter``
+around each call, untimed warm-up calls first (first calls allocate and tune), and statistics in
+trtexec's vocabulary (min / max / mean / median / p90 / p95 / p99 ms), medians and percentiles because
+a single slow call on a busy machine must not move the figure.
 
-Only numpy and ``time.perf_counter``; used by :mod:`glimmer.export.cli`.
+Timing each candidate once, one after another, lets a burst of load that lands on one of them decide
+a comparison (``--dilation-mode auto`` once kept ``embed`` over a clearly faster ``aligned`` that way).
+:func:`compare_latency` times every candidate in each of several rounds, in an order that changes
+from round to round, so load hits them all alike; the spread of a candidate's round medians measures
+the noise, and candidates whose medians differ by no more than that noise count as tied: a fixed
+preference order then decides, so the choice is stable instead of a coin toss.
+
+Only numpy and the standard library: this ships to the drone.
 """
 import time
 from dataclasses import dataclass
@@ -15,16 +20,60 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
+#: the percentiles every latency summary reports, as trtexec does (50 is the median)
+PERCENTILES = (50, 90, 95, 99)
 DEFAULT_ROUNDS = 7
 MIN_CALLS_PER_ROUND = 3
 REL_FLOOR = 0.02  # medians closer than 2% of the fastest are always a tie: below what timing can tell
-# The dilation lowerings, most preferred first: aligned is what ONNX Runtime's blocked kernels were
-# measured fastest with and has the fewest multiply-adds; embed (a larger, mostly-zero kernel) the most.
-DILATION_PREFERENCE = ("aligned", "split", "embed")
 SPEED = "speed"
 PREFERENCE = "preference within noise"
 
+Clock = Callable[[], float]
 
+
+def sample_ms(fn: Callable[[], Any], iters: int, warmup: int = 0, clock: Optional[Clock] = None,
+              progress: Optional[Callable[[int], None]] = None) -> List[float]:
+    """Milliseconds of each of ``iters`` calls of ``fn()``, after ``warmup`` untimed calls.
+
+    ``clock`` (seconds) is ``time.perf_counter``, looked up per call so tests can substitute a fake
+    one; ``progress(done)`` runs after each timed call, outside the timed window.
+    """
+    if iters < 0 or warmup < 0:
+        raise ValueError(f"iters and warmup must be at least 0, got {iters}, {warmup}")
+    clock = clock or time.perf_counter
+    for _ in range(warmup):
+        fn()
+    times: List[float] = []
+    for i in range(iters):
+        start = clock()
+        fn()
+        times.append((clock() - start) * 1e3)
+        if progress is not None:
+            progress(i + 1)
+    return times
+
+
+def latency_stats(samples_ms: Sequence[float], digits: Optional[int] = 3) -> Dict[str, Any]:
+    """count, min, max, mean, median, p90, p95, p99 of ``samples_ms`` (``*_ms`` keys, trtexec's
+    vocabulary), rounded to ``digits`` (None: unrounded); ``{"count": 0}`` for no samples."""
+    values = np.asarray(samples_ms, dtype=np.float64)
+    if values.size == 0:
+        return {"count": 0}
+    out: Dict[str, Any] = {"count": int(values.size), "mean_ms": float(values.mean()),
+                           "min_ms": float(values.min()), "max_ms": float(values.max())}
+    for p, v in zip(PERCENTILES, np.percentile(values, PERCENTILES)):
+        out["median_ms" if p == 50 else f"p{p}_ms"] = float(v)
+    if digits is None:
+        return out
+    return {k: (round(v, digits) if isinstance(v, float) else v) for k, v in out.items()}
+
+
+def median_ms(fn: Callable[[], Any], iters: int, warmup: int = 0) -> float:
+    """The median ms of ``iters`` calls of ``fn()`` after ``warmup`` untimed ones."""
+    return float(np.median(sample_ms(fn, iters, warmup)))
+
+
+# -- comparing candidates ---------------------------------------------------------------------
 @dataclass(frozen=True)
 class Comparison:
     """What :func:`compare_latency` measured and decided (times in milliseconds)."""
@@ -82,11 +131,10 @@ def round_orders(names: Sequence[str], rounds: int) -> List[List[str]]:
 
 def interleave(candidates: Mapping[str, Callable[[], Any]], rounds: int = DEFAULT_ROUNDS,
                calls: int = MIN_CALLS_PER_ROUND, warmup: int = 3,
-               clock: Optional[Callable[[], float]] = None) -> Tuple[Dict[str, List[float]], List[List[str]]]:
+               clock: Optional[Clock] = None) -> Tuple[Dict[str, List[float]], List[List[str]]]:
     """Warm every candidate up, then time it for ``calls`` calls in each of ``rounds`` rounds.
 
-    Returns (candidate -> median ms of its calls in each round, the order of each round). ``clock``
-    (seconds) is ``time.perf_counter``, looked up per call so tests can substitute a fake one.
+    Returns (candidate -> median ms of its calls in each round, the order of each round).
     """
     names = list(candidates)
     if not names:
@@ -94,21 +142,13 @@ def interleave(candidates: Mapping[str, Callable[[], Any]], rounds: int = DEFAUL
     if rounds < 1 or calls < 1 or warmup < 0:
         raise ValueError(f"rounds and calls must be at least 1 and warmup at least 0, got {rounds}, {calls}, "
                          f"{warmup}")
-    clock = clock or time.perf_counter
     orders = round_orders(names, rounds)
     for name in orders[0]:
-        for _ in range(warmup):
-            candidates[name]()
+        sample_ms(candidates[name], 0, warmup)
     medians: Dict[str, List[float]] = {name: [] for name in names}
-    times = np.empty(calls)
     for order in orders:
         for name in order:
-            fn = candidates[name]
-            for i in range(calls):
-                start = clock()
-                fn()
-                times[i] = clock() - start
-            medians[name].append(float(np.median(times)) * 1e3)
+            medians[name].append(float(np.median(sample_ms(candidates[name], calls, clock=clock))))
     return medians, orders
 
 
@@ -151,7 +191,7 @@ def decide(round_medians_ms: Mapping[str, Sequence[float]], preference: Sequence
 
 def compare_latency(candidates: Mapping[str, Callable[[], Any]], preference: Sequence[str],
                     rounds: int = DEFAULT_ROUNDS, calls: int = MIN_CALLS_PER_ROUND, warmup: int = 3,
-                    rel_floor: float = REL_FLOOR, clock: Optional[Callable[[], float]] = None) -> Comparison:
+                    rel_floor: float = REL_FLOOR, clock: Optional[Clock] = None) -> Comparison:
     """Time zero-argument ``candidates`` interleaved (:func:`interleave`) and choose one (:func:`decide`)."""
     medians, orders = interleave(candidates, rounds, calls, warmup, clock)
     return decide(medians, preference, rel_floor, orders, calls)

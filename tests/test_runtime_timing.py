@@ -1,38 +1,56 @@
-"""glimmer.export.interleave: candidates timed in interleaved rounds, ties within noise go to a preference.
+"""glimmer.runtime.core.timing: warm-up and timed calls, trtexec-style statistics, and candidates
+timed in interleaved rounds whose ties within noise go to a preference.
 
 The timed candidates are fakes that sleep known amounts (or advance a fake clock, where the test is
-about the decision rule rather than the timing), so the whole file runs in well under 3 s.
+about the rule rather than the timing), so the whole file runs in well under 3 s.
 """
 import contextlib
 import itertools
 import time
 from collections import Counter
 
+import fake_tensorrt as fake
 import numpy as np
 import pytest
-from fake_tensorrt import (
-    FakeCudaRuntime,
-    install_fake_cuda,
-    install_fake_tensorrt,
-    reference_output,
-    tiny_meta,
-    write_tiny_onnx,
-)
 
-from glimmer.export.interleave import (
-    DILATION_PREFERENCE,
+from glimmer.export.rewrites.dilation import DILATION_PREFERENCE
+from glimmer.runtime.core.timing import (
     PREFERENCE,
     SPEED,
     compare_latency,
     decide,
     interleave,
+    latency_stats,
+    median_ms,
     plan_rounds,
     round_orders,
+    sample_ms,
 )
 
 
 def sleeper(ms):
     return lambda: time.sleep(ms / 1e3)
+
+
+def test_sample_ms_warms_up_untimed_then_times_each_call():
+    candidates, clock = fake_clock_candidates({"a": [5.0, 1.0, 2.0, 3.0]})
+    calls, done = [], []
+    fn = candidates["a"]
+    times = sample_ms(lambda: calls.append(1) or fn(), 3, warmup=1, clock=clock, progress=done.append)
+    assert len(calls) == 4 and done == [1, 2, 3]
+    assert times == pytest.approx([1.0, 2.0, 3.0])  # the 5 ms warm-up call is not among them
+    assert sample_ms(lambda: None, 0) == []
+    assert median_ms(sleeper(1.0), 3) >= 1.0
+    with pytest.raises(ValueError):
+        sample_ms(lambda: None, -1)
+
+
+def test_latency_stats_speak_trtexecs_vocabulary():
+    stats = latency_stats([4.0, 1.0, 3.0, 2.0, 100.0])
+    assert stats == {"count": 5, "mean_ms": 22.0, "min_ms": 1.0, "max_ms": 100.0, "median_ms": 3.0,
+                     "p90_ms": 61.6, "p95_ms": 80.8, "p99_ms": 96.16}
+    assert latency_stats([1 / 3])["median_ms"] == 0.333 and latency_stats([1 / 3], digits=None)["p99_ms"] == 1 / 3
+    assert latency_stats([]) == {"count": 0}
 
 
 def test_clearly_faster_candidate_wins_by_speed_over_the_preferred_one():
@@ -132,19 +150,19 @@ def test_bad_input_raises_value_error(call):
 def test_tensorrt_runners_are_held_open_together_and_interleaved(tmp_path, monkeypatch):
     """engines.tensorrt_runner against the FAKE tensorrt module: an engine per candidate, all open at
     once, each call one inference of the given batch. Nothing here ran real TensorRT."""
-    from glimmer.export.engines import tensorrt_runner
+    from glimmer.runtime.backends.trt.engines import tensorrt_runner
 
-    cuda = FakeCudaRuntime()
-    install_fake_cuda(monkeypatch, cuda)
-    install_fake_tensorrt(monkeypatch, "10.3", cuda)
+    cuda = fake.FakeCudaRuntime()
+    fake.install_fake_cuda(monkeypatch, cuda)
+    fake.install_fake_tensorrt(monkeypatch, "10.3", cuda)
     x = np.random.default_rng(0).standard_normal((1, 3, 8, 8)).astype(np.float32)
-    paths = {mode: write_tiny_onnx(tmp_path / f"{mode}.onnx") for mode in ("split", "aligned")}
+    paths = {mode: fake.write_tiny_onnx(tmp_path / f"{mode}.onnx") for mode in ("split", "aligned")}
     with contextlib.ExitStack() as stack:
-        runners = {mode: stack.enter_context(tensorrt_runner(path, "fp16", tiny_meta(), x, tmp_path))
+        runners = {mode: stack.enter_context(tensorrt_runner(path, "fp16", fake.tiny_meta(), x, tmp_path))
                    for mode, path in paths.items()}
         for run in runners.values():
             (y,) = run()
-            np.testing.assert_allclose(y, reference_output(x, (1, 4)), rtol=1e-6)
+            np.testing.assert_allclose(y, fake.reference_output(x, (1, 4)), rtol=1e-6)
         result = compare_latency(runners, DILATION_PREFERENCE, rounds=2, calls=3, warmup=1, rel_floor=10.0)
     assert result.chosen == "aligned" and result.decided_by == PREFERENCE
     assert sorted(p.name for p in tmp_path.glob("*.engine")) == ["aligned.fp16.engine", "split.fp16.engine"]
