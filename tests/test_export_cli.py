@@ -11,7 +11,7 @@ import torch
 from test_export_rewrites import randomise
 
 from glimmer.calibration.qdq import zero_points_all_zero
-from glimmer.export import cli
+from glimmer.export import api, cli
 from glimmer.models.checkpoint import reference_state_dict, save_checkpoint
 from glimmer.models.glimmernet import GlimmerNet
 from glimmer.runtime.core.console import run_cli
@@ -148,7 +148,7 @@ def test_failed_check_never_overwrites_a_good_onnx(workdir, tmp_path, capsys, mo
     out = tmp_path / "out"
     assert export([workdir / "tiny.pt", "--out", out, "--dilation-mode", "split", "--latency-runs", 2]) == 0
     good = (out / "tiny.onnx").read_bytes()
-    monkeypatch.setattr(cli, "FP32_TOLERANCE", -1.0)  # any difference now fails the check
+    monkeypatch.setattr(api, "FP32_TOLERANCE", -1.0)  # any difference now fails the check
     capsys.readouterr()
     assert export([workdir / "tiny.pt", "--out", out, "--dilation-mode", "embed", "--latency-runs", 2]) == 1
     assert "disagrees with PyTorch" in one_error_line(capsys)
@@ -234,11 +234,12 @@ def test_auto_times_the_lowerings_as_tensorrt_engines_where_tensorrt_builds(work
     import contextlib
     import types
 
-    from glimmer.export import engines, interleave
     from glimmer.runtime.backends.trt import build as trt_build
+    from glimmer.runtime.backends.trt import engines
+    from glimmer.runtime.core import timing
 
     opened, events, built, now = [], [], [], [0.0]
-    monkeypatch.setattr(interleave, "time", types.SimpleNamespace(perf_counter=lambda: now[0]))
+    monkeypatch.setattr(timing, "time", types.SimpleNamespace(perf_counter=lambda: now[0]))
 
     @contextlib.contextmanager
     def fake_runner(onnx_path, precision, meta, batch, work_dir):
@@ -276,8 +277,8 @@ def test_auto_times_the_lowerings_as_tensorrt_engines_where_tensorrt_builds(work
 def test_engine_jobs_with_fake_tensorrt_builder(workdir, tmp_path, monkeypatch):
     """Bookkeeping only: which ONNX each engine is built from, names and batch profile. No real
     TensorRT runs here; the builder is replaced by a recorder."""
-    from glimmer.export import engines
     from glimmer.runtime.backends.trt import build as trt_build
+    from glimmer.runtime.backends.trt import engines
 
     calls = []
     monkeypatch.setattr(engines, "tensorrt_status", lambda: (True, "fake tensorrt"))
