@@ -37,13 +37,14 @@ from glimmer.runtime.stream.detect import Detector, DetectSettings
 from glimmer.runtime.stream.meter import Meter
 from glimmer.runtime.stream.sinks import FrameResult, Sink
 from glimmer.runtime.stream.sources import Source
+from glimmer.runtime.stream.task import Task
 
 _END = object()
 
 
 def build_task(meta: ModelMeta, classify: Optional[ClassifySettings] = None,
-               detect: Optional[DetectSettings] = None):
-    """The postprocessor the model's metadata asks for (never a flag)."""
+               detect: Optional[DetectSettings] = None) -> Task:
+    """The :class:`Task` the model's metadata asks for (never a flag)."""
     if meta.task == "classify":
         return Classifier(meta, classify)
     if meta.task == "detect":
@@ -70,7 +71,7 @@ class Pipeline:
     Args:
         source: frames to process (files: all of them, in order; live: the newest).
         backend: an activated :class:`Backend`.
-        task: a :class:`Classifier` or :class:`Detector` (see :func:`build_task`).
+        task: the model's :class:`Task` (a Classifier or Detector, see :func:`build_task`).
         sinks: result consumers, called in frame order on the calling thread.
         max_frames: stop after this many frames read.
         duration: stop reading after this many seconds.
@@ -78,7 +79,7 @@ class Pipeline:
         workers: inference threads (default: ``backend.concurrency``, else 1).
     """
 
-    def __init__(self, source: Source, backend: Backend, task: Any, sinks: Sequence[Sink] = (),
+    def __init__(self, source: Source, backend: Backend, task: Task, sinks: Sequence[Sink] = (),
                  max_frames: Optional[int] = None, duration: Optional[float] = None,
                  queue_size: Optional[int] = None, meter: Optional[Meter] = None,
                  workers: Optional[int] = None) -> None:
