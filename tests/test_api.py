@@ -10,13 +10,12 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import onnx
 import pytest
-from onnx import TensorProto, helper, numpy_helper
+from tiny_onnx import colour_classifier, fixed_detector
 
 import glimmer
 from glimmer.runtime.core.errors import GlimmerError
-from glimmer.runtime.core.metadata import METADATA_KEY, ModelMeta
+from glimmer.runtime.core.metadata import ModelMeta
 
 ROOT = Path(__file__).resolve().parent.parent
 CLASSES = ["Earthquake", "Fire", "Flood", "Normal"]
@@ -31,48 +30,14 @@ def readme_example() -> str:
     return blocks[0]
 
 
-def _save(graph, meta: ModelMeta, path: Path) -> Path:
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
-    model.ir_version = 8
-    entry = model.metadata_props.add()
-    entry.key, entry.value = METADATA_KEY, meta.to_json()
-    onnx.checker.check_model(model)
-    onnx.save(model, str(path))
-    return path
-
-
 def mean_colour_classifier(path: Path, size: int = 32, batch="batch") -> Path:
     """Logits from the mean colour (the input is RGB): 10 R -> Flood, 10 G -> Fire, 10 B -> Earthquake,
     5 -> Normal, so a solid colour is its class with the same score each time."""
     weight = np.zeros((3, 4), np.float32)
     weight[0, 2], weight[1, 1], weight[2, 0] = 10.0, 10.0, 10.0  # R -> Flood, G -> Fire, B -> Earthquake
     bias = np.array([0.0, 0.0, 0.0, 5.0], np.float32)
-    graph = helper.make_graph(
-        [helper.make_node("GlobalAveragePool", ["images"], ["pooled"]),
-         helper.make_node("Flatten", ["pooled"], ["features"], axis=1),
-         helper.make_node("Gemm", ["features", "w", "b"], ["logits"])],
-        "colours", [helper.make_tensor_value_info("images", TensorProto.FLOAT, [batch, 3, size, size])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [batch, 4])],
-        [numpy_helper.from_array(weight, "w"), numpy_helper.from_array(bias, "b")])
-    return _save(graph, ModelMeta(task="classify", name="colours", class_names=CLASSES,
-                                  input_size=(size, size)), path)
-
-
-def fixed_detector(path: Path, head: np.ndarray, size: int = 64) -> Path:
-    """A detector whose output is always ``head`` [1, 4 + nc, N] (tied to the input, no dead node)."""
-    graph = helper.make_graph(
-        [helper.make_node("ReduceMean", ["images"], ["m"], axes=[1, 2, 3], keepdims=1),
-         helper.make_node("Mul", ["m", "zero"], ["z"]),
-         helper.make_node("Squeeze", ["z", "axes"], ["z1"]),
-         helper.make_node("Add", ["head", "z1"], ["output0"])],
-        "fixed_head", [helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, 3, size, size])],
-        [helper.make_tensor_value_info("output0", TensorProto.FLOAT, list(head.shape))],
-        [numpy_helper.from_array(head.astype(np.float32), "head"),
-         numpy_helper.from_array(np.zeros(1, np.float32), "zero"),
-         numpy_helper.from_array(np.array([3], np.int64), "axes")])
-    meta = ModelMeta(task="detect", name="fixed", class_names=["person", "car"], input_size=(size, size),
-                     letterbox=True, stride=32)
-    return _save(graph, meta, path)
+    return colour_classifier(path, weight, bias, ModelMeta(task="classify", name="colours", class_names=CLASSES,
+                                                           input_size=(size, size)), batch=batch)
 
 
 def solid(bgr, shape=(48, 64)) -> np.ndarray:

@@ -4,8 +4,8 @@ dilation pattern, the width and the BatchNorm."""
 import numpy as np
 import pytest
 import torch
+from random_weights import randomise
 from rewrite_parity import onnx_outputs, plain_onnx
-from test_export_rewrites import randomise
 from torch import nn
 
 from glimmer.export.onnx_export import export_onnx

@@ -3,8 +3,8 @@ parameterised over bias, groups, dilation and stride."""
 import numpy as np
 import pytest
 import torch
+from random_weights import randomise
 from rewrite_parity import plain_onnx
-from test_export_rewrites import randomise
 from torch import nn
 
 from glimmer.export.onnx_export import export_onnx, op_histogram

@@ -4,8 +4,8 @@ the spatial size and the input scale (eps only matters for small inputs)."""
 import numpy as np
 import pytest
 import torch
+from random_weights import randomise
 from rewrite_parity import onnx_outputs
-from test_export_rewrites import randomise
 
 from glimmer.export.rewrites.grn import DeployGRN
 from glimmer.models.layers import GRN

@@ -4,8 +4,8 @@ channels, groups, recombination on/off and the spatial size."""
 import numpy as np
 import pytest
 import torch
+from random_weights import randomise
 from rewrite_parity import onnx_outputs
-from test_export_rewrites import randomise
 
 from glimmer.export.onnx_export import CRUFT_OPS
 from glimmer.export.rewrites.interleave import DeployAggregator, RecombInterleave

@@ -4,8 +4,8 @@ depthwise, bias, stride, dilation and the stream sizes."""
 import numpy as np
 import pytest
 import torch
+from random_weights import randomise
 from rewrite_parity import onnx_outputs
-from test_export_rewrites import randomise
 from torch import nn
 
 from glimmer.export.rewrites.output_slice import DeployStem, output_slice

@@ -6,8 +6,8 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from test_export_cli import export, one_error_line, workdir  # noqa: F401 - shared fixture
-from test_export_rewrites import randomise
+from cli_runs import export
+from random_weights import randomise
 
 from glimmer.calibration.qdq import QuantTarget, qdq_layers
 from glimmer.export.deploy_model import deploy_form
@@ -82,7 +82,7 @@ def test_the_calibration_method_that_loses_least_is_kept(tiny_fp32, monkeypatch)
 
 
 @pytest.mark.slow
-def test_export_report_states_how_int8_accuracy_was_computed(workdir, tmp_path):  # noqa: F811
+def test_export_report_states_how_int8_accuracy_was_computed(workdir, tmp_path):
     out = tmp_path / "out"
     assert export([workdir / "tiny.pt", "--out", out, "--int8", "--calib", workdir / "data" / "Train",
                    "--calib-count", 12, "--val", workdir / "data" / "Val", "--latency-runs", 3,
@@ -114,7 +114,7 @@ def test_export_report_states_how_int8_accuracy_was_computed(workdir, tmp_path):
      "--calib-count 3 is smaller than the model's batch 4"),
     (["--int8", "--calib", "{root}/data/Train", "--calib-method", "kl"], "invalid choice: 'kl'"),
 ])
-def test_bad_int8_input_is_refused_before_anything_is_written(workdir, tmp_path, capsys, argv, message):  # noqa: F811
+def test_bad_int8_input_is_refused_before_anything_is_written(workdir, tmp_path, capsys, argv, message):
     wrong = workdir / "wrong"
     for name in ("Cat", "Dog"):
         (wrong / name).mkdir(parents=True, exist_ok=True)

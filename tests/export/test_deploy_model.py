@@ -5,6 +5,7 @@ assembly by module type (a variant with other attribute names exports alike)."""
 import onnx
 import pytest
 import torch
+from random_weights import randomise
 from torch import nn
 
 from glimmer.export.deploy_model import REWRITES, deploy_form, rule_for
@@ -18,23 +19,6 @@ from glimmer.export.onnx_export import (
 from glimmer.export.verify import compare, ort_session
 from glimmer.models.glimmernet import GlimmerNet, Head, Refiner, Stage, Stem, TakuNet
 from glimmer.runtime.core.metadata import ModelMeta
-
-
-def randomise(module: nn.Module, seed: int = 0) -> nn.Module:
-    """Non-trivial BN statistics and GRN parameters, so folding and GRN are really exercised."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in module.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.weight.copy_(1 + 0.3 * torch.randn(m.num_features, generator=gen))
-                m.bias.copy_(0.2 * torch.randn(m.num_features, generator=gen))
-                m.running_mean.copy_(0.2 * torch.randn(m.num_features, generator=gen))
-                m.running_var.copy_(0.5 + torch.rand(m.num_features, generator=gen))
-            if hasattr(m, "gamma") and hasattr(m, "beta"):
-                m.gamma.copy_(0.3 * torch.randn(m.gamma.shape, generator=gen))
-                m.beta.copy_(0.1 * torch.randn(m.beta.shape, generator=gen))
-    return module.eval()
-
 
 # Default GlimmerNet (4,4,4,1) blocks, 4 stages: stem 2 convs + 13 GDBlocks + 4 Aggregators + Refiner.
 _STREAMED = {"Add": 50, "AveragePool": 1, "Clip": 49, "Concat": 9, "Conv": 60, "Div": 4, "Flatten": 1, "Gemm": 1,

@@ -1,6 +1,6 @@
 """The CUDA memory interface: binding selection, error mapping, copies and graph capture.
 
-The cuda-python adapter is exercised against the fake runtime of tests/fake_tensorrt.py (whose
+The cuda-python adapter is exercised against the fake runtime of tests/helpers/fake_tensorrt.py (whose
 "device" memory is host memory, so copies really move bytes) and, for the no-GPU error, against the
 real cuda-python when it is installed; the pycuda adapter against a small fake driver module.
 """
@@ -40,14 +40,7 @@ def test_binding_choice_errors(monkeypatch):
     assert "pip install cuda-python" in str(err.value) and "pycuda (" in str(err.value)
 
 
-@pytest.fixture
-def fake_rt(monkeypatch):
-    rt = FakeCudaRuntime()
-    install_fake_cuda(monkeypatch, rt)
-    return rt
-
-
-def test_copies_round_trip_through_device_memory(fake_rt):
+def test_copies_round_trip_through_device_memory(fake_cuda):
     cuda = cuda_mem.open_cuda()
     assert (cuda.name, cuda.device_name(), cuda.compute_capability()) == ("cuda-python", "Orin (fake)", (8, 7))
     stream = cuda.stream()
@@ -68,10 +61,10 @@ def test_copies_round_trip_through_device_memory(fake_rt):
     for buf in (src, dst):
         cuda.free(buf)
     cuda.close()
-    assert fake_rt.allocs == {} and fake_rt.streams == {}
+    assert fake_cuda.allocs == {} and fake_cuda.streams == {}
 
 
-def test_graph_capture_replays_with_current_buffer_contents(fake_rt):
+def test_graph_capture_replays_with_current_buffer_contents(fake_cuda):
     cuda = cuda_mem.open_cuda()
     assert cuda.supports_graphs
     stream = cuda.stream()
@@ -88,8 +81,8 @@ def test_graph_capture_replays_with_current_buffer_contents(fake_rt):
         cuda.synchronize(stream)
         assert (dst.array == value).all()
     cuda.destroy_graph(graph)
-    fake_rt.cudaStreamBeginCapture(stream, 0)
-    fake_rt.invalidate(stream)
+    fake_cuda.cudaStreamBeginCapture(stream, 0)
+    fake_cuda.invalidate(stream)
     assert cuda.end_capture(stream) is None  # an invalidated capture means: no graph
     cuda.close()
 

@@ -1,4 +1,4 @@
-"""TensorRTBackend against the FAKE tensorrt module and a fake CUDA runtime (tests/fake_tensorrt.py).
+"""TensorRTBackend against the FAKE tensorrt module and a fake CUDA runtime (tests/helpers/fake_tensorrt.py).
 
 The fake engine computes a known function of whatever sits in the device buffer bound to its input
 and writes the device buffer bound to its output, so correct outputs prove our copies, bindings,
@@ -28,13 +28,6 @@ def quiet(_msg):
     pass
 
 
-@pytest.fixture
-def cuda(monkeypatch):
-    rt = FakeCudaRuntime()
-    install_fake_cuda(monkeypatch, rt)
-    return rt
-
-
 def make_engine(tmp_path, batch=1, precision="fp32"):
     onnx_path = write_tiny_onnx(tmp_path / "tiny.onnx", batch=batch)
     engine = tmp_path / f"tiny.{precision}.engine"
@@ -48,8 +41,8 @@ def frames(n, batch=1, seed=0):
 
 
 @pytest.mark.parametrize("generation", ALL)
-def test_outputs_and_cuda_graph_replay_with_fake_tensorrt(generation, tmp_path, monkeypatch, cuda):
-    trt = install_fake_tensorrt(monkeypatch, generation, cuda)
+def test_outputs_and_cuda_graph_replay_with_fake_tensorrt(generation, tmp_path, monkeypatch, fake_cuda):
+    trt = install_fake_tensorrt(monkeypatch, generation, fake_cuda)
     engine = make_engine(tmp_path)
     with TensorRTBackend(engine) as backend:
         for x in frames(4):
@@ -59,15 +52,15 @@ def test_outputs_and_cuda_graph_replay_with_fake_tensorrt(generation, tmp_path, 
         api = "bindings" if generation == "8.4" else "tensor names"
         assert api in backend.describe() and "CUDA graphs on" in backend.describe()
     # Frame 1 ran plainly, then was captured once; frames 2-4 are graph launches.
-    assert trt.stats["enqueues"] == 2 and cuda.counts["graph_launch"] == 3
-    assert cuda.counts["sync"] == 4  # exactly one synchronize per frame
+    assert trt.stats["enqueues"] == 2 and fake_cuda.counts["graph_launch"] == 3
+    assert fake_cuda.counts["sync"] == 4  # exactly one synchronize per frame
     # Everything allocated was freed.
-    assert cuda.allocs == {} and cuda.streams == {} and cuda.execs == {}
+    assert fake_cuda.allocs == {} and fake_cuda.streams == {} and fake_cuda.execs == {}
 
 
 @pytest.mark.parametrize("generation", ["8.4", "10.3"])
-def test_capture_failure_falls_back_to_plain_enqueue_with_fake_tensorrt(generation, tmp_path, monkeypatch, cuda):
-    trt = install_fake_tensorrt(monkeypatch, generation, cuda, fail_under_capture=True)
+def test_capture_failure_falls_back_to_plain_enqueue_with_fake_tensorrt(generation, tmp_path, monkeypatch, fake_cuda):
+    trt = install_fake_tensorrt(monkeypatch, generation, fake_cuda, fail_under_capture=True)
     engine = make_engine(tmp_path)
     lines = []
     with TensorRTBackend(engine, log=lines.append) as backend:
@@ -75,23 +68,23 @@ def test_capture_failure_falls_back_to_plain_enqueue_with_fake_tensorrt(generati
             (y,) = backend.infer(x)
             np.testing.assert_allclose(y, reference_output(x, (1, 4)), rtol=1e-6)
         assert backend.graph_state.startswith("off (enqueue failed under capture")
-    assert trt.stats["enqueues"] == 3 and cuda.counts.get("graph_launch", 0) == 0
+    assert trt.stats["enqueues"] == 3 and fake_cuda.counts.get("graph_launch", 0) == 0
     assert len(lines) == 1 and "CUDA graph capture not possible" in lines[0]
-    assert cuda.graphs == {} and cuda.execs == {}
+    assert fake_cuda.graphs == {} and fake_cuda.execs == {}
 
 
-def test_graphs_can_be_switched_off_with_fake_tensorrt(tmp_path, monkeypatch, cuda):
-    trt = install_fake_tensorrt(monkeypatch, "10.3", cuda)
+def test_graphs_can_be_switched_off_with_fake_tensorrt(tmp_path, monkeypatch, fake_cuda):
+    trt = install_fake_tensorrt(monkeypatch, "10.3", fake_cuda)
     with TensorRTBackend(make_engine(tmp_path), cuda_graphs=False) as backend:
         for x in frames(3):
             backend.infer(x)
         assert backend.graph_state == "off (disabled)"
-    assert trt.stats["enqueues"] == 3 and "graph_launch" not in cuda.counts
+    assert trt.stats["enqueues"] == 3 and "graph_launch" not in fake_cuda.counts
 
 
 @pytest.mark.parametrize("generation", ["8.4", "8.6", "11.4"])
-def test_dynamic_batch_shapes_with_fake_tensorrt(generation, tmp_path, monkeypatch, cuda):
-    install_fake_tensorrt(monkeypatch, generation, cuda)
+def test_dynamic_batch_shapes_with_fake_tensorrt(generation, tmp_path, monkeypatch, fake_cuda):
+    install_fake_tensorrt(monkeypatch, generation, fake_cuda)
     engine = make_engine(tmp_path, batch=None)
     with TensorRTBackend(engine) as backend:
         assert backend.inputs == [TensorSpec("images", (None, 3, 8, 8), "float32")]
@@ -104,8 +97,8 @@ def test_dynamic_batch_shapes_with_fake_tensorrt(generation, tmp_path, monkeypat
             backend.infer(frames(1, batch=5)[0])
 
 
-def test_specs_come_from_the_sidecar_before_activation(tmp_path, monkeypatch, cuda):
-    install_fake_tensorrt(monkeypatch, "10.3", cuda)
+def test_specs_come_from_the_sidecar_before_activation(tmp_path, monkeypatch, fake_cuda):
+    install_fake_tensorrt(monkeypatch, "10.3", fake_cuda)
     backend = TensorRTBackend(make_engine(tmp_path, precision="fp16"))
     assert backend.inputs == [TensorSpec("images", (1, 3, 8, 8), "float32")]
     assert backend.outputs == [TensorSpec("logits", (1, 4), "float32")]
@@ -117,21 +110,21 @@ def test_specs_come_from_the_sidecar_before_activation(tmp_path, monkeypatch, cu
             backend.infer(np.zeros((1, 3, 4, 4), np.float32))
 
 
-def test_engine_from_another_tensorrt_or_gpu_is_refused_with_fake_tensorrt(tmp_path, monkeypatch, cuda):
-    install_fake_tensorrt(monkeypatch, "8.6", cuda)
+def test_engine_from_another_tensorrt_or_gpu_is_refused_with_fake_tensorrt(tmp_path, monkeypatch, fake_cuda):
+    install_fake_tensorrt(monkeypatch, "8.6", fake_cuda)
     engine = make_engine(tmp_path)
-    install_fake_tensorrt(monkeypatch, "10.3", cuda)
+    install_fake_tensorrt(monkeypatch, "10.3", fake_cuda)
     with pytest.raises(GlimmerError, match="TensorRT 10.3.0.30 could not deserialize this engine"):
         TensorRTBackend(engine).activate()
-    install_fake_tensorrt(monkeypatch, "8.6", cuda)
-    cuda.cc = (7, 2)
+    install_fake_tensorrt(monkeypatch, "8.6", fake_cuda)
+    fake_cuda.cc = (7, 2)
     with pytest.raises(GlimmerError, match="rebuild it on this device"):
         TensorRTBackend(engine).activate()
-    assert cuda.allocs == {}  # a failed activation leaves nothing allocated
+    assert fake_cuda.allocs == {}  # a failed activation leaves nothing allocated
 
 
-def test_damaged_or_orphaned_engine_is_refused(tmp_path, monkeypatch, cuda):
-    install_fake_tensorrt(monkeypatch, "10.3", cuda)
+def test_damaged_or_orphaned_engine_is_refused(tmp_path, monkeypatch, fake_cuda):
+    install_fake_tensorrt(monkeypatch, "10.3", fake_cuda)
     engine = make_engine(tmp_path)
     engine.write_bytes(engine.read_bytes()[:-3])
     with pytest.raises(GlimmerError, match="does not match the sha256 in its sidecar"):
@@ -143,8 +136,8 @@ def test_damaged_or_orphaned_engine_is_refused(tmp_path, monkeypatch, cuda):
         TensorRTBackend(tmp_path / "missing.engine")
 
 
-def test_from_onnx_builds_once_through_the_cache_with_fake_tensorrt(tmp_path, monkeypatch, cuda):
-    trt = install_fake_tensorrt(monkeypatch, "10.3", cuda)
+def test_from_onnx_builds_once_through_the_cache_with_fake_tensorrt(tmp_path, monkeypatch, fake_cuda):
+    trt = install_fake_tensorrt(monkeypatch, "10.3", fake_cuda)
     onnx_path = write_tiny_onnx(tmp_path / "tiny.onnx")
     for _ in range(2):
         with TensorRTBackend.from_onnx(onnx_path, "fp16", tmp_path / "cache", log=quiet) as backend:
@@ -162,8 +155,8 @@ def test_older_cuda_python_layout_with_fake_tensorrt(tmp_path, monkeypatch):
         np.testing.assert_allclose(backend.infer(x)[0], reference_output(x, (1, 4)), rtol=1e-6)
 
 
-def test_metadata_override_with_fake_tensorrt(tmp_path, monkeypatch, cuda):
-    install_fake_tensorrt(monkeypatch, "10.3", cuda)
+def test_metadata_override_with_fake_tensorrt(tmp_path, monkeypatch, fake_cuda):
+    install_fake_tensorrt(monkeypatch, "10.3", fake_cuda)
     meta = tiny_meta(1)
     meta.class_names = ["w", "x", "y", "z"]
     assert TensorRTBackend(make_engine(tmp_path), meta=meta).meta.class_names == ["w", "x", "y", "z"]

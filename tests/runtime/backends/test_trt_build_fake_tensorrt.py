@@ -1,4 +1,4 @@
-"""Engine builder and engine cache, driven against the FAKE tensorrt module (tests/fake_tensorrt.py).
+"""Engine builder and engine cache, driven against the FAKE tensorrt module (tests/helpers/fake_tensorrt.py).
 
 These tests prove our version handling, sidecars, cache keying and error messages per TensorRT API
 generation. They do not prove that a real engine builds: no real TensorRT or GPU is used here.
@@ -31,13 +31,6 @@ WEAK = [g for g in ALL if GENERATIONS[g]["precision_flags"]]
 
 
 @pytest.fixture
-def cuda(monkeypatch):
-    rt = FakeCudaRuntime()
-    install_fake_cuda(monkeypatch, rt)
-    return rt
-
-
-@pytest.fixture
 def onnx_file(tmp_path):
     return write_tiny_onnx(tmp_path / "tiny.onnx")
 
@@ -64,8 +57,8 @@ def test_onnx_metadata_reader_agrees_with_the_onnx_package(tmp_path):
 
 
 @pytest.mark.parametrize("generation", ALL)
-def test_build_fp32_sidecar_with_fake_tensorrt(generation, tmp_path, monkeypatch, cuda, onnx_file):
-    trt = install_fake_tensorrt(monkeypatch, generation, cuda)
+def test_build_fp32_sidecar_with_fake_tensorrt(generation, tmp_path, monkeypatch, fake_cuda, onnx_file):
+    trt = install_fake_tensorrt(monkeypatch, generation, fake_cuda)
     engine, sidecar = build(tmp_path, onnx_file)
     assert engine.read_bytes().startswith(PLAN_MAGIC)
     assert sidecar == trt_build.read_sidecar(engine)
@@ -84,17 +77,17 @@ def test_build_fp32_sidecar_with_fake_tensorrt(generation, tmp_path, monkeypatch
     assert trt.stats["builds"] == 1
 
 
-def test_create_network_on_11_does_not_touch_the_removed_flag(monkeypatch, cuda):
-    trt = install_fake_tensorrt(monkeypatch, "11.4", cuda)
+def test_create_network_on_11_does_not_touch_the_removed_flag(monkeypatch, fake_cuda):
+    trt = install_fake_tensorrt(monkeypatch, "11.4", fake_cuda)
     assert not hasattr(trt.NetworkDefinitionCreationFlag, "EXPLICIT_BATCH")
     builder = trt_compat.create_builder(trt, trt_compat.make_logger(trt))
     network, info = trt_compat.create_network(trt, builder)
     assert network.flags == 0 and info == {"explicit_batch_flag": False}
 
 
-def test_fake_10_has_no_max_workspace_size(monkeypatch, cuda):
+def test_fake_10_has_no_max_workspace_size(monkeypatch, fake_cuda):
     """The fake really lacks what 10.x lacks, so the builds above prove we never touch it."""
-    trt = install_fake_tensorrt(monkeypatch, "10.3", cuda)
+    trt = install_fake_tensorrt(monkeypatch, "10.3", fake_cuda)
     config = trt.Builder(None).create_builder_config()
     with pytest.raises(AttributeError):
         config.max_workspace_size = 1
@@ -102,17 +95,17 @@ def test_fake_10_has_no_max_workspace_size(monkeypatch, cuda):
 
 
 @pytest.mark.parametrize("generation", WEAK)
-def test_fp16_sets_the_builder_flag_before_11_with_fake_tensorrt(generation, tmp_path, monkeypatch, cuda,
+def test_fp16_sets_the_builder_flag_before_11_with_fake_tensorrt(generation, tmp_path, monkeypatch, fake_cuda,
                                                                  onnx_file):
-    install_fake_tensorrt(monkeypatch, generation, cuda)
+    install_fake_tensorrt(monkeypatch, generation, fake_cuda)
     engine, sidecar = build(tmp_path, onnx_file, "fp16")
     assert sidecar["builder_options"]["flags"] == ["FP16"]
     assert json.loads(engine.read_bytes()[len(PLAN_MAGIC):])["flags"] == ["FP16"]
     assert sidecar["meta"]["precision"] == "fp16"
 
 
-def test_fp16_on_11_needs_fp16_types_in_the_onnx_with_fake_tensorrt(tmp_path, monkeypatch, cuda, onnx_file):
-    install_fake_tensorrt(monkeypatch, "11.4", cuda)
+def test_fp16_on_11_needs_fp16_types_in_the_onnx_with_fake_tensorrt(tmp_path, monkeypatch, fake_cuda, onnx_file):
+    install_fake_tensorrt(monkeypatch, "11.4", fake_cuda)
     with pytest.raises(GlimmerError, match="strongly typed.*no FP16 tensors"):
         build(tmp_path, onnx_file, "fp16")
     assert not (tmp_path / "tiny.fp16.engine").exists()
@@ -123,8 +116,8 @@ def test_fp16_on_11_needs_fp16_types_in_the_onnx_with_fake_tensorrt(tmp_path, mo
 
 
 @pytest.mark.parametrize("generation", ALL)
-def test_int8_needs_qdq_or_a_calibrator_with_fake_tensorrt(generation, tmp_path, monkeypatch, cuda, onnx_file):
-    install_fake_tensorrt(monkeypatch, generation, cuda)
+def test_int8_needs_qdq_or_a_calibrator_with_fake_tensorrt(generation, tmp_path, monkeypatch, fake_cuda, onnx_file):
+    install_fake_tensorrt(monkeypatch, generation, fake_cuda)
     with pytest.raises(GlimmerError, match="Q/DQ"):
         build(tmp_path, onnx_file, "int8")
     qdq = write_tiny_onnx(tmp_path / "q.onnx", variant="qdq")
@@ -146,8 +139,8 @@ def test_pascal_int8_skips_slow_fp16_with_fake_tensorrt(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("generation", ["8.4", "11.4"])
 def test_parser_errors_are_reported_verbatim_and_nothing_is_overwritten(generation, tmp_path, monkeypatch,
-                                                                      cuda, onnx_file):
-    install_fake_tensorrt(monkeypatch, generation, cuda)
+                                                                      fake_cuda, onnx_file):
+    install_fake_tensorrt(monkeypatch, generation, fake_cuda)
     engine, _ = build(tmp_path, onnx_file)
     good = engine.read_bytes()
     bad = write_tiny_onnx(tmp_path / "bad.onnx", variant="unsupported")
@@ -161,8 +154,8 @@ def test_parser_errors_are_reported_verbatim_and_nothing_is_overwritten(generati
 
 
 @pytest.mark.parametrize("generation", ["8.4", "10.3"])
-def test_dynamic_batch_profile_with_fake_tensorrt(generation, tmp_path, monkeypatch, cuda):
-    install_fake_tensorrt(monkeypatch, generation, cuda)
+def test_dynamic_batch_profile_with_fake_tensorrt(generation, tmp_path, monkeypatch, fake_cuda):
+    install_fake_tensorrt(monkeypatch, generation, fake_cuda)
     dyn = write_tiny_onnx(tmp_path / "dyn.onnx", batch=None)
     _, sidecar = build(tmp_path, dyn, batch=None, name="dyn")
     assert sidecar["shapes"]["profile"] == {"images": {"min": [1, 3, 8, 8], "opt": [1, 3, 8, 8],
@@ -177,8 +170,8 @@ def test_dynamic_batch_profile_with_fake_tensorrt(generation, tmp_path, monkeypa
         build(tmp_path, fixed, batch=1, name="fixed", max_batch=8)
 
 
-def test_timing_cache_is_saved_and_reused_with_fake_tensorrt(tmp_path, monkeypatch, cuda, onnx_file):
-    trt = install_fake_tensorrt(monkeypatch, "10.3", cuda)
+def test_timing_cache_is_saved_and_reused_with_fake_tensorrt(tmp_path, monkeypatch, fake_cuda, onnx_file):
+    trt = install_fake_tensorrt(monkeypatch, "10.3", fake_cuda)
     cache = tmp_path / "timing.cache"
     _, first = build(tmp_path, onnx_file, timing_cache=cache)
     assert cache.read_bytes().startswith(b"FTC") and first["builder_options"]["timing_cache"] is False
@@ -209,8 +202,8 @@ def test_no_gpu_is_one_clear_error_with_fake_tensorrt(tmp_path, monkeypatch, onn
     assert err.startswith("glimmer-export: error: no CUDA device: TensorRT could not create its Builder")
 
 
-def test_status_reports_usable_and_missing_tensorrt(monkeypatch, cuda):
-    install_fake_tensorrt(monkeypatch, "10.3", cuda)
+def test_status_reports_usable_and_missing_tensorrt(monkeypatch, fake_cuda):
+    install_fake_tensorrt(monkeypatch, "10.3", fake_cuda)
     assert trt_build.tensorrt_status() == (True, "TensorRT 10.3.0.30 on Orin (fake) (sm_87) via cuda-python")
     monkeypatch.setitem(sys.modules, "tensorrt", None)
     ok, reason = trt_build.tensorrt_status()
@@ -228,8 +221,8 @@ def test_engine_key_changes_with_every_component():
     assert len(keys) == len(changes) and key not in keys
 
 
-def test_ensure_engine_builds_once_then_reuses_with_fake_tensorrt(tmp_path, monkeypatch, cuda, onnx_file):
-    trt = install_fake_tensorrt(monkeypatch, "10.3", cuda)
+def test_ensure_engine_builds_once_then_reuses_with_fake_tensorrt(tmp_path, monkeypatch, fake_cuda, onnx_file):
+    trt = install_fake_tensorrt(monkeypatch, "10.3", fake_cuda)
     cache = tmp_path / "cache"
     lines = []
     first = trt_build.ensure_engine(onnx_file, "fp16", cache, log=lines.append)
@@ -241,9 +234,9 @@ def test_ensure_engine_builds_once_then_reuses_with_fake_tensorrt(tmp_path, monk
     assert other != first and trt.stats["builds"] == 2
 
 
-def test_ensure_engine_rebuilds_a_damaged_or_orphaned_engine_with_fake_tensorrt(tmp_path, monkeypatch, cuda,
+def test_ensure_engine_rebuilds_a_damaged_or_orphaned_engine_with_fake_tensorrt(tmp_path, monkeypatch, fake_cuda,
                                                                                 onnx_file):
-    trt = install_fake_tensorrt(monkeypatch, "10.3", cuda)
+    trt = install_fake_tensorrt(monkeypatch, "10.3", fake_cuda)
     cache = tmp_path / "cache"
     engine = trt_build.ensure_engine(onnx_file, "fp16", cache, log=quiet)
     engine.write_bytes(engine.read_bytes() + b"tampered")
@@ -257,21 +250,21 @@ def test_ensure_engine_rebuilds_a_damaged_or_orphaned_engine_with_fake_tensorrt(
     assert trt_build.read_sidecar(engine)["engine_sha256"] == hashlib.sha256(engine.read_bytes()).hexdigest()
 
 
-def test_ensure_engine_keys_by_gpu_and_tensorrt_version_with_fake_tensorrt(tmp_path, monkeypatch, cuda,
+def test_ensure_engine_keys_by_gpu_and_tensorrt_version_with_fake_tensorrt(tmp_path, monkeypatch, fake_cuda,
                                                                           onnx_file):
-    install_fake_tensorrt(monkeypatch, "10.3", cuda)
+    install_fake_tensorrt(monkeypatch, "10.3", fake_cuda)
     cache = tmp_path / "cache"
     orin = trt_build.ensure_engine(onnx_file, "fp16", cache, log=quiet)
-    cuda.name = "Xavier (fake)"
+    fake_cuda.name = "Xavier (fake)"
     xavier = trt_build.ensure_engine(onnx_file, "fp16", cache, log=quiet)
-    install_fake_tensorrt(monkeypatch, "8.6", cuda)
+    install_fake_tensorrt(monkeypatch, "8.6", fake_cuda)
     trt86 = trt_build.ensure_engine(onnx_file, "fp16", cache, log=quiet)
     assert len({orin, xavier, trt86}) == 3
     assert trt_build.read_sidecar(trt86)["tensorrt_version"] == "8.6.2.3"
 
 
-def test_ensure_engine_unwritable_cache_says_where(tmp_path, monkeypatch, cuda, onnx_file):
-    install_fake_tensorrt(monkeypatch, "10.3", cuda)
+def test_ensure_engine_unwritable_cache_says_where(tmp_path, monkeypatch, fake_cuda, onnx_file):
+    install_fake_tensorrt(monkeypatch, "10.3", fake_cuda)
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
     with pytest.raises(GlimmerError) as err:
@@ -280,14 +273,14 @@ def test_ensure_engine_unwritable_cache_says_where(tmp_path, monkeypatch, cuda, 
     assert "GLIMMER_ENGINE_CACHE" in str(err.value)
 
 
-def test_ensure_engine_uses_the_environment_cache_folder(tmp_path, monkeypatch, cuda, onnx_file):
-    install_fake_tensorrt(monkeypatch, "10.3", cuda)
+def test_ensure_engine_uses_the_environment_cache_folder(tmp_path, monkeypatch, fake_cuda, onnx_file):
+    install_fake_tensorrt(monkeypatch, "10.3", fake_cuda)
     monkeypatch.setenv("GLIMMER_ENGINE_CACHE", str(tmp_path / "env-cache"))
     assert trt_build.ensure_engine(onnx_file, "fp32", log=quiet).parent == tmp_path / "env-cache"
 
 
-def test_ensure_engine_needs_our_metadata(tmp_path, monkeypatch, cuda):
-    install_fake_tensorrt(monkeypatch, "10.3", cuda)
+def test_ensure_engine_needs_our_metadata(tmp_path, monkeypatch, fake_cuda):
+    install_fake_tensorrt(monkeypatch, "10.3", fake_cuda)
     bare = write_tiny_onnx(tmp_path / "bare.onnx", meta=False)
     with pytest.raises(GlimmerError, match="bare.onnx: no model metadata"):
         trt_build.ensure_engine(bare, "fp16", tmp_path / "c", log=quiet)

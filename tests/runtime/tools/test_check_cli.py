@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_check_evaluate import centroid_classifier, fit_centroids, fixed_detector, yolo_set
+from tiny_onnx import centroid_classifier, fit_centroids, fixed_detector, yolo_set
 
 from glimmer.runtime.core.console import run_cli
 from glimmer.runtime.tools.bench import this_device

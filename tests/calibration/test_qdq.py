@@ -8,7 +8,7 @@ import onnxruntime as ort
 import pytest
 import torch
 from onnx import TensorProto, helper, numpy_helper
-from test_export_rewrites import randomise
+from random_weights import randomise
 
 from glimmer.calibration.qdq import (
     insert_qdq,

@@ -8,38 +8,16 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from test_export_rewrites import randomise
+from cli_runs import export, one_error_line
+from random_weights import randomise
 
 from glimmer.calibration.qdq import zero_points_all_zero
-from glimmer.export import api, cli
-from glimmer.models.checkpoint import reference_state_dict, save_checkpoint
+from glimmer.export import api
+from glimmer.models.checkpoint import reference_state_dict
 from glimmer.models.glimmernet import GlimmerNet
-from glimmer.runtime.core.console import run_cli
 from glimmer.runtime.core.files import sha256_file
 from glimmer.runtime.core.metadata import ModelMeta
 from glimmer.train.synthetic import CLASSES, make_scene_dataset
-
-
-def export(argv):
-    return run_cli("glimmer-export", cli.main, [str(a) for a in argv])
-
-
-def one_error_line(capsys) -> str:
-    """The one error line (progress lines may precede it; never a traceback)."""
-    err = capsys.readouterr().err.strip().splitlines()
-    errors = [line for line in err if line.startswith("glimmer-export: error: ")]
-    assert len(errors) == 1 and err[-1] == errors[0] and not any("Traceback" in line for line in err), err
-    return errors[0]
-
-
-@pytest.fixture(scope="module")
-def workdir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("export")
-    torch.manual_seed(0)
-    model = randomise(GlimmerNet(widths=(8, 16, 32, 48), depths=(2, 1, 1, 1)))
-    save_checkpoint(root / "tiny.pt", model, "glimmernet", CLASSES, (64, 64))
-    make_scene_dataset(root / "data", {"Train": 5, "Val": 3}, size=64)
-    return root
 
 
 @pytest.fixture(scope="module")

@@ -22,20 +22,20 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
-GENERATIONS = {
-    "8.4": dict(version="8.4.1.5", explicit_flag=True, explicit_required=True, max_workspace=True,
-                precision_flags=True, calibrator=True, names_api=False, bindings_api=True,
-                legacy_build=True, strongly_typed_flag=False, opt_level=False),
-    "8.6": dict(version="8.6.2.3", explicit_flag=True, explicit_required=True, max_workspace=True,
-                precision_flags=True, calibrator=True, names_api=True, bindings_api=True,
-                legacy_build=True, strongly_typed_flag=False, opt_level=True),
-    "10.3": dict(version="10.3.0.30", explicit_flag=True, explicit_required=False, max_workspace=False,
-                 precision_flags=True, calibrator=True, names_api=True, bindings_api=False,
-                 legacy_build=False, strongly_typed_flag=True, opt_level=True),
-    "11.4": dict(version="11.4.1.2", explicit_flag=False, explicit_required=False, max_workspace=False,
-                 precision_flags=False, calibrator=False, names_api=True, bindings_api=False,
-                 legacy_build=False, strongly_typed_flag=True, opt_level=True),
+#: the surface features a generation may have; each one below lists those it has, and lacks the rest
+FEATURES = ("explicit_flag", "explicit_required", "max_workspace", "precision_flags", "calibrator", "names_api",
+            "bindings_api", "legacy_build", "strongly_typed_flag", "opt_level")
+_HAS = {
+    "8.4": ("8.4.1.5", {"explicit_flag", "explicit_required", "max_workspace", "precision_flags", "calibrator",
+                        "bindings_api", "legacy_build"}),
+    "8.6": ("8.6.2.3", {"explicit_flag", "explicit_required", "max_workspace", "precision_flags", "calibrator",
+                        "names_api", "bindings_api", "legacy_build", "opt_level"}),
+    "10.3": ("10.3.0.30", {"explicit_flag", "precision_flags", "calibrator", "names_api", "strongly_typed_flag",
+                           "opt_level"}),
+    "11.4": ("11.4.1.2", {"names_api", "strongly_typed_flag", "opt_level"}),
 }
+GENERATIONS = {generation: dict(version=version, **{f: f in has for f in FEATURES})
+               for generation, (version, has) in _HAS.items()}
 PLAN_MAGIC = b"FAKETRT\0"
 
 

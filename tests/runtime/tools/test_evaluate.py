@@ -1,19 +1,12 @@
 """Accuracy evaluation of glimmer-check: the COCO evaluator (faster-coco-eval) against hand-made
 cases whose mAP follows from COCO's rules by hand, and the runtime path (preprocess, backend,
 Detector / argmax) over YOLO-format and labelled folders, with small ONNX models built here."""
-from pathlib import Path
-from typing import List, Sequence
-
-import cv2
 import numpy as np
-import onnx
 import pytest
-from onnx import TensorProto, helper, numpy_helper
+from tiny_onnx import centroid_classifier, fit_centroids, fixed_detector, yolo_set
 
 from glimmer.runtime.backends.ort.runner import OnnxRuntimeBackend
 from glimmer.runtime.core.errors import GlimmerError
-from glimmer.runtime.core.images import labelled_images, read_image
-from glimmer.runtime.core.metadata import METADATA_KEY, ModelMeta
 from glimmer.runtime.tools.evaluate import (
     coco_map,
     evaluate_classifier,
@@ -25,71 +18,6 @@ from glimmer.train.synthetic import CLASSES, make_scene_dataset
 # 101-point interpolated AP of one class where the first of two objects is found at precision 1
 # and the second never: precision 1 at recall 0.00..0.50 (51 points), 0 above.
 HALF_RECALL_AP = 51 / 101
-
-
-def _save(graph, meta: ModelMeta, path: Path) -> Path:
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
-    model.ir_version = 8
-    entry = model.metadata_props.add()
-    entry.key, entry.value = METADATA_KEY, meta.to_json()
-    onnx.checker.check_model(model)
-    onnx.save(model, str(path))
-    return path
-
-
-def centroid_classifier(path: Path, centroids: np.ndarray, size: int = 64) -> Path:
-    """A nearest-centroid classifier on mean RGB as an ONNX graph: GlobalAveragePool -> Gemm.
-
-    logits_k = 2 c_k . x - |c_k|^2 (= -|x - c_k|^2 up to a constant), scaled so softmax is sharp.
-    """
-    weight = (2.0 * centroids.T * 20.0).astype(np.float32)          # [3, nc]
-    bias = (-(centroids ** 2).sum(1) * 20.0).astype(np.float32)     # [nc]
-    graph = helper.make_graph(
-        [helper.make_node("GlobalAveragePool", ["images"], ["pooled"]),
-         helper.make_node("Flatten", ["pooled"], ["features"], axis=1),
-         helper.make_node("Gemm", ["features", "w", "b"], ["logits"])],
-        "centroids", [helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, 3, size, size])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, len(centroids)])],
-        [numpy_helper.from_array(weight, "w"), numpy_helper.from_array(bias, "b")])
-    meta = ModelMeta(task="classify", name="centroids", class_names=list(CLASSES), input_size=(size, size))
-    return _save(graph, meta, path)
-
-
-def fit_centroids(root: Path) -> np.ndarray:
-    """Mean RGB in [0, 1] of each class of a labelled folder (what the runtime feeds the model)."""
-    paths, labels, _ = labelled_images(root, CLASSES)
-    feats = np.array([read_image(p)[..., ::-1].reshape(-1, 3).mean(0) / 255.0 for p in paths])
-    labels = np.array(labels)
-    return np.stack([feats[labels == k].mean(0) for k in range(len(CLASSES))])
-
-
-def fixed_detector(path: Path, head: np.ndarray, class_names: Sequence[str], size: int = 64) -> Path:
-    """A detector whose output is always ``head`` [1, 4 + nc, N] (tied to the input, no dead node)."""
-    graph = helper.make_graph(
-        [helper.make_node("ReduceMean", ["images"], ["m"], axes=[1, 2, 3], keepdims=1),
-         helper.make_node("Mul", ["m", "zero"], ["z"]),
-         helper.make_node("Squeeze", ["z", "axes"], ["z1"]),
-         helper.make_node("Add", ["head", "z1"], ["output0"])],
-        "fixed_head", [helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, 3, size, size])],
-        [helper.make_tensor_value_info("output0", TensorProto.FLOAT, list(head.shape))],
-        [numpy_helper.from_array(head.astype(np.float32), "head"),
-         numpy_helper.from_array(np.zeros(1, np.float32), "zero"),
-         numpy_helper.from_array(np.array([3], np.int64), "axes")])
-    meta = ModelMeta(task="detect", name="fixed", class_names=list(class_names), input_size=(size, size),
-                     letterbox=True, stride=32)
-    return _save(graph, meta, path)
-
-
-def yolo_set(root: Path, boxes_xyxy: List[List[float]], classes: List[int], size: int = 64) -> Path:
-    """``root/images/a.png`` (size x size) and ``root/labels/a.txt`` with the given pixel boxes."""
-    (root / "images").mkdir(parents=True)
-    (root / "labels").mkdir()
-    cv2.imwrite(str(root / "images" / "a.png"), np.full((size, size, 3), 90, np.uint8))
-    lines = []
-    for cls, (x1, y1, x2, y2) in zip(classes, boxes_xyxy):
-        lines.append(f"{cls} {(x1 + x2) / 2 / size} {(y1 + y2) / 2 / size} {(x2 - x1) / size} {(y2 - y1) / size}")
-    (root / "labels" / "a.txt").write_text("\n".join(lines) + "\n")
-    return root
 
 
 # -- the COCO evaluator on hand-made cases ---------------------------------------------------------

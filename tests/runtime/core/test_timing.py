@@ -147,14 +147,12 @@ def test_bad_input_raises_value_error(call):
         call()
 
 
-def test_tensorrt_runners_are_held_open_together_and_interleaved(tmp_path, monkeypatch):
+def test_tensorrt_runners_are_held_open_together_and_interleaved(tmp_path, monkeypatch, fake_cuda):
     """engines.tensorrt_runner against the FAKE tensorrt module: an engine per candidate, all open at
     once, each call one inference of the given batch. Nothing here ran real TensorRT."""
     from glimmer.runtime.backends.trt.engines import tensorrt_runner
 
-    cuda = fake.FakeCudaRuntime()
-    fake.install_fake_cuda(monkeypatch, cuda)
-    fake.install_fake_tensorrt(monkeypatch, "10.3", cuda)
+    fake.install_fake_tensorrt(monkeypatch, "10.3", fake_cuda)
     x = np.random.default_rng(0).standard_normal((1, 3, 8, 8)).astype(np.float32)
     paths = {mode: fake.write_tiny_onnx(tmp_path / f"{mode}.onnx") for mode in ("split", "aligned")}
     with contextlib.ExitStack() as stack:
@@ -166,4 +164,4 @@ def test_tensorrt_runners_are_held_open_together_and_interleaved(tmp_path, monke
         result = compare_latency(runners, DILATION_PREFERENCE, rounds=2, calls=3, warmup=1, rel_floor=10.0)
     assert result.chosen == "aligned" and result.decided_by == PREFERENCE
     assert sorted(p.name for p in tmp_path.glob("*.engine")) == ["aligned.fp16.engine", "split.fp16.engine"]
-    assert cuda.allocs == {} and cuda.streams == {}
+    assert fake_cuda.allocs == {} and fake_cuda.streams == {}

@@ -2,19 +2,17 @@
 and a hand-built detection graph, both with our metadata, in ONNX Runtime."""
 import json
 import time
-import warnings
 from pathlib import Path
 
 import cv2
 import numpy as np
-import onnx
 import pytest
-from onnx import TensorProto, helper, numpy_helper
+from tiny_onnx import add_meta, export_tiny_glimmernet, fixed_detector
 
 from glimmer.runtime.backends.base import Backend, TensorSpec
 from glimmer.runtime.backends.ort.runner import OnnxRuntimeBackend
 from glimmer.runtime.core.console import run_cli
-from glimmer.runtime.core.metadata import METADATA_KEY, ModelMeta
+from glimmer.runtime.core.metadata import ModelMeta
 from glimmer.runtime.core.preprocess import Preprocessor
 from glimmer.runtime.stream import sinks as sinks_mod
 from glimmer.runtime.stream.classify import softmax
@@ -27,27 +25,12 @@ from glimmer.train.synthetic import CLASSES, make_scene_video
 FRAMES = 24
 
 
-def add_meta(path: Path, meta: ModelMeta) -> None:
-    model = onnx.load(str(path))
-    entry = model.metadata_props.add()
-    entry.key, entry.value = METADATA_KEY, meta.to_json()
-    onnx.save(model, str(path))
-
-
 @pytest.fixture(scope="module")
 def work(tmp_path_factory):
     """A tiny GlimmerNet (depths 1,1,1,1, 64 px) exported with torch.onnx, and a 24-frame clip."""
-    import torch
-
-    from glimmer.models.glimmernet import build_model
-
     root = tmp_path_factory.mktemp("run")
-    net = build_model("glimmernet", config={"num_classes": 4, "depths": (1, 1, 1, 1)}).eval()
     onnx_path = root / "glimmernet.onnx"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(net, torch.randn(1, 3, 64, 64), str(onnx_path), input_names=["images"],
-                          output_names=["logits"], opset_version=17, dynamo=False)
+    export_tiny_glimmernet(onnx_path)
     add_meta(onnx_path, ModelMeta(task="classify", name="glimmernet", class_names=list(CLASSES),
                                   input_size=(64, 64), extra={"dataset": "random weights"}))
     clip = make_scene_video(root / "clip.avi", ["Fire", "Normal", "Flood", "Earthquake"],
@@ -150,34 +133,13 @@ def test_a_failing_stage_is_one_error_and_leaves_no_partial_video(work, tmp_path
     assert list(tmp_path.iterdir()) == []
 
 
-def detection_model(path: Path, head: np.ndarray, meta: ModelMeta) -> Path:
-    """Outputs the fixed ``head`` [1, 4 + nc, N], tied to the input so no node is dead."""
-    graph = helper.make_graph(
-        [helper.make_node("ReduceMean", ["images"], ["m"], axes=[1, 2, 3], keepdims=1),
-         helper.make_node("Mul", ["m", "zero"], ["z"]),
-         helper.make_node("Squeeze", ["z", "axes"], ["z1"]),
-         helper.make_node("Add", ["head", "z1"], ["output0"])],
-        "fixed_head", [helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, 3, 64, 64])],
-        [helper.make_tensor_value_info("output0", TensorProto.FLOAT, list(head.shape))],
-        [numpy_helper.from_array(head, "head"), numpy_helper.from_array(np.zeros(1, np.float32), "zero"),
-         numpy_helper.from_array(np.array([3], np.int64), "axes")])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
-    model.ir_version = 8
-    entry = model.metadata_props.add()
-    entry.key, entry.value = METADATA_KEY, meta.to_json()
-    onnx.save(model, str(path))
-    return path
-
-
 def test_detection_end_to_end_boxes_in_frame_pixels(tmp_path):
-    meta = ModelMeta(task="detect", name="fixed", class_names=["car", "person"], input_size=(64, 64),
-                     letterbox=True, stride=32)
     head = np.zeros((1, 6, 4), np.float32)
     head[0, :, 0] = [32, 32, 16, 8, 0.9, 0.0]   # car, xyxy (24, 28, 40, 36) in the input
     head[0, :, 1] = [33, 32, 16, 8, 0.7, 0.0]   # same car, lower score: suppressed
     head[0, :, 2] = [33, 32, 16, 8, 0.0, 0.6]   # a person in the same place: kept (class-aware)
     head[0, :, 3] = [10, 10, 4, 4, 0.1, 0.1]    # below conf
-    model = detection_model(tmp_path / "det.onnx", head, meta)
+    model = fixed_detector(tmp_path / "det.onnx", head, ["car", "person"])  # 64 px, letterboxed, stride 32
     folder = tmp_path / "frames"
     folder.mkdir()
     for name in ("b.png", "a.png"):

@@ -2,15 +2,13 @@
 --json, the machine description, the chart, and --compare with available and unavailable peers
 (the export peers registered by monkeypatching discovery until pyproject.toml declares them)."""
 import json
-import warnings
 
 import numpy as np
-import onnx
 import pytest
-from test_check_evaluate import fixed_detector
+from tiny_onnx import add_meta, export_tiny_glimmernet, fixed_detector
 
 from glimmer.runtime.core.console import run_cli
-from glimmer.runtime.core.metadata import METADATA_KEY, ModelMeta
+from glimmer.runtime.core.metadata import ModelMeta
 from glimmer.runtime.tools import peers as bench_peers
 from glimmer.runtime.tools.bench import main
 from glimmer.train.synthetic import CLASSES
@@ -21,24 +19,11 @@ TRTEXEC = ("min_ms", "max_ms", "mean_ms", "median_ms", "p90_ms", "p95_ms", "p99_
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     """A GlimmerNet (depths 1,1,1,1) at 64 px with a dynamic batch, extra.config in its metadata."""
-    import torch
-
-    from glimmer.models.glimmernet import build_model
-
     root = tmp_path_factory.mktemp("bench")
-    net = build_model("glimmernet", config={"num_classes": 4, "depths": (1, 1, 1, 1)}).eval()
     path = root / "tiny.onnx"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(net, torch.randn(1, 3, 64, 64), str(path), input_names=["images"],
-                          output_names=["logits"], opset_version=17, dynamo=False,
-                          dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}})
-    model = onnx.load(str(path))
-    entry = model.metadata_props.add()
-    entry.key = METADATA_KEY
-    entry.value = ModelMeta(task="classify", name="glimmernet", class_names=list(CLASSES), input_size=(64, 64),
-                            batch=None, extra={"arch": "glimmernet", "config": net.config.to_dict()}).to_json()
-    onnx.save(model, str(path))
+    net = export_tiny_glimmernet(path, dynamic_batch=True)
+    add_meta(path, ModelMeta(task="classify", name="glimmernet", class_names=list(CLASSES), input_size=(64, 64),
+                             batch=None, extra={"arch": "glimmernet", "config": net.config.to_dict()}))
     return root, path
 
 

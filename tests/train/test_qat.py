@@ -9,7 +9,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
-from test_train_cli import error_line, run
+from cli_runs import error_line, train
 
 from glimmer.calibration.qdq import insert_qdq, qdq_layers, quant_targets
 from glimmer.export.deploy_model import deploy_form
@@ -249,7 +249,7 @@ def test_qat_from_errors_are_one_line_and_write_nothing(tmp_path, qat_inputs, na
     if make is not None:
         make(src)
     run_dir = tmp_path / "run"
-    rc, _, err = run([data, "--out", run_dir, "--qat-from", src, "--workers", 0, *extra])
+    rc, _, err = train([data, "--out", run_dir, "--qat-from", src, "--workers", 0, *extra])
     assert rc == 1
     line = error_line(err)
     assert line.startswith("glimmer-train: error: " + message.format(src=src, train=data / "Train")), line
@@ -260,7 +260,7 @@ def test_qat_from_errors_are_one_line_and_write_nothing(tmp_path, qat_inputs, na
 def test_qat_run_writes_checkpoints_the_int8_export_reads(tmp_path, qat_inputs):
     data, source = qat_inputs
     run_dir = tmp_path / "run"
-    rc, out, err = run([data, "--out", run_dir, "--qat-from", source, "--epochs", 2, "--workers", 0,
+    rc, out, err = train([data, "--out", run_dir, "--qat-from", source, "--epochs", 2, "--workers", 0,
                         "--batch-size", 16])
     assert rc == 0, err
     assert "QAT from" in out and "test under fake INT8" in out
@@ -279,5 +279,5 @@ def test_qat_run_writes_checkpoints_the_int8_export_reads(tmp_path, qat_inputs):
     amax = qat_activation_amax(fp32, exported.qat)
     assert set(amax) == {t.activation for t in quant_targets(fp32)}
 
-    rc, _, err = run([data, "--out", run_dir, "--resume", "--workers", 0])
+    rc, _, err = train([data, "--out", run_dir, "--resume", "--workers", 0])
     assert rc == 1 and "is from a --qat-from run, which cannot be resumed" in error_line(err)

@@ -8,7 +8,7 @@ from glimmer.runtime.core.errors import GlimmerError
 from glimmer.runtime.tools.config import DeployConfig, load_config
 from glimmer.runtime.tools.run import build_parser, main, settings_from
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[3]
 
 
 def write(tmp_path: Path, text: str) -> Path:

@@ -1,4 +1,4 @@
-"""Legacy INT8 entropy calibrator against the FAKE tensorrt module (tests/fake_tensorrt.py).
+"""Legacy INT8 entropy calibrator against the FAKE tensorrt module (tests/helpers/fake_tensorrt.py).
 
 The fake builder drives the calibrator the way TensorRT 8.x/10.x does (cache read, batch size,
 get_batch until None, cache write) and sums what it finds in the device buffers it is handed, so
@@ -23,13 +23,6 @@ def quiet(_msg):
     pass
 
 
-@pytest.fixture
-def cuda(monkeypatch):
-    rt = FakeCudaRuntime()
-    install_fake_cuda(monkeypatch, rt)
-    return rt
-
-
 def batches(sizes, seed=0):
     rng = np.random.default_rng(seed)
     return [rng.random((n, 3, 8, 8), dtype=np.float32) for n in sizes]
@@ -44,8 +37,8 @@ def build_int8(tmp_path, calibrator, name="tiny", batch=None):
 
 @pytest.mark.parametrize("generation", ["8.4", "10.3"])
 def test_calibrator_feeds_batches_and_writes_its_cache_with_fake_tensorrt(generation, tmp_path, monkeypatch,
-                                                                          cuda):
-    trt = install_fake_tensorrt(monkeypatch, generation, cuda)
+                                                                          fake_cuda):
+    trt = install_fake_tensorrt(monkeypatch, generation, fake_cuda)
     data = batches([2, 2, 2, 1])  # the short last batch cannot be used at a fixed batch size
     cache = tmp_path / "calib.cache"
     calibrator = make_entropy_calibrator(data, cache, log=quiet, batch_size=2)
@@ -59,11 +52,11 @@ def test_calibrator_feeds_batches_and_writes_its_cache_with_fake_tensorrt(genera
     assert trt.stats["calibration_sum"] == pytest.approx(float(sum(b.sum() for b in data[:3])), rel=1e-5)
     assert cache.read_bytes() == b"fake-calibration-table"
     calibrator.close()
-    assert cuda.allocs == {}
+    assert fake_cuda.allocs == {}
 
 
-def test_calibration_cache_skips_the_images_with_fake_tensorrt(tmp_path, monkeypatch, cuda):
-    trt = install_fake_tensorrt(monkeypatch, "10.3", cuda)
+def test_calibration_cache_skips_the_images_with_fake_tensorrt(tmp_path, monkeypatch, fake_cuda):
+    trt = install_fake_tensorrt(monkeypatch, "10.3", fake_cuda)
     cache = tmp_path / "calib.cache"
     build_int8(tmp_path, make_entropy_calibrator(batches([2, 2]), cache, log=quiet, batch_size=2))
 
@@ -78,8 +71,8 @@ def test_calibration_cache_skips_the_images_with_fake_tensorrt(tmp_path, monkeyp
     assert sidecar["builder_options"]["calibration_cache_sha256"] == calibrator.cache_sha256
 
 
-def test_calibration_batch_must_match_the_network(tmp_path, monkeypatch, cuda):
-    trt = install_fake_tensorrt(monkeypatch, "8.6", cuda)
+def test_calibration_batch_must_match_the_network(tmp_path, monkeypatch, fake_cuda):
+    trt = install_fake_tensorrt(monkeypatch, "8.6", fake_cuda)
     with pytest.raises(GlimmerError, match="could not build"):  # a static batch-1 network, batches of 2
         build_int8(tmp_path, make_entropy_calibrator(batches([2]), tmp_path / "a.cache", log=quiet), batch=1)
     assert "Calibration batch 2 does not match the network's batch 1." in trt.log
@@ -88,8 +81,8 @@ def test_calibration_batch_must_match_the_network(tmp_path, monkeypatch, cuda):
     assert trt.stats["calibration_batches"] == 2 and "calibration" not in sidecar["shapes"]["profile"]
 
 
-def test_calibrator_errors_surface_from_the_build_with_fake_tensorrt(tmp_path, monkeypatch, cuda):
-    install_fake_tensorrt(monkeypatch, "10.3", cuda)
+def test_calibrator_errors_surface_from_the_build_with_fake_tensorrt(tmp_path, monkeypatch, fake_cuda):
+    install_fake_tensorrt(monkeypatch, "10.3", fake_cuda)
     bad = [np.zeros((2, 3, 8, 8), np.uint8)]
     with pytest.raises(GlimmerError, match="INT8 calibration failed: calibration batches must be NCHW float32"):
         build_int8(tmp_path, make_entropy_calibrator(bad, tmp_path / "a.cache", log=quiet))
@@ -98,8 +91,8 @@ def test_calibrator_errors_surface_from_the_build_with_fake_tensorrt(tmp_path, m
     assert not list(tmp_path.glob("*.engine")) and not list(tmp_path.glob("*.cache"))
 
 
-def test_tensorrt_11_points_at_the_qdq_path_with_fake_tensorrt(tmp_path, monkeypatch, cuda):
-    trt = install_fake_tensorrt(monkeypatch, "11.4", cuda)
+def test_tensorrt_11_points_at_the_qdq_path_with_fake_tensorrt(tmp_path, monkeypatch, fake_cuda):
+    trt = install_fake_tensorrt(monkeypatch, "11.4", fake_cuda)
     assert not hasattr(trt, "IInt8EntropyCalibrator2")
     with pytest.raises(GlimmerError, match=r"removed in 11\.0.*NAME\.int8\.onnx"):
         make_entropy_calibrator(batches([1]), tmp_path / "c.cache")
@@ -122,11 +115,11 @@ def test_pascal_calibrator_path(tmp_path, monkeypatch):
     assert sidecar["builder_options"]["flags"] == ["INT8"]  # DP4A INT8 without slow-rate FP16
 
 
-def test_calibration_set_from_an_image_folder_with_fake_tensorrt(tmp_path, monkeypatch, cuda):
+def test_calibration_set_from_an_image_folder_with_fake_tensorrt(tmp_path, monkeypatch, fake_cuda):
     """The export path: images -> runtime preprocessing (CalibrationSet) -> calibrator -> builder."""
     cv2 = pytest.importorskip("cv2")
     dataset = pytest.importorskip("glimmer.calibration.dataset")
-    trt = install_fake_tensorrt(monkeypatch, "8.6", cuda)
+    trt = install_fake_tensorrt(monkeypatch, "8.6", fake_cuda)
     folder = tmp_path / "calib" / "Fire"
     folder.mkdir(parents=True)
     rng = np.random.default_rng(1)
