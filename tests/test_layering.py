@@ -105,3 +105,16 @@ def test_every_runtime_module_imports_without_torch_onnx_or_ultralytics():
             "print('ok', len(sys.modules))\n")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and done.stdout.startswith("ok"), done.stderr[-2000:]
+
+
+def test_no_test_module_imports_another():
+    """Shared test code lives in tests/helpers or a conftest.py, never in another test module."""
+    tests = ROOT / "tests"
+    names = {p.stem for p in tests.rglob("test_*.py")}
+    wrong = []
+    for path in sorted(tests.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            found = [a.name for a in node.names] if isinstance(node, ast.Import) else (
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            wrong += [f"{path.relative_to(ROOT)} imports {name}" for name in found if name in names]
+    assert not wrong, "\n".join(wrong)
