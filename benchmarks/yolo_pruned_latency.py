@@ -27,7 +27,7 @@ def main() -> int:
     import torch
 
     from glimmer.train.compress.prune import prune_yolov8
-    from glimmer.train.compress.report import ort_latency, write_onnx
+    from glimmer.train.compress.summary import ort_latency, write_onnx
     from glimmer.train.compress.yolo import build_detector, count_params, gflops, save_detector
 
     torch.manual_seed(0)

@@ -156,8 +156,8 @@ def export(checkpoint: PathLike, settings: Optional[ExportSettings] = None, log:
         val = load_labelled(meta, Path(settings.val))
         log(f"validation: {len(val.truth)} images from {settings.val}")
 
+    from .artifacts import artifact_entry, write_report
     from .onnx_export import save_onnx
-    from .report import artifact_entry, write_report
     from .verify import compare, latency_input, latency_ms, ort_session
 
     fp32, meta, reference, lowering = recipe.export_fp32(source, meta, settings, log)

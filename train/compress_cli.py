@@ -123,7 +123,7 @@ def _model_source(spec: str, flag: str = "--model") -> str:
 
 def _prepare(args: argparse.Namespace) -> Tuple[Path, Path]:
     """Check --out, then the dataset; only then create --out (an error leaves nothing behind)."""
-    from glimmer.train.compress.data import check_dataset, write_resolved
+    from glimmer.train.compress.yolo_data import check_dataset, write_resolved
 
     out = Path(args.out)
     if out.exists() and not out.is_dir():
@@ -190,7 +190,7 @@ def prune_file(src: Path, dst: Path, ratio: float, imgsz: int, prune_stem: bool 
 
 
 def run_pipeline(args: argparse.Namespace) -> List[Dict[str, Any]]:
-    from glimmer.train.compress.report import markdown, measure, write_summary
+    from glimmer.train.compress.summary import markdown, measure, write_summary
 
     model = _model_source(args.model)
     out, data = _prepare(args)

@@ -40,7 +40,7 @@ from glimmer.models.layers import GroupedDilatedConv2d
 from glimmer.runtime.core.errors import GlimmerError
 from glimmer.runtime.tools.metrics import classification_report
 
-from . import report
+from . import outputs
 from .augment import classifier_meta
 from .data import AiderDataset, Split, progress
 from .trainer import (
@@ -283,7 +283,7 @@ class QATTrainer(Trainer):
                       "qat_from": {"path": s.source, "sha256": self.source.sha256}}
 
         def document(finished: bool, test=None, test_skipped=None) -> Dict[str, Any]:
-            doc = report.build_metrics(settings, data.summary(), data.skipped, self.history, self.best,
+            doc = outputs.build_metrics(settings, data.summary(), data.skipped, self.history, self.best,
                                        finished, test, test_skipped)
             doc["qat"] = self.summary
             return doc
@@ -316,8 +316,8 @@ class QATTrainer(Trainer):
                              "val_accuracy": val["accuracy"]}
                 save(BEST, epoch, {"val": self.best})
             save(LAST, epoch, {"val": row})
-            report.write_metrics(self.run_dir, document(finished=False))
-            report.plot_curves(self.run_dir / report.CURVES_PNG, self.history, self.best["epoch"])
+            outputs.write_metrics(self.run_dir, document(finished=False))
+            outputs.plot_curves(self.run_dir / outputs.CURVES_PNG, self.history, self.best["epoch"])
             self.log(f"QAT epoch {epoch:>3}/{s.epochs}  lr {lr:.3g}  train loss {train_loss:.4f} "
                      f"acc {train_acc:.3f}  val loss {val_loss:.4f} acc {val['accuracy']:.3f} "
                      f"F1 {val['f1_weighted']:.4f}  {row['seconds']:.1f}s" + ("  * best" if improved else ""))
@@ -334,13 +334,13 @@ class QATTrainer(Trainer):
         loader = self._loader(data.test, meta, train=False)
         _, rep = self._evaluate(qmodel, loader, names, "test")
         del loader
-        result = report.summarize_test(rep, data.test.source)
+        result = outputs.summarize_test(rep, data.test.source)
         result["epoch"] = best.provenance.get("epoch")
         provenance = dict(best.provenance)
         provenance["metrics"] = dict(provenance.get("metrics", {}), test={
             "f1_weighted": result["f1_weighted"], "accuracy": result["accuracy"]})
         self._save(BEST, qmodel.remove().cpu(), names, provenance, preprocess=best.preprocess, qat=best.qat)
-        report.plot_confusion(self.run_dir / report.CONFUSION_PNG, result["confusion_matrix"], names,
+        outputs.plot_confusion(self.run_dir / outputs.CONFUSION_PNG, result["confusion_matrix"], names,
                               title=f"test confusion matrix, fake INT8 (epoch {result['epoch']}, "
                                     f"weighted F1 {result['f1_weighted']:.3f})")
         self.log(f"test under fake INT8 (best epoch {result['epoch']}): weighted F1 "

@@ -23,7 +23,7 @@ from glimmer.models.glimmernet import GlimmerNet, build_model, count_params
 from glimmer.runtime.core.errors import GlimmerError
 from glimmer.runtime.tools.metrics import classification_report
 
-from . import report
+from . import outputs
 from .augment import ClassifierTransform, classifier_meta
 from .data import AiderDataset, ImageDataset, load_aider, make_loader, progress
 
@@ -269,7 +269,7 @@ class Trainer:
                       "recipe": RECIPE}
 
         def document(finished: bool, test=None, test_skipped=None) -> Dict[str, Any]:
-            return report.build_metrics(settings, data.summary(), data.skipped, self.history,
+            return outputs.build_metrics(settings, data.summary(), data.skipped, self.history,
                                         self.best, finished, test, test_skipped)
 
         train_loader = self._loader(data.train, meta, train=True)
@@ -303,8 +303,8 @@ class Trainer:
                            "resumed_at_epochs": settings["resumed_at_epochs"]}
             self._save(LAST, model, names, dict(provenance, epoch=epoch, metrics={"val": row}),
                        train_state=train_state)
-            report.write_metrics(self.run_dir, document(finished=False))
-            report.plot_curves(self.run_dir / report.CURVES_PNG, self.history, self.best["epoch"])
+            outputs.write_metrics(self.run_dir, document(finished=False))
+            outputs.plot_curves(self.run_dir / outputs.CURVES_PNG, self.history, self.best["epoch"])
             self.log(f"epoch {epoch:>3}/{s.epochs}  lr {lr:.3g}  train loss {train_loss:.4f} "
                      f"acc {train_acc:.3f}  val loss {val_loss:.4f} acc {val['accuracy']:.3f} "
                      f"F1 {val['f1_weighted']:.4f}  {row['seconds']:.1f}s"
@@ -320,7 +320,7 @@ class Trainer:
         else:
             test = test_fn(data, meta)
         metrics = document(finished=True, test=test, test_skipped=test_skipped)
-        report.write_metrics(self.run_dir, metrics)
+        outputs.write_metrics(self.run_dir, metrics)
         return metrics
 
     def _test(self, data: AiderDataset, meta) -> Dict[str, Any]:
@@ -331,7 +331,7 @@ class Trainer:
         loader = self._loader(data.test, meta, train=False)
         _, y_true, y_pred = predict(model, loader, self.device, "test")
         del loader
-        result = report.summarize_test(classification_report(y_true, y_pred, names),
+        result = outputs.summarize_test(classification_report(y_true, y_pred, names),
                                        data.test.source)
         result["epoch"] = best.provenance.get("epoch")
         provenance = dict(best.provenance)
@@ -340,7 +340,7 @@ class Trainer:
         self._save(BEST, model.cpu(), names, provenance, preprocess=best.preprocess)
         title = (f"test confusion matrix (epoch {result['epoch']}, "
                  f"weighted F1 {result['f1_weighted']:.3f})")
-        report.plot_confusion(self.run_dir / report.CONFUSION_PNG, result["confusion_matrix"],
+        outputs.plot_confusion(self.run_dir / outputs.CONFUSION_PNG, result["confusion_matrix"],
                               names, title=title)
         per_class = "  ".join(f"{k} {v['f1']:.3f}" for k, v in result["per_class"].items())
         self.log(f"test (best epoch {result['epoch']}): weighted F1 {result['f1_weighted']:.4f}  "

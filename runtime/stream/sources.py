@@ -15,94 +15,33 @@ what makes latency grow on live streams (docs/runtime.md, "Recurring problems").
 that stops delivering is reopened with bounded exponential back-off, then ends with a clear error.
 """
 import abc
-import contextlib
-import glob
 import re
 import sys
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, List, Optional, Tuple
+from typing import Any, Callable, List, Optional, Tuple
 
 import numpy as np
 
 from glimmer.runtime.core.errors import GlimmerError
 from glimmer.runtime.core.images import is_image, list_images, read_image
+from glimmer.runtime.stream.capture import (
+    SourceOptions,
+    _capture_opener,
+    _cv2,
+    _quiet_opencv,
+    _video_devices,
+    csi_pipeline,
+    gstreamer_available,
+    redact,
+)
 
 Frame = Tuple[np.ndarray, float, int]
 
 VIDEO_EXTS = (".mp4", ".mkv", ".avi", ".mov", ".webm", ".m4v", ".mpg", ".mpeg", ".ts", ".h264")
 NETWORK_SCHEMES = ("rtsp://", "rtsps://", "rtmp://", "http://", "https://", "udp://")
-FLIPS = ("none", "horizontal", "vertical", "rotate-180")
 _CV2_FLIP = {"horizontal": 1, "vertical": 0, "rotate-180": -1}
-# nvvidconv's flip-method: the flip happens in the ISP/VIC, not on the CPU.
-_NVVIDCONV_FLIP = {"none": 0, "rotate-180": 2, "horizontal": 4, "vertical": 6}
-CSI_PIPELINE = ("nvarguscamerasrc sensor-id={sensor} ! video/x-raw(memory:NVMM),width={cw},height={ch},"
-                "format=NV12,framerate={rate}/1 ! nvvidconv flip-method={flip} ! video/x-raw,width={w},"
-                "height={h},format=BGRx ! videoconvert ! video/x-raw,format=BGR ! appsink drop=1 "
-                "max-buffers=1 sync=false")
-
-
-@dataclass
-class SourceOptions:
-    """What users expect to set on a source (docs/runtime.md, "Sources").
-
-    Attributes:
-        width, height, rate: requested capture size and frame rate (cameras; ignored for files).
-        loop: how many times a video file or image folder is played; 0 plays forever.
-        flip: ``none``, ``horizontal``, ``vertical`` or ``rotate-180``.
-        retries: reconnect attempts for a live stream that stops delivering.
-        backoff_s: first reconnect delay; doubles each attempt, capped at ``max_backoff_s``.
-    """
-
-    width: Optional[int] = None
-    height: Optional[int] = None
-    rate: Optional[float] = None
-    loop: int = 1
-    flip: str = "none"
-    retries: int = 5
-    backoff_s: float = 0.5
-    max_backoff_s: float = 8.0
-
-    def __post_init__(self) -> None:
-        if self.flip not in FLIPS:
-            raise GlimmerError(f"source flip must be one of {', '.join(FLIPS)}, got {self.flip!r}")
-        if self.loop < 0:
-            raise GlimmerError(f"source loop must be 0 (forever) or more, got {self.loop}")
-
-
-def _cv2():
-    from glimmer.runtime.core.preprocess import _cv2 as load
-
-    return load()
-
-
-@contextlib.contextmanager
-def _quiet_opencv() -> Iterator[None]:
-    """Silence OpenCV's own log while probing devices: its multi-line warnings would bury our one."""
-    cv2 = _cv2()
-    log = getattr(getattr(cv2, "utils", None), "logging", None)
-    if log is None:
-        yield
-        return
-    previous = log.getLogLevel()
-    log.setLogLevel(log.LOG_LEVEL_SILENT)
-    try:
-        yield
-    finally:
-        log.setLogLevel(previous)
-
-
-def gstreamer_available() -> bool:
-    """Whether the installed OpenCV was built with GStreamer (PyPI wheels are not; JetPack's is)."""
-    match = re.search(r"GStreamer:\s*(\w+)", _cv2().getBuildInformation())
-    return bool(match) and match.group(1).upper() == "YES"
-
-
-def redact(uri: str) -> str:
-    """A URI fit for logs: ``rtsp://user:pass@host`` -> ``rtsp://user:***@host``."""
-    return re.sub(r"(://[^:/@]+):[^@/]*@", r"\1:***@", uri)
 
 
 class Source(abc.ABC):
@@ -379,39 +318,6 @@ def parse_uri(uri: str) -> Tuple[str, str]:
     if is_image(path):
         return "image", str(path)
     return "video", str(path)
-
-
-def csi_pipeline(sensor: int, options: SourceOptions) -> str:
-    """The nvarguscamerasrc pipeline (docs/runtime.md); 1280x720 capture unless a size is asked."""
-    width, height = options.width or 1280, options.height or 720
-    return CSI_PIPELINE.format(sensor=sensor, cw=width, ch=height, rate=int(options.rate or 30),
-                               flip=_NVVIDCONV_FLIP[options.flip], w=width, h=height)
-
-
-def _video_devices() -> List[str]:
-    return sorted(glob.glob("/dev/video*"), key=lambda p: (len(p), p))
-
-
-def _capture_opener(target: Any, api: int, describe: str, hint: str,
-                    options: SourceOptions) -> Callable[[], Any]:
-    def open_capture():
-        cv2 = _cv2()
-        with _quiet_opencv():
-            cap = cv2.VideoCapture(target, api)
-            if cap.isOpened():
-                if options.width:
-                    cap.set(cv2.CAP_PROP_FRAME_WIDTH, options.width)
-                if options.height:
-                    cap.set(cv2.CAP_PROP_FRAME_HEIGHT, options.height)
-                if options.rate:
-                    cap.set(cv2.CAP_PROP_FPS, options.rate)
-                # The driver's own queue is the first place stale frames pile up.
-                cap.set(cv2.CAP_PROP_BUFFERSIZE, 1)
-        if not cap.isOpened():
-            raise GlimmerError(f"{describe}: {hint}")
-        return cap
-
-    return open_capture
 
 
 def open_source(uri: str, options: Optional[SourceOptions] = None) -> Source:

@@ -21,7 +21,7 @@ from typing import Any, Dict, Optional, Tuple
 
 from glimmer.runtime.backends.ort.int8 import INT8_KERNELS
 from glimmer.runtime.core.errors import GlimmerError
-from glimmer.runtime.stream.sources import FLIPS
+from glimmer.runtime.stream.capture import FLIPS
 
 BACKENDS = ("auto", "onnxruntime", "tensorrt")
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from glimmer.runtime.core.errors import GlimmerError
-from glimmer.runtime.stream import sources
+from glimmer.runtime.stream import capture, sources
 from glimmer.runtime.stream.sources import LiveSource, SourceOptions, open_source, parse_uri
 from glimmer.train.synthetic import make_scene_video, render_scene
 
@@ -37,7 +37,7 @@ def test_uri_vocabulary(tmp_path, clip):
         parse_uri(str(tmp_path / "missing.mp4"))
     with pytest.raises(GlimmerError, match="expected csi://N"):
         parse_uri("csi://front")
-    assert sources.redact("rtsp://admin:secret@cam/x") == "rtsp://admin:***@cam/x"
+    assert capture.redact("rtsp://admin:secret@cam/x") == "rtsp://admin:***@cam/x"
 
 
 def test_video_file_yields_every_frame_in_order(clip):
@@ -162,7 +162,7 @@ def test_csi_needs_gstreamer_and_says_how_to_fix(monkeypatch):
         open_source("csi://0")
     assert "needs OpenCV built with GStreamer" in str(info.value)
     assert "JetPack's OpenCV" in str(info.value)
-    pipeline = sources.csi_pipeline(1, SourceOptions(width=640, height=480, flip="rotate-180"))
+    pipeline = capture.csi_pipeline(1, SourceOptions(width=640, height=480, flip="rotate-180"))
     assert pipeline.startswith("nvarguscamerasrc sensor-id=1 ! video/x-raw(memory:NVMM),width=640")
     assert "nvvidconv flip-method=2" in pipeline
     assert pipeline.endswith("appsink drop=1 max-buffers=1 sync=false")

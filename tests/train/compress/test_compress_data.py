@@ -8,8 +8,8 @@ import yaml
 
 from glimmer.runtime.core.console import run_cli
 from glimmer.train import compress_cli
-from glimmer.train.compress.data import check_dataset, label_path
 from glimmer.train.compress.shapes import make_shapes_dataset
+from glimmer.train.compress.yolo_data import check_dataset, label_path
 
 
 def _cli(args, capsys):
