@@ -10,6 +10,7 @@ faster than eager, single-threaded. Weights are randomised (latency does not dep
 
     .venv/bin/python benchmarks/export_latency.py [--img-size 224] [--runs 300]
 """
+
 import argparse
 import io
 import os
@@ -63,12 +64,18 @@ def main() -> None:
                 m.running_mean.normal_(0, 0.1)
     x = torch.rand(1, 3, size, size)
     feed = x.numpy()
-    meta = ModelMeta(task="classify", name="glimmernet", class_names=list(CLASSES), input_size=(size, size))
+    meta = ModelMeta(
+        task="classify", name="glimmernet", class_names=list(CLASSES), input_size=(size, size)
+    )
 
     forms = {"plain torch.onnx.export": plain_export(model, x)}
     for mode in MODES:
-        forms[mode] = export_onnx(deploy_form(model, mode, (size, size)), x, output_names=("logits",)).SerializeToString()
-    fastest = min(MODES, key=lambda mode: single_thread_ms(forms[mode], feed))  # which one to quantise
+        forms[mode] = export_onnx(
+            deploy_form(model, mode, (size, size)), x, output_names=("logits",)
+        ).SerializeToString()
+    fastest = min(
+        MODES, key=lambda mode: single_thread_ms(forms[mode], feed)
+    )  # which one to quantise
     with tempfile.TemporaryDirectory() as tmp:
         make_scene_dataset(Path(tmp), {"Train": 16}, size=size)
         calib = CalibrationSet(Path(tmp) / "Train", meta, 64)
@@ -87,14 +94,20 @@ def main() -> None:
         for name, blob in forms.items():
             # INT8 as glimmer-run runs a TensorRT-placement file: Q/DQ fusion off, weights folded
             session = ort_session(blob, threads, simulate_qdq=name.startswith("INT8"))
-            row[name] = median_ms(lambda s=session: s.run(None, {"images": feed}), args.runs, WARMUP)
+            row[name] = median_ms(
+                lambda s=session: s.run(None, {"images": feed}), args.runs, WARMUP
+            )
         rows.append((threads, row))
 
-    print(f"GlimmerNet (default, 31,204 params) at {size}x{size}, batch 1; {platform.processor() or platform.machine()}, "
-          f"{cores} cores; torch {torch.__version__}, onnxruntime {__import__('onnxruntime').__version__}; "
-          f"median of {args.runs} runs\n")
+    print(
+        f"GlimmerNet (default, 31,204 params) at {size}x{size}, batch 1; {platform.processor() or platform.machine()}, "
+        f"{cores} cores; torch {torch.__version__}, onnxruntime {__import__('onnxruntime').__version__}; "
+        f"median of {args.runs} runs\n"
+    )
     names = list(rows[0][1])
-    print("| form | " + " | ".join(f"{t} thread{'s' if t > 1 else ''} (ms)" for t, _ in rows) + " |")
+    print(
+        "| form | " + " | ".join(f"{t} thread{'s' if t > 1 else ''} (ms)" for t, _ in rows) + " |"
+    )
     print("|---|" + "---|" * len(rows))
     for name in names:
         print(f"| {name} | " + " | ".join(f"{r[name]:.3f}" for _, r in rows) + " |")
@@ -103,10 +116,16 @@ def main() -> None:
     vs_plain = one["plain torch.onnx.export"] / one[best]
     vs_eager = one["PyTorch eager"] / one[best]
     print(f"\nsingle-threaded, best export form = {best}:")
-    print(f"- vs plain export: {vs_plain:.2f}x (target >= 1.3x: {'met' if vs_plain >= 1.3 else 'NOT met'})")
-    print(f"- vs PyTorch eager: {vs_eager:.2f}x (target >= 4x: {'met' if vs_eager >= 4 else 'NOT met'})")
-    print(f"- INT8 vs FP32 ({fastest}): {one[fastest] / one[f'INT8 Q/DQ ({fastest})']:.2f}x "
-          "(>1 means INT8 is faster on this CPU)")
+    print(
+        f"- vs plain export: {vs_plain:.2f}x (target >= 1.3x: {'met' if vs_plain >= 1.3 else 'NOT met'})"
+    )
+    print(
+        f"- vs PyTorch eager: {vs_eager:.2f}x (target >= 4x: {'met' if vs_eager >= 4 else 'NOT met'})"
+    )
+    print(
+        f"- INT8 vs FP32 ({fastest}): {one[fastest] / one[f'INT8 Q/DQ ({fastest})']:.2f}x "
+        "(>1 means INT8 is faster on this CPU)"
+    )
 
 
 if __name__ == "__main__":

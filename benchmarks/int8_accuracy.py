@@ -15,6 +15,7 @@ simulated in float (what TensorRT computes) and as ONNX Runtime runs the file on
 weights are what glimmer-export writes; 4-bit weights (inside int8) are a stress setting where PTQ
 visibly loses, to show what the budget and QAT recover. Writes int8-accuracy.json, .md and .png.
 """
+
 import argparse
 import json
 import platform
@@ -42,12 +43,16 @@ def run(*cmd: str) -> None:
 
 
 def test_f1(model: onnx.ModelProto, test, simulated: bool) -> float:
-    return score(ort_session(model.SerializeToString(), simulate_qdq=simulated), test)["f1_weighted"]
+    return score(ort_session(model.SerializeToString(), simulate_qdq=simulated), test)[
+        "f1_weighted"
+    ]
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
-    p.add_argument("--out", default="int8-bench", help="work and result folder (default int8-bench)")
+    p.add_argument(
+        "--out", default="int8-bench", help="work and result folder (default int8-bench)"
+    )
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--qat-epochs", type=int, default=5)
     p.add_argument("--bits", type=int, nargs="+", default=[8, 4])
@@ -57,10 +62,34 @@ def main() -> int:
     if not (data / "Test").is_dir():
         make_scene_dataset(data, {"Train": 64, "Val": 32, "Test": 64}, size=96, seed=22)
     if not (out / "run" / "best.pt").is_file():
-        run("glimmer-train", str(data), "--out", str(out / "run"), "--epochs", str(args.epochs), "--img-size", "96",
-            "--batch-size", "32", "--lr", "0.003", "--workers", "2")
-    run("glimmer-export", str(out / "run" / "best.pt"), "--out", str(out), "--name", "fp32", "--dilation-mode",
-        "aligned", "--latency-runs", "5")
+        run(
+            "glimmer-train",
+            str(data),
+            "--out",
+            str(out / "run"),
+            "--epochs",
+            str(args.epochs),
+            "--img-size",
+            "96",
+            "--batch-size",
+            "32",
+            "--lr",
+            "0.003",
+            "--workers",
+            "2",
+        )
+    run(
+        "glimmer-export",
+        str(out / "run" / "best.pt"),
+        "--out",
+        str(out),
+        "--name",
+        "fp32",
+        "--dilation-mode",
+        "aligned",
+        "--latency-runs",
+        "5",
+    )
     fp32 = onnx.load(str(out / "fp32.onnx"))
     meta = read_metadata(fp32, "fp32.onnx")
     val, test = load_labelled(meta, data / "Val"), load_labelled(meta, data / "Test")
@@ -75,30 +104,96 @@ def main() -> int:
         mixed = builder.quantize(chosen["amax"], budget["float_groups"])
         qat_run = out / f"qat{bits}"
         if not (qat_run / "best.pt").is_file():
-            run("glimmer-train", str(data), "--out", str(qat_run), "--qat-from", str(out / "run" / "best.pt"),
-                "--epochs", str(args.qat_epochs), "--weight-bits", str(bits), "--workers", "2")
-        run("glimmer-export", str(qat_run / "best.pt"), "--out", str(qat_run), "--name", "qat", "--int8",
-            "--val", str(data / "Val"), "--int8-max-drop", "1", "--dilation-mode", "aligned", "--latency-runs", "5")
+            run(
+                "glimmer-train",
+                str(data),
+                "--out",
+                str(qat_run),
+                "--qat-from",
+                str(out / "run" / "best.pt"),
+                "--epochs",
+                str(args.qat_epochs),
+                "--weight-bits",
+                str(bits),
+                "--workers",
+                "2",
+            )
+        run(
+            "glimmer-export",
+            str(qat_run / "best.pt"),
+            "--out",
+            str(qat_run),
+            "--name",
+            "qat",
+            "--int8",
+            "--val",
+            str(data / "Val"),
+            "--int8-max-drop",
+            "1",
+            "--dilation-mode",
+            "aligned",
+            "--latency-runs",
+            "5",
+        )
         qat = onnx.load(str(qat_run / "qat.int8.onnx"))
         for name, model, floats, val_f1 in (
-                (f"PTQ ({chosen['method']})", ptq, [], chosen["f1_simulated_by_method"][chosen["method"]]),
-                (f"mixed precision (budget {BUDGET})", mixed, budget["float_groups"], budget["f1_simulated"]),
-                (f"QAT ({args.qat_epochs} epochs)", qat, [], test_f1(qat, val, True))):
+            (
+                f"PTQ ({chosen['method']})",
+                ptq,
+                [],
+                chosen["f1_simulated_by_method"][chosen["method"]],
+            ),
+            (
+                f"mixed precision (budget {BUDGET})",
+                mixed,
+                budget["float_groups"],
+                budget["f1_simulated"],
+            ),
+            (f"QAT ({args.qat_epochs} epochs)", qat, [], test_f1(qat, val, True)),
+        ):
             sim = test_f1(model, test, True)
-            rows.append({"weight_bits": bits, "method": name, "float_groups": floats, "val_f1_simulated": val_f1,
-                         "test_f1_simulated": sim, "test_f1_onnxruntime_cpu": test_f1(model, test, False),
-                         "test_drop_simulated": fp32_test - sim})
-    result = {"fp32_test_f1": fp32_test, "fp32_val_f1": builder.fp32_f1, "rows": rows,
-              "test_images": len(test.truth), "val_images": len(val.truth),
-              "machine": {"cpu": cpu_facts().description, "processor": platform.processor() or platform.machine()}}
+            rows.append(
+                {
+                    "weight_bits": bits,
+                    "method": name,
+                    "float_groups": floats,
+                    "val_f1_simulated": val_f1,
+                    "test_f1_simulated": sim,
+                    "test_f1_onnxruntime_cpu": test_f1(model, test, False),
+                    "test_drop_simulated": fp32_test - sim,
+                }
+            )
+    result = {
+        "fp32_test_f1": fp32_test,
+        "fp32_val_f1": builder.fp32_f1,
+        "rows": rows,
+        "test_images": len(test.truth),
+        "val_images": len(val.truth),
+        "machine": {
+            "cpu": cpu_facts().description,
+            "processor": platform.processor() or platform.machine(),
+        },
+    }
     (out / "int8-accuracy.json").write_text(json.dumps(result, indent=2) + "\n")
-    lines = [f"FP32: Test weighted F1 {fp32_test:.4f} ({len(test.truth)} images; Val {len(val.truth)})", "",
-             "| weights | method | layer groups left float | Val F1 (sim.) | Test F1 simulated | Test F1 ORT CPU | "
-             "Test drop |", "|---|---|---|---|---|---|---|"]
+    lines = [
+        f"FP32: Test weighted F1 {fp32_test:.4f} ({len(test.truth)} images; Val {len(val.truth)})",
+        "",
+        "| weights | method | layer groups left float | Val F1 (sim.) | Test F1 simulated | Test F1 ORT CPU | "
+        "Test drop |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
-        lines.append("| {} bit | {} | {} | {:.4f} | {:.4f} | {:.4f} | {:+.4f} |".format(
-            r["weight_bits"], r["method"], ", ".join(r["float_groups"]) or "none", r["val_f1_simulated"],
-            r["test_f1_simulated"], r["test_f1_onnxruntime_cpu"], r["test_drop_simulated"]))
+        lines.append(
+            "| {} bit | {} | {} | {:.4f} | {:.4f} | {:.4f} | {:+.4f} |".format(
+                r["weight_bits"],
+                r["method"],
+                ", ".join(r["float_groups"]) or "none",
+                r["val_f1_simulated"],
+                r["test_f1_simulated"],
+                r["test_f1_onnxruntime_cpu"],
+                r["test_drop_simulated"],
+            )
+        )
     lines.append(f"\nCPU: {cpu_facts().description}")
     (out / "int8-accuracy.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

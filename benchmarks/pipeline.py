@@ -16,6 +16,7 @@ run (20,000 frames from a looped file) reporting resident memory (VmRSS) at its 
 
     python benchmarks/pipeline.py [--frames 300] [--size 224] [--threads 1] [--long [--plot rss.png]]
 """
+
 import argparse
 import statistics
 import subprocess
@@ -34,8 +35,13 @@ from glimmer.runtime.stream.pipeline import Pipeline, build_task
 from glimmer.runtime.stream.sinks import Sink
 from glimmer.runtime.stream.sources import SourceOptions, open_source
 
-NAMES = ("decode only (capture)", "preprocess only (720p -> input)",
-         "model only (backend.infer, one batch)", "plain sequential loop", "glimmer-run pipeline")
+NAMES = (
+    "decode only (capture)",
+    "preprocess only (720p -> input)",
+    "model only (backend.infer, one batch)",
+    "plain sequential loop",
+    "glimmer-run pipeline",
+)
 
 
 def rss_mib() -> float:
@@ -48,8 +54,9 @@ def rss_mib() -> float:
 
 def export_glimmernet(path: Path, size: int) -> Path:
     """Export in a child process, so torch never enters this one and RSS is the runtime's own."""
-    subprocess.run([sys.executable, __file__, "--export-only", str(path), "--size", str(size)],
-                   check=True)
+    subprocess.run(
+        [sys.executable, __file__, "--export-only", str(path), "--size", str(size)], check=True
+    )
     return path
 
 
@@ -63,13 +70,25 @@ def _export(path: Path, size: int) -> Path:
     net = build_model("glimmernet", num_classes=len(CLASSES)).eval()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(net, torch.randn(1, 3, size, size), str(path), input_names=["images"],
-                          output_names=["logits"], opset_version=17, dynamo=False)
+        torch.onnx.export(
+            net,
+            torch.randn(1, 3, size, size),
+            str(path),
+            input_names=["images"],
+            output_names=["logits"],
+            opset_version=17,
+            dynamo=False,
+        )
     model = onnx.load(str(path))
     entry = model.metadata_props.add()
     entry.key = METADATA_KEY
-    entry.value = ModelMeta(task="classify", name="glimmernet", class_names=list(CLASSES),
-                            input_size=(size, size), extra={"dataset": "random weights"}).to_json()
+    entry.value = ModelMeta(
+        task="classify",
+        name="glimmernet",
+        class_names=list(CLASSES),
+        input_size=(size, size),
+        extra={"dataset": "random weights"},
+    ).to_json()
     onnx.save(model, str(path))
     return path
 
@@ -142,7 +161,9 @@ def main(argv=None) -> int:
     parser.add_argument("--size", type=int, default=224, help="GlimmerNet input size")
     parser.add_argument("--threads", type=int, default=1, help="ONNX Runtime intra-op threads")
     parser.add_argument("--repeat", type=int, default=2, help="plays of the clip per measurement")
-    parser.add_argument("--runs", type=int, default=3, help="interleaved runs; best and median shown")
+    parser.add_argument(
+        "--runs", type=int, default=3, help="interleaved runs; best and median shown"
+    )
     parser.add_argument("--long", action="store_true", help="also a 20,000-frame memory run")
     parser.add_argument("--long-frames", type=int, default=20000)
     parser.add_argument("--plot", type=Path, help="with --long: a PNG of VmRSS over the run")
@@ -157,13 +178,21 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         per_label = max(1, args.frames // len(CLASSES))
-        clip = make_scene_video(root / "clip720.mp4", list(CLASSES), frames_per_label=per_label,
-                                size=(args.width, args.height), fps=30.0)
+        clip = make_scene_video(
+            root / "clip720.mp4",
+            list(CLASSES),
+            frames_per_label=per_label,
+            size=(args.width, args.height),
+            fps=30.0,
+        )
         model = export_glimmernet(root / "glimmernet.onnx", args.size)
         n_frames = per_label * len(CLASSES) * args.repeat
-        print(f"clip: {per_label * len(CLASSES)} frames {args.width}x{args.height} mp4v, played "
-              f"{args.repeat}x; GlimmerNet {args.size}x{args.size}, random weights; ONNX Runtime CPU, "
-              f"{args.threads} intra-op thread(s)", file=sys.stderr)
+        print(
+            f"clip: {per_label * len(CLASSES)} frames {args.width}x{args.height} mp4v, played "
+            f"{args.repeat}x; GlimmerNet {args.size}x{args.size}, random weights; ONNX Runtime CPU, "
+            f"{args.threads} intra-op thread(s)",
+            file=sys.stderr,
+        )
         with OnnxRuntimeBackend(model, threads=args.threads) as backend:
             frame = next(iter(open_source(str(clip))))[0]
             pre = Preprocessor(backend.meta)
@@ -187,22 +216,32 @@ def main(argv=None) -> int:
     best = {name: max(values) for name, values in runs.items()}
     decode, model_only = best[NAMES[0]], best[NAMES[2]]
     plain, pipe = best[NAMES[3]], best[NAMES[4]]
-    print(f"\n## glimmer-run pipeline benchmark ({n_frames} frames per run, best and median of "
-          f"{args.runs} interleaved runs)\n")
+    print(
+        f"\n## glimmer-run pipeline benchmark ({n_frames} frames per run, best and median of "
+        f"{args.runs} interleaved runs)\n"
+    )
     print("| measurement | FPS (best) | ms / frame | FPS (median) |")
     print("|---|---:|---:|---:|")
     for name, values in runs.items():
-        print(f"| {name} | {max(values):.1f} | {1000.0 / max(values):.2f} | {statistics.median(values):.1f} |")
-    print(f"\n- pipeline / plain loop: **{pipe / plain:.2f}x** (target >= 1.5x; median "
-          f"{statistics.median(runs[NAMES[4]]) / statistics.median(runs[NAMES[3]]):.2f}x)")
+        print(
+            f"| {name} | {max(values):.1f} | {1000.0 / max(values):.2f} | {statistics.median(values):.1f} |"
+        )
+    print(
+        f"\n- pipeline / plain loop: **{pipe / plain:.2f}x** (target >= 1.5x; median "
+        f"{statistics.median(runs[NAMES[4]]) / statistics.median(runs[NAMES[3]]):.2f}x)"
+    )
     slower = "decoding" if decode < model_only else "inference"
-    verdict = (f"pipeline at {100.0 * pipe / model_only:.0f}% of model-only FPS"
-               + (" (target: within 10%, i.e. >= 90%)" if slower == "inference"
-                  else "; decoding is the slower stage here, so the 10% target does not apply"))
+    verdict = f"pipeline at {100.0 * pipe / model_only:.0f}% of model-only FPS" + (
+        " (target: within 10%, i.e. >= 90%)"
+        if slower == "inference"
+        else "; decoding is the slower stage here, so the 10% target does not apply"
+    )
     print(f"- slower stage alone: {slower}; {verdict}")
     stages = report["stages"]
-    print(f"- pipeline: {report['inference_threads']} inference thread(s); stage means (ms): " + ", ".join(
-        f"{k} {v['mean_ms']:.2f}" for k, v in stages.items() if v.get("count")))
+    print(
+        f"- pipeline: {report['inference_threads']} inference thread(s); stage means (ms): "
+        + ", ".join(f"{k} {v['mean_ms']:.2f}" for k, v in stages.items() if v.get("count"))
+    )
     if long_row:
         long_report, samples = long_row
         start = next((mib for idx, mib in samples if idx >= 1000), samples[0][1])
@@ -212,8 +251,10 @@ def main(argv=None) -> int:
         for n, (idx, mib) in enumerate(samples):
             if idx % 5000 == 0 or n == len(samples) - 1:  # the plot has every sample
                 print(f"| {idx} | {mib:.1f} |")
-        print(f"\n- RSS start (frame 1000) {start:.1f} MiB, end {samples[-1][1]:.1f} MiB, "
-              f"change {samples[-1][1] - start:+.1f} MiB; {long_report['fps']:.1f} FPS")
+        print(
+            f"\n- RSS start (frame 1000) {start:.1f} MiB, end {samples[-1][1]:.1f} MiB, "
+            f"change {samples[-1][1] - start:+.1f} MiB; {long_report['fps']:.1f} FPS"
+        )
         if args.plot:
             plot_rss(samples, args.plot)
             print(f"- plot: {args.plot}")

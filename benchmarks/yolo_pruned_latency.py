@@ -7,6 +7,7 @@ what the weights learned. Both models go through glimmer-export's ONNX path, as 
 Sizes: 640, plus 1024 (the paper's input) with --full. Target: pruned >= 2.5x faster (the paper's
 FLOPs fall 3.7x). Prints a markdown table.
 """
+
 import argparse
 import copy
 import os
@@ -20,7 +21,9 @@ os.environ.setdefault("YOLO_VERBOSE", "False")
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
     parser.add_argument("--full", action="store_true", help="also time 1024x1024")
-    parser.add_argument("--runs", type=int, default=10, help="timed runs per model and size (median)")
+    parser.add_argument(
+        "--runs", type=int, default=10, help="timed runs per model and size (median)"
+    )
     parser.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads")
     args = parser.parse_args()
 
@@ -45,13 +48,17 @@ def main() -> int:
                 rows.append((name, size, count_params(model), gflops(model, size), ms))
                 onnx_path.unlink()
     base_ms = {size: ms for name, size, _, _, ms in rows if name == "base"}
-    print(f"\nYOLOv8m (10 classes, random weights), ONNX Runtime {ort_version()} CPU, batch 1, "
-          f"median of {args.runs} runs, {os.cpu_count()} cores\n")
+    print(
+        f"\nYOLOv8m (10 classes, random weights), ONNX Runtime {ort_version()} CPU, batch 1, "
+        f"median of {args.runs} runs, {os.cpu_count()} cores\n"
+    )
     print("| model | input | params | GFLOPs | latency ms | FPS | speed-up |")
     print("|---|---:|---:|---:|---:|---:|---:|")
     for name, size, params, gf, ms in rows:
-        print(f"| {name} | {size} | {params:,} | {gf:.1f} | {ms:.1f} | {1000 / ms:.1f} | "
-              f"{base_ms[size] / ms:.2f}x |")
+        print(
+            f"| {name} | {size} | {params:,} | {gf:.1f} | {ms:.1f} | {1000 / ms:.1f} | "
+            f"{base_ms[size] / ms:.2f}x |"
+        )
     return 0
 
 

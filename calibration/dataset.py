@@ -15,6 +15,7 @@ an error, never a silently smaller calibration set.
 qualifies, so onnxruntime is not imported here); :meth:`CalibrationSet.batches` feeds TensorRT's
 legacy calibrator. Imports only ``glimmer.runtime``.
 """
+
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional
 
@@ -26,7 +27,7 @@ from glimmer.runtime.core.metadata import ModelMeta
 from glimmer.runtime.core.preprocess import Preprocessor
 
 #: bytes of preprocessed input one calibration batch may take (host copy; the device holds the same)
-CALIB_BATCH_BYTES = 256 * 2 ** 20
+CALIB_BATCH_BYTES = 256 * 2**20
 
 
 def calibration_batch(count: int, meta: ModelMeta, budget_bytes: int = CALIB_BATCH_BYTES) -> int:
@@ -54,12 +55,21 @@ class CalibrationSet:
         option: the flag named in errors.
     """
 
-    def __init__(self, root: Path, meta: ModelMeta, count: int, batch_size: int = 1, seed: int = 0,
-                 option: str = "--calib") -> None:
+    def __init__(
+        self,
+        root: Path,
+        meta: ModelMeta,
+        count: int,
+        batch_size: int = 1,
+        seed: int = 0,
+        option: str = "--calib",
+    ) -> None:
         if count < 1:
             raise GlimmerError(f"--calib-count must be at least 1, got {count}")
         if batch_size < 1 or batch_size > count:
-            raise GlimmerError(f"--calib-count {count} is smaller than the model's batch {batch_size}")
+            raise GlimmerError(
+                f"--calib-count {count} is smaller than the model's batch {batch_size}"
+            )
         self.root, self.meta, self.option = Path(root), meta, option
         self.batch_size = batch_size
         self.count = (count // batch_size) * batch_size
@@ -73,8 +83,11 @@ class CalibrationSet:
             raise GlimmerError(f"{self.option} {self.root}: no such folder")
         found = list_images(self.root, recursive=True)
         if not found:
-            raise GlimmerError("{} {}: no images found (looked recursively for {})".format(
-                self.option, self.root, ", ".join(IMAGE_EXTS)))
+            raise GlimmerError(
+                "{} {}: no images found (looked recursively for {})".format(
+                    self.option, self.root, ", ".join(IMAGE_EXTS)
+                )
+            )
         order = np.random.default_rng(self.seed).permutation(len(found))
         pre = Preprocessor(self.meta)
         arrays = []
@@ -88,8 +101,10 @@ class CalibrationSet:
             arrays.append(pre.image(image)[0])
             self.paths.append(found[int(index)])
         if len(arrays) < self.count:
-            raise GlimmerError(f"{self.option} {self.root}: only {len(arrays)} usable images ({len(found)} found, {len(self.skipped)} unreadable), {self.count} needed for "
-                               "calibration (lower --calib-count or add images)")
+            raise GlimmerError(
+                f"{self.option} {self.root}: only {len(arrays)} usable images ({len(found)} found, {len(self.skipped)} unreadable), {self.count} needed for "
+                "calibration (lower --calib-count or add images)"
+            )
         self._data = np.stack(arrays).astype(np.float32)
 
     @property
@@ -107,7 +122,7 @@ class CalibrationSet:
         """Contiguous float32 NCHW batches of ``batch_size``."""
         data = self.data
         for start in range(0, self.count, self.batch_size):
-            yield np.ascontiguousarray(data[start:start + self.batch_size])
+            yield np.ascontiguousarray(data[start : start + self.batch_size])
 
 
 class OrtCalibrationReader:

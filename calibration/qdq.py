@@ -17,6 +17,7 @@ biases float. ``weight_bits`` below 8 narrows the weight grid inside int8 (7 bit
 A 1x1 depthwise conv with unit weights is an Add of its bias (the export writes GRN's ``+ beta``
 that way for ONNX Runtime's layout): it is not quantised, like any other Add.
 """
+
 from dataclasses import dataclass
 from typing import Dict, Iterable, List, Mapping, Optional
 
@@ -53,8 +54,13 @@ def _attr(node: onnx.NodeProto, name: str, default: int) -> int:
 
 
 def _is_channel_shift(node: onnx.NodeProto, weight: np.ndarray) -> bool:
-    return (node.op_type == "Conv" and weight.ndim == 4 and weight.shape[1:] == (1, 1, 1)
-            and _attr(node, "group", 1) == weight.shape[0] and bool(np.all(weight == 1.0)))
+    return (
+        node.op_type == "Conv"
+        and weight.ndim == 4
+        and weight.shape[1:] == (1, 1, 1)
+        and _attr(node, "group", 1) == weight.shape[0]
+        and bool(np.all(weight == 1.0))
+    )
 
 
 def quant_targets(model: onnx.ModelProto) -> List[QuantTarget]:
@@ -73,9 +79,22 @@ def quant_targets(model: onnx.ModelProto) -> List[QuantTarget]:
         else:
             axis = 0
             per_group = weight.shape[1]
-        layer = node.input[1][:-len(".weight")] if node.input[1].endswith(".weight") else (node.name or f"node{index}")
-        targets.append(QuantTarget(node.name or f"node{index}", node.op_type, node.input[0], node.input[1],
-                                   axis, layer, int(per_group)))
+        layer = (
+            node.input[1][: -len(".weight")]
+            if node.input[1].endswith(".weight")
+            else (node.name or f"node{index}")
+        )
+        targets.append(
+            QuantTarget(
+                node.name or f"node{index}",
+                node.op_type,
+                node.input[0],
+                node.input[1],
+                axis,
+                layer,
+                int(per_group),
+            )
+        )
     return targets
 
 
@@ -98,8 +117,12 @@ def activation_scale(amax: float) -> float:
     return float(amax) / 127.0 if amax > 0 else 1e-8
 
 
-def insert_qdq(model: onnx.ModelProto, amax: Mapping[str, float], targets: Optional[Iterable[QuantTarget]] = None,
-               weight_bits: int = 8) -> onnx.ModelProto:
+def insert_qdq(
+    model: onnx.ModelProto,
+    amax: Mapping[str, float],
+    targets: Optional[Iterable[QuantTarget]] = None,
+    weight_bits: int = 8,
+) -> onnx.ModelProto:
     """A copy of ``model`` with Q/DQ pairs on the activation and weight of each of ``targets``.
 
     Args:
@@ -129,17 +152,32 @@ def insert_qdq(model: onnx.ModelProto, amax: Mapping[str, float], targets: Optio
         new_inits.append(numpy_helper.from_array(scale, scale_name))
         extra = {"axis": axis} if axis is not None else {}
         pairs[dq_out] = [
-            helper.make_node("QuantizeLinear", [tensor, scale_name, zp_name], [f"{tensor}_quantized"],
-                             name=f"{tensor}_QuantizeLinear", **extra),
-            helper.make_node("DequantizeLinear", [f"{tensor}_quantized", scale_name, zp_name], [dq_out],
-                             name=f"{tensor}_DequantizeLinear", **extra)]
+            helper.make_node(
+                "QuantizeLinear",
+                [tensor, scale_name, zp_name],
+                [f"{tensor}_quantized"],
+                name=f"{tensor}_QuantizeLinear",
+                **extra,
+            ),
+            helper.make_node(
+                "DequantizeLinear",
+                [f"{tensor}_quantized", scale_name, zp_name],
+                [dq_out],
+                name=f"{tensor}_DequantizeLinear",
+                **extra,
+            ),
+        ]
         return dq_out
 
     by_name = {n.name: n for n in graph.node}
     for t in chosen:
         node = by_name[t.node]
-        node.input[0] = pair(t.activation, np.array(activation_scale(amax[t.activation]), dtype=np.float32),
-                             None, zero)
+        node.input[0] = pair(
+            t.activation,
+            np.array(activation_scale(amax[t.activation]), dtype=np.float32),
+            None,
+            zero,
+        )
         if f"{t.weight}_dequantized" not in pairs:
             scales = weight_scales(numpy_helper.to_array(inits[t.weight]), t.axis, weight_bits)
             zp_name = f"{t.weight}_qdq_zero_point"
@@ -169,7 +207,7 @@ def qdq_layers(model: onnx.ModelProto) -> List[str]:
                 name = dq.input[0]
                 q = producers.get(name)
                 base = q.input[0] if q is not None and q.op_type == "QuantizeLinear" else name
-                layers.append(base[:-len(".weight")] if base.endswith(".weight") else base)
+                layers.append(base[: -len(".weight")] if base.endswith(".weight") else base)
     return layers
 
 

@@ -10,6 +10,7 @@ the best (see :mod:`glimmer.export.int8`).
 The calibrators run the float model with the activation inputs of the quantised layers added as
 outputs, over :class:`CalibrationSet`'s images, preprocessed exactly as deployment preprocesses.
 """
+
 import logging
 import tempfile
 from pathlib import Path
@@ -28,15 +29,25 @@ METHODS = ("minmax", "percentile", "entropy")
 def _calibration_method(name: str):
     from onnxruntime.quantization import CalibrationMethod
 
-    return {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
-            "entropy": CalibrationMethod.Entropy}[name]
+    return {
+        "minmax": CalibrationMethod.MinMax,
+        "percentile": CalibrationMethod.Percentile,
+        "entropy": CalibrationMethod.Entropy,
+    }[name]
 
 
-def activation_amax(model: onnx.ModelProto, tensors: Sequence[str], calib: CalibrationSet, method: str,
-                    input_name: str) -> Dict[str, float]:
+def activation_amax(
+    model: onnx.ModelProto,
+    tensors: Sequence[str],
+    calib: CalibrationSet,
+    method: str,
+    input_name: str,
+) -> Dict[str, float]:
     """``max|x|`` to quantise each of ``tensors`` with, as ``method`` calibrates it on ``calib``."""
     if method not in METHODS:
-        raise GlimmerError(f"calibration method must be one of {', '.join(METHODS)}, got {method!r}")
+        raise GlimmerError(
+            f"calibration method must be one of {', '.join(METHODS)}, got {method!r}"
+        )
     from onnxruntime.quantization.calibrate import create_calibrator
 
     wanted = set(tensors)
@@ -49,19 +60,25 @@ def activation_amax(model: onnx.ModelProto, tensors: Sequence[str], calib: Calib
             src = Path(work) / "fp32.onnx"
             onnx.save(model, str(src))
             calibrator = create_calibrator(
-                src, op_types_to_calibrate=["Conv", "Gemm"],
+                src,
+                op_types_to_calibrate=["Conv", "Gemm"],
                 augmented_model_path=str(Path(work) / "augmented.onnx"),
                 calibrate_method=_calibration_method(method),
-                extra_options={"symmetric": True})
+                extra_options={"symmetric": True},
+            )
             try:
                 calibrator.collect_data(OrtCalibrationReader(calib, input_name))
                 data = calibrator.compute_data()
             finally:
-                calibrator.clear_collected_data() if hasattr(calibrator, "clear_collected_data") else None
+                calibrator.clear_collected_data() if hasattr(
+                    calibrator, "clear_collected_data"
+                ) else None
     except GlimmerError:
         raise
     except Exception as exc:  # ORT raises plain Exceptions with the reason in the text
-        raise GlimmerError(f"INT8 calibration ({method}) failed: {str(exc).splitlines()[0]}") from None
+        raise GlimmerError(
+            f"INT8 calibration ({method}) failed: {str(exc).splitlines()[0]}"
+        ) from None
     finally:
         root.setLevel(level)
     amax: Dict[str, float] = {}
@@ -69,5 +86,7 @@ def activation_amax(model: onnx.ModelProto, tensors: Sequence[str], calib: Calib
         if name not in data.data:
             raise GlimmerError(f"INT8 calibration ({method}) measured no range for tensor {name!r}")
         low, high = data.data[name].range_value
-        amax[name] = float(max(abs(float(np.asarray(low).min())), abs(float(np.asarray(high).max()))))
+        amax[name] = float(
+            max(abs(float(np.asarray(low).min())), abs(float(np.asarray(high).max())))
+        )
     return amax

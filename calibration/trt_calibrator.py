@@ -11,6 +11,7 @@ explicitly quantized (Q/DQ) ONNX is the only INT8 path, and this module says so.
 The ``IInt8EntropyCalibrator2`` base class exists only when ``tensorrt`` imports, so the subclass is
 made on first use rather than at import time.
 """
+
 import hashlib
 from pathlib import Path
 from typing import Any, Callable, Iterator, List, Optional
@@ -22,17 +23,24 @@ from glimmer.runtime.backends.trt import cuda as cuda_mem
 from glimmer.runtime.core.errors import GlimmerError
 from glimmer.runtime.core.files import atomic_write_bytes
 
-QDQ_HINT = ("export the explicitly quantized ONNX instead: glimmer-export CHECKPOINT --int8 --calib DIR "
-            "writes NAME.int8.onnx (symmetric Q/DQ), which every TensorRT version from 8.x to 11 builds")
+QDQ_HINT = (
+    "export the explicitly quantized ONNX instead: glimmer-export CHECKPOINT --int8 --calib DIR "
+    "writes NAME.int8.onnx (symmetric Q/DQ), which every TensorRT version from 8.x to 11 builds"
+)
 
 
 def implicit_calibration_available(trt: Any) -> bool:
     return trt_compat.supports_implicit_int8(trt)
 
 
-def make_entropy_calibrator(batches: Any, cache_file: Path, *,
-                            cuda: Optional[cuda_mem.CudaMem] = None,
-                            log: Callable[[str], None] = print, batch_size: Optional[int] = None) -> Any:
+def make_entropy_calibrator(
+    batches: Any,
+    cache_file: Path,
+    *,
+    cuda: Optional[cuda_mem.CudaMem] = None,
+    log: Callable[[str], None] = print,
+    batch_size: Optional[int] = None,
+) -> Any:
     """An ``IInt8EntropyCalibrator2`` over ``batches`` with its cache at ``cache_file``.
 
     ``batches`` is an iterable of NCHW float32 arrays, or an object with a ``batches()`` method
@@ -44,8 +52,10 @@ def make_entropy_calibrator(batches: Any, cache_file: Path, *,
     """
     trt = trt_compat.import_tensorrt()
     if not implicit_calibration_available(trt):
-        raise GlimmerError(f"TensorRT {trt_compat.version(trt)} has no implicit INT8 calibration "
-                           f"(removed in 11.0); {QDQ_HINT}")
+        raise GlimmerError(
+            f"TensorRT {trt_compat.version(trt)} has no implicit INT8 calibration "
+            f"(removed in 11.0); {QDQ_HINT}"
+        )
     calibrator = _calibrator_class(trt)(_lazy(batches), Path(cache_file), cuda, log)
     # The builder makes its calibration profile at this batch before any image is read.
     calibrator.calibration_batch = batch_size or getattr(batches, "batch_size", None)
@@ -68,12 +78,20 @@ def _calibrator_class(trt: Any) -> type:
     class EntropyCalibrator(base):  # type: ignore[misc, valid-type]
         """Feeds preprocessed batches to TensorRT; TensorRT picks thresholds by KL divergence."""
 
-        def __init__(self, batches: Iterator[np.ndarray], cache_file: Path,
-                     cuda: Optional[cuda_mem.CudaMem], log: Callable[[str], None]) -> None:
+        def __init__(
+            self,
+            batches: Iterator[np.ndarray],
+            cache_file: Path,
+            cuda: Optional[cuda_mem.CudaMem],
+            log: Callable[[str], None],
+        ) -> None:
             base.__init__(self)  # pybind11 bases must be initialised explicitly
             self.cache_file = cache_file
-            self.cache_sha256 = (hashlib.sha256(cache_file.read_bytes()).hexdigest()
-                                 if cache_file.is_file() else None)
+            self.cache_sha256 = (
+                hashlib.sha256(cache_file.read_bytes()).hexdigest()
+                if cache_file.is_file()
+                else None
+            )
             self.batches_fed = 0
             self.batches_skipped = 0
             self.error: Optional[str] = None
@@ -91,16 +109,19 @@ def _calibrator_class(trt: Any) -> type:
                 try:
                     self._first = self._checked(next(self._source))
                 except StopIteration:
-                    raise GlimmerError("INT8 calibration got no batches (no usable calibration "
-                                       "images)") from None
+                    raise GlimmerError(
+                        "INT8 calibration got no batches (no usable calibration images)"
+                    ) from None
             return self._first
 
         @staticmethod
         def _checked(batch: np.ndarray) -> np.ndarray:
             batch = np.asarray(batch)
             if batch.ndim != 4 or batch.dtype != np.float32:
-                raise GlimmerError(f"calibration batches must be NCHW float32, got {batch.dtype} "
-                                   f"{list(batch.shape)}")
+                raise GlimmerError(
+                    f"calibration batches must be NCHW float32, got {batch.dtype} "
+                    f"{list(batch.shape)}"
+                )
             return np.ascontiguousarray(batch)
 
         def get_batch_size(self) -> int:
@@ -159,7 +180,9 @@ def _calibrator_class(trt: Any) -> type:
             data = bytes(memoryview(cache))
             atomic_write_bytes(self.cache_file, data)
             self.cache_sha256 = hashlib.sha256(data).hexdigest()
-            self._log(f"wrote INT8 calibration cache {self.cache_file} ({self.batches_fed} batches)")
+            self._log(
+                f"wrote INT8 calibration cache {self.cache_file} ({self.batches_fed} batches)"
+            )
 
         def close(self) -> None:
             if self._cuda is not None:

@@ -9,6 +9,7 @@ passed, so a failed export never replaces a good file. What depends on the model
 a recipe in :mod:`glimmer.export.recipes`; the TensorRT step is
 :mod:`glimmer.runtime.backends.trt.engines`, shared with the drone.
 """
+
 import dataclasses
 import sys
 from pathlib import Path
@@ -79,14 +80,18 @@ class ExportSettings:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(options) - known)
         if unknown:
-            raise GlimmerError(f"unknown export setting {unknown[0]!r} (known: {', '.join(sorted(known))})")
+            raise GlimmerError(
+                f"unknown export setting {unknown[0]!r} (known: {', '.join(sorted(known))})"
+            )
         return dataclasses.replace(settings or cls(), **options)
 
     def check(self) -> None:
         """The checks argparse cannot make; the messages name the CLI flags."""
-        for flag, value, choices in (("--dilation-mode", self.dilation_mode, MODES),
-                                     ("--int8-mode", self.int8_mode, INT8_MODES),
-                                     ("--calib-method", self.calib_method, ("auto",) + CALIB_METHODS)):
+        for flag, value, choices in (
+            ("--dilation-mode", self.dilation_mode, MODES),
+            ("--int8-mode", self.int8_mode, INT8_MODES),
+            ("--calib-method", self.calib_method, ("auto",) + CALIB_METHODS),
+        ):
             if value not in choices:
                 raise GlimmerError(f"{flag} must be one of {', '.join(choices)}, got {value!r}")
         if self.dynamic_batch and self.batch != 1:
@@ -96,7 +101,9 @@ class ExportSettings:
         if self.img_size is not None and self.img_size < 16:
             raise GlimmerError(f"--img-size must be at least 16, got {self.img_size}")
         if not 13 <= self.opset <= 20:
-            raise GlimmerError(f"--opset {self.opset} is outside 13-20 (TensorRT 8.4 parses up to 17)")
+            raise GlimmerError(
+                f"--opset {self.opset} is outside 13-20 (TensorRT 8.4 parses up to 17)"
+            )
         if self.calib_count < 1:
             raise GlimmerError(f"--calib-count must be at least 1, got {self.calib_count}")
         if self.latency_runs < 1:
@@ -107,8 +114,9 @@ class ExportSettings:
             raise GlimmerError(f"--int8-max-drop must be between 0 and 1, got {self.int8_max_drop}")
 
 
-def export(checkpoint: PathLike, settings: Optional[ExportSettings] = None, log: Log = say,
-           **options: Any) -> Dict[str, Any]:
+def export(
+    checkpoint: PathLike, settings: Optional[ExportSettings] = None, log: Log = say, **options: Any
+) -> Dict[str, Any]:
     """Export ``checkpoint`` as ``settings`` (with ``options``, ExportSettings names, laid over).
 
     Returns the report as written to ``export-report.json``, plus ``report_path`` and, when the
@@ -129,26 +137,35 @@ def export(checkpoint: PathLike, settings: Optional[ExportSettings] = None, log:
     if settings.int8 and not settings.calib and not qat:
         raise GlimmerError("--int8 needs --calib DIR (calibration images)")
     if qat and settings.calib:
-        raise GlimmerError(f"--calib: {source.path.name} carries scales from quantization-aware training; "
-                           "calibration would replace them (drop --calib)")
+        raise GlimmerError(
+            f"--calib: {source.path.name} carries scales from quantization-aware training; "
+            "calibration would replace them (drop --calib)"
+        )
     if settings.val and not recipe.scores_val:
         raise GlimmerError("--val reports classifier accuracy; check detectors with glimmer-check")
     out = Path(settings.out) if settings.out else source.path.parent
     name = settings.name or source.name
-    meta = dataclasses.replace(source.meta, batch=None if settings.dynamic_batch else settings.batch,
-                               precision="fp32")
+    meta = dataclasses.replace(
+        source.meta, batch=None if settings.dynamic_batch else settings.batch, precision="fp32"
+    )
 
     # Every input is read and checked before the first artifact is written.
     calib, val = None, None
     if settings.int8 and settings.calib:
         from glimmer.calibration.dataset import CalibrationSet, calibration_batch
 
-        calib = CalibrationSet(Path(settings.calib), meta, settings.calib_count,
-                               calibration_batch(settings.calib_count, meta))
+        calib = CalibrationSet(
+            Path(settings.calib),
+            meta,
+            settings.calib_count,
+            calibration_batch(settings.calib_count, meta),
+        )
         log(f"calibration: reading {calib.count} images from {settings.calib}")
         if settings.int8_mode == "calibrator" and meta.batch == 1:
-            log("note: a static batch-1 network is calibrated by TensorRT one image at a time, which gives "
-                "poor entropy scales; --dynamic-batch calibrates in one large batch")
+            log(
+                "note: a static batch-1 network is calibrated by TensorRT one image at a time, which gives "
+                "poor entropy scales; --dynamic-batch calibrates in one large batch"
+            )
         calib.data  # noqa: B018
     if settings.val:
         from .verify import load_labelled
@@ -166,28 +183,58 @@ def export(checkpoint: PathLike, settings: Optional[ExportSettings] = None, log:
     check = compare(reference, session, meta)
     limit = FP32_TOLERANCE * max(1.0, check["max_abs_reference"])
     if check["max_abs_diff"] > limit:
-        raise GlimmerError("FP32 ONNX disagrees with PyTorch: max abs difference {:.3g} > {:.3g}; nothing written"
-                           .format(check["max_abs_diff"], limit))
+        raise GlimmerError(
+            "FP32 ONNX disagrees with PyTorch: max abs difference {:.3g} > {:.3g}; nothing written".format(
+                check["max_abs_diff"], limit
+            )
+        )
     fp32_latency = latency_ms(session, latency_input(meta), settings.latency_runs)
-    report: Dict[str, Any] = {"tool": "glimmer-export", "source": {
-        "path": str(source.path), "kind": source.kind, "sha256": meta.source_sha256, "task": meta.task},
-        "settings": {"opset": settings.opset, "batch": meta.batch, "dynamic_batch": settings.dynamic_batch,
-                     "input_size": list(meta.input_size), "dilation_mode": settings.dilation_mode},
-        "dilation_lowering": lowering}
+    report: Dict[str, Any] = {
+        "tool": "glimmer-export",
+        "source": {
+            "path": str(source.path),
+            "kind": source.kind,
+            "sha256": meta.source_sha256,
+            "task": meta.task,
+        },
+        "settings": {
+            "opset": settings.opset,
+            "batch": meta.batch,
+            "dynamic_batch": settings.dynamic_batch,
+            "input_size": list(meta.input_size),
+            "dilation_mode": settings.dilation_mode,
+        },
+        "dilation_lowering": lowering,
+    }
     if val is not None:
         from .verify import score
 
-        report["val"] = {"images": len(val.truth), "unreadable": val.unreadable, "fp32": score(session, val)}
+        report["val"] = {
+            "images": len(val.truth),
+            "unreadable": val.unreadable,
+            "fp32": score(session, val),
+        }
     int8 = None
     if settings.int8:
         from .int8 import build_int8
 
-        int8, report["int8"] = build_int8(fp32, meta, reference, calib=calib, val=val, qat=qat,
-                                          method=settings.calib_method, max_drop=settings.int8_max_drop,
-                                          latency_runs=settings.latency_runs, log=log)
+        int8, report["int8"] = build_int8(
+            fp32,
+            meta,
+            reference,
+            calib=calib,
+            val=val,
+            qat=qat,
+            method=settings.calib_method,
+            max_drop=settings.int8_max_drop,
+            latency_runs=settings.latency_runs,
+            log=log,
+        )
         if val is not None:
             report["val"]["int8"] = report["int8"]["accuracy"]["int8_simulated"]
-            report["val"]["int8_onnxruntime_cpu"] = report["int8"]["accuracy"]["int8_onnxruntime_cpu"]
+            report["val"]["int8_onnxruntime_cpu"] = report["int8"]["accuracy"][
+                "int8_onnxruntime_cpu"
+            ]
 
     onnx_path = out / f"{name}.onnx"
     save_onnx(fp32, onnx_path)
@@ -198,16 +245,25 @@ def export(checkpoint: PathLike, settings: Optional[ExportSettings] = None, log:
     if int8 is not None:
         int8_path = out / f"{name}.int8.onnx"
         save_onnx(int8, int8_path)
-        entry = artifact_entry(int8_path, "onnx-int8", int8, report["int8"].pop("vs_pytorch"),
-                               report["int8"].pop("latency"))
+        entry = artifact_entry(
+            int8_path,
+            "onnx-int8",
+            int8,
+            report["int8"].pop("vs_pytorch"),
+            report["int8"].pop("latency"),
+        )
         artifacts.append(entry)
         speedup = fp32_latency["median_ms"] / entry["onnxruntime_cpu_latency"]["median_ms"]
         report["int8"].update(faster_than_fp32_on_this_cpu=speedup > 1.0, speedup_vs_fp32=speedup)
-        log(f"wrote {int8_path} (ONNX Runtime CPU: INT8 {entry['onnxruntime_cpu_latency']['median_ms']:.2f} ms "
-            f"vs FP32 {fp32_latency['median_ms']:.2f} ms)")
+        log(
+            f"wrote {int8_path} (ONNX Runtime CPU: INT8 {entry['onnxruntime_cpu_latency']['median_ms']:.2f} ms "
+            f"vs FP32 {fp32_latency['median_ms']:.2f} ms)"
+        )
     next_step = None
     if settings.fp16 or settings.int8:
-        report["engines"], next_step = export_engines(onnx_path, int8_path, calib, meta, out, name, settings, log)
+        report["engines"], next_step = export_engines(
+            onnx_path, int8_path, calib, meta, out, name, settings, log
+        )
     result = dict(report, report_path=str(write_report(out, report)))
     if next_step:
         result["next_step"] = next_step
@@ -219,27 +275,45 @@ def trt_calibrator(calib: Any, cache_path: Path) -> object:
     try:
         from glimmer.calibration.trt_calibrator import EntropyCalibrator
     except ImportError as exc:
-        raise GlimmerError(f"--int8-mode calibrator needs glimmer.calibration.trt_calibrator ({exc})") from None
+        raise GlimmerError(
+            f"--int8-mode calibrator needs glimmer.calibration.trt_calibrator ({exc})"
+        ) from None
     return EntropyCalibrator(calib, cache_path)
 
 
 def _job(onnx: Path, engine: Path, precision: str, meta: Any) -> Dict[str, Any]:
-    return {"onnx": onnx, "engine": engine, "precision": precision,
-            "meta": dataclasses.replace(meta, precision=precision)}
+    return {
+        "onnx": onnx,
+        "engine": engine,
+        "precision": precision,
+        "meta": dataclasses.replace(meta, precision=precision),
+    }
 
 
-def export_engines(onnx_path: Path, int8_path: Optional[Path], calib: Any, meta: Any, out: Path, name: str,
-                   settings: ExportSettings, log: Log = say) -> Tuple[Dict[str, Any], Optional[str]]:
+def export_engines(
+    onnx_path: Path,
+    int8_path: Optional[Path],
+    calib: Any,
+    meta: Any,
+    out: Path,
+    name: str,
+    settings: ExportSettings,
+    log: Log = say,
+) -> Tuple[Dict[str, Any], Optional[str]]:
     """(the report's ``engines`` record, the command for the target when they cannot be built here)."""
     usable, reason = trt_engines.tensorrt_status()
     flags = " ".join(f for f, on in (("--fp16", settings.fp16), ("--int8", settings.int8)) if on)
     if not usable:
         qdq = settings.int8_mode == "qdq" and int8_path is not None
         target_onnx = int8_path if qdq and not settings.fp16 else onnx_path
-        line = trt_engines.deferred_line(target_onnx, flags if target_onnx == onnx_path else "--int8", reason)
+        line = trt_engines.deferred_line(
+            target_onnx, flags if target_onnx == onnx_path else "--int8", reason
+        )
         if settings.fp16 and settings.int8 and qdq:
-            line = trt_engines.deferred_line(onnx_path, "--fp16", reason) + \
-                f"; for INT8: `glimmer-export {int8_path} --int8`"
+            line = (
+                trt_engines.deferred_line(onnx_path, "--fp16", reason)
+                + f"; for INT8: `glimmer-export {int8_path} --int8`"
+            )
         return {"built": [], "deferred": True, "reason": reason}, line
     jobs: List[Dict[str, Any]] = []
     if settings.fp16:
@@ -247,10 +321,13 @@ def export_engines(onnx_path: Path, int8_path: Optional[Path], calib: Any, meta:
     if settings.int8:
         job = _job(int8_path, out / f"{name}.int8.engine", "int8", meta)
         if settings.int8_mode == "calibrator":
-            job.update(onnx=onnx_path, calibrator=trt_calibrator(calib, out / f"{name}.calib.cache"))
+            job.update(
+                onnx=onnx_path, calibrator=trt_calibrator(calib, out / f"{name}.calib.cache")
+            )
         jobs.append(job)
-    built = trt_engines.build_engines(jobs, meta, out, dynamic_batch=settings.dynamic_batch,
-                                      max_batch=settings.max_batch, log=log)
+    built = trt_engines.build_engines(
+        jobs, meta, out, dynamic_batch=settings.dynamic_batch, max_batch=settings.max_batch, log=log
+    )
     return {"built": built, "deferred": False}, None
 
 
@@ -258,11 +335,15 @@ def build_onnx_engines(source: Any, settings: ExportSettings, log: Log = say) ->
     """The on-target engine step (``glimmer-export NAME.onnx --fp16|--int8``): engines from an ONNX
     that glimmer-export made, with the metadata it carries."""
     if not (settings.fp16 or settings.int8):
-        raise GlimmerError(f"{source.path} is already an ONNX: give --fp16 or --int8 to build a TensorRT engine")
+        raise GlimmerError(
+            f"{source.path} is already an ONNX: give --fp16 or --int8 to build a TensorRT engine"
+        )
     meta = source.meta
     if settings.int8 and meta.precision != "int8" and settings.int8_mode != "calibrator":
-        raise GlimmerError(f"{source.path} is not an INT8 (Q/DQ) ONNX: use NAME.int8.onnx, or --int8-mode "
-                           "calibrator --calib DIR")
+        raise GlimmerError(
+            f"{source.path} is not an INT8 (Q/DQ) ONNX: use NAME.int8.onnx, or --int8-mode "
+            "calibrator --calib DIR"
+        )
     if settings.int8 and settings.int8_mode == "calibrator" and not settings.calib:
         raise GlimmerError("--int8-mode calibrator needs --calib DIR")
     usable, reason = trt_engines.tensorrt_status()
@@ -277,12 +358,19 @@ def build_onnx_engines(source: Any, settings: ExportSettings, log: Log = say) ->
         if settings.int8_mode == "calibrator":
             from glimmer.calibration.dataset import CalibrationSet, calibration_batch
 
-            calib = CalibrationSet(Path(settings.calib), meta, settings.calib_count,
-                                   calibration_batch(settings.calib_count, meta))
+            calib = CalibrationSet(
+                Path(settings.calib),
+                meta,
+                settings.calib_count,
+                calibration_batch(settings.calib_count, meta),
+            )
             job["calibrator"] = trt_calibrator(calib, out / f"{source.name}.calib.cache")
         jobs.append(job)
-    built = trt_engines.build_engines(jobs, meta, out, dynamic_batch=meta.batch is None,
-                                      max_batch=settings.max_batch, log=log)
-    return {"tool": "glimmer-export", "source": {"path": str(source.path), "kind": source.kind,
-                                                 "task": meta.task},
-            "engines": {"built": built, "deferred": False}}
+    built = trt_engines.build_engines(
+        jobs, meta, out, dynamic_batch=meta.batch is None, max_batch=settings.max_batch, log=log
+    )
+    return {
+        "tool": "glimmer-export",
+        "source": {"path": str(source.path), "kind": source.kind, "task": meta.task},
+        "engines": {"built": built, "deferred": False},
+    }

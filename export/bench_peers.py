@@ -10,6 +10,7 @@
 
 Each raises :class:`PeerUnavailable` with the reason when it cannot run here, never crashes the run.
 """
+
 from pathlib import Path
 from typing import Callable
 
@@ -39,8 +40,10 @@ class TorchPeer(Peer):
             return source.model
         extra = ctx.meta.extra or {}
         if ctx.meta.task != "classify" or not isinstance(extra.get("config"), dict):
-            raise PeerUnavailable("the model's metadata has no extra.config to rebuild it from: give "
-                                  "the checkpoint as torch=PATH.pt")
+            raise PeerUnavailable(
+                "the model's metadata has no extra.config to rebuild it from: give "
+                "the checkpoint as torch=PATH.pt"
+            )
         from glimmer.models.glimmernet import build_model
 
         try:
@@ -54,7 +57,9 @@ class TorchPeer(Peer):
         try:
             import torch
         except ImportError:
-            raise PeerUnavailable("torch is not installed (pip install 'glimmer-edge[export]')") from None
+            raise PeerUnavailable(
+                "torch is not installed (pip install 'glimmer-edge[export]')"
+            ) from None
         model = self._model(ctx).float().eval()
         if ctx.threads:
             torch.set_num_threads(ctx.threads)
@@ -93,6 +98,8 @@ class UltralyticsPeer(Peer):
         def step():
             frame = frames[state["i"] % len(frames)]
             state["i"] += 1
-            return model.predict(frame, imgsz=(h, w), device="cpu", verbose=False, conf=0.25, iou=0.45)
+            return model.predict(
+                frame, imgsz=(h, w), device="cpu", verbose=False, conf=0.25, iou=0.45
+            )
 
         return step

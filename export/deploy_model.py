@@ -26,6 +26,7 @@ nothing new here. The slots must come in the order ``stem (blocks+ aggregator po
 The module is tied to one input size (the Aggregator's constant shapes, the GRN's eps); the batch is
 free.
 """
+
 import re
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Sequence, Tuple, Type
@@ -107,18 +108,25 @@ def rewritable_modules(model: nn.Module) -> List[nn.Module]:
 
 
 @torch.no_grad()
-def module_sites(model: nn.Module, modules: Sequence[nn.Module], mode: str,
-                 input_size: Tuple[int, int]) -> List[Site]:
+def module_sites(
+    model: nn.Module, modules: Sequence[nn.Module], mode: str, input_size: Tuple[int, int]
+) -> List[Site]:
     """The site of each of ``modules`` (in data order), found by running ``model`` once: its input
     size, and the streams of the GDBlock after it (or its whole output as one stream)."""
     spatial: Dict[int, Tuple[int, ...]] = {}
     channels: Dict[int, int] = {}
     hooks = []
     for i, module in enumerate(modules):
-        hooks.append(module.register_forward_pre_hook(
-            lambda _m, args, i=i: spatial.__setitem__(i, tuple(args[0].shape[2:]))))
-        hooks.append(module.register_forward_hook(
-            lambda _m, _args, out, i=i: channels.__setitem__(i, int(out.shape[1]))))
+        hooks.append(
+            module.register_forward_pre_hook(
+                lambda _m, args, i=i: spatial.__setitem__(i, tuple(args[0].shape[2:]))
+            )
+        )
+        hooks.append(
+            module.register_forward_hook(
+                lambda _m, _args, out, i=i: channels.__setitem__(i, int(out.shape[1]))
+            )
+        )
     try:
         model.eval()(torch.zeros(1, 3, int(input_size[0]), int(input_size[1])))
     finally:
@@ -130,8 +138,10 @@ def module_sites(model: nn.Module, modules: Sequence[nn.Module], mode: str,
         if isinstance(module, GDBlock):
             streams = tuple(block_streams(module, mode))
             if sites and sites[-1].streams != streams:
-                raise ValueError(f"GDBlock streams {list(streams)} differ from its input's "
-                                 f"{list(sites[-1].streams)}")
+                raise ValueError(
+                    f"GDBlock streams {list(streams)} differ from its input's "
+                    f"{list(sites[-1].streams)}"
+                )
         elif isinstance(nxt, GDBlock):
             streams = tuple(block_streams(nxt, mode))
         else:
@@ -140,19 +150,24 @@ def module_sites(model: nn.Module, modules: Sequence[nn.Module], mode: str,
     return sites
 
 
-def rewrite_modules(model: nn.Module, mode: str, input_size: Tuple[int, int]) -> List[Tuple[str, nn.Module]]:
+def rewrite_modules(
+    model: nn.Module, mode: str, input_size: Tuple[int, int]
+) -> List[Tuple[str, nn.Module]]:
     """(slot, rewritten module) for every module with a rule, in data order."""
     modules = rewritable_modules(model)
     sites = module_sites(model, modules, mode, input_size)
     rules = [rule_for(module) for module in modules]
-    return [(rule.slot, rule.rewrite(module, site)) for rule, module, site in zip(rules, modules, sites)]
+    return [
+        (rule.slot, rule.rewrite(module, site)) for rule, module, site in zip(rules, modules, sites)
+    ]
 
 
 class DeployStage(nn.Module):
     """GDBlocks on streams -> Aggregator -> pool -> GRN (cutting the next stage's streams)."""
 
-    def __init__(self, blocks: Sequence[nn.Module], aggregator: nn.Module, pool: nn.Module,
-                 grn: nn.Module) -> None:
+    def __init__(
+        self, blocks: Sequence[nn.Module], aggregator: nn.Module, pool: nn.Module, grn: nn.Module
+    ) -> None:
         super().__init__()
         self.blocks = nn.ModuleList(blocks)
         self.aggregator = aggregator
@@ -165,7 +180,9 @@ class DeployStage(nn.Module):
         return self.grn(self.pool(self.aggregator(cat_streams(streams), dense)))
 
 
-def assemble(parts: Sequence[Tuple[str, nn.Module]]) -> Tuple[nn.Module, List[DeployStage], nn.Module, nn.Module]:
+def assemble(
+    parts: Sequence[Tuple[str, nn.Module]],
+) -> Tuple[nn.Module, List[DeployStage], nn.Module, nn.Module]:
     """(stem, stages, refiner, fc) from the rewritten modules in data order."""
     slots = " ".join(slot for slot, _ in parts)
     if not LAYOUT.fullmatch(slots):

@@ -15,6 +15,7 @@ loses least, then, if the drop from FP32 is still over ``--int8-max-drop``, meas
 group quantised alone and leaves the most sensitive groups in float until the budget holds
 (TensorRT then runs them in FP16 with ``--fp16`` builder flags).
 """
+
 import contextlib
 import dataclasses
 import io
@@ -64,13 +65,21 @@ def _groups(model: onnx.ModelProto) -> Dict[str, int]:
     return out
 
 
-def layer_table(model: onnx.ModelProto, targets: Sequence[QuantTarget], float_groups: Sequence[str]
-                ) -> List[Dict[str, Any]]:
+def layer_table(
+    model: onnx.ModelProto, targets: Sequence[QuantTarget], float_groups: Sequence[str]
+) -> List[Dict[str, Any]]:
     """One row per quantisable layer: its group, whether it stayed float, TensorRT's INT8 support."""
     groups = _groups(model)
-    return [{"layer": t.layer, "group": layer_group(t.layer), "op": t.op,
-             "precision": "float" if layer_group(t.layer) in float_groups else "int8",
-             "tensorrt": tensorrt_int8(t, groups.get(t.node, 1))} for t in targets]
+    return [
+        {
+            "layer": t.layer,
+            "group": layer_group(t.layer),
+            "op": t.op,
+            "precision": "float" if layer_group(t.layer) in float_groups else "int8",
+            "tensorrt": tensorrt_int8(t, groups.get(t.node, 1)),
+        }
+        for t in targets
+    ]
 
 
 class Int8Builder:
@@ -83,8 +92,13 @@ class Int8Builder:
         log: progress lines.
     """
 
-    def __init__(self, fp32: onnx.ModelProto, score: Optional[Callable[[onnx.ModelProto, bool], float]],
-                 log: Callable[[str], None] = lambda line: None, weight_bits: int = 8) -> None:
+    def __init__(
+        self,
+        fp32: onnx.ModelProto,
+        score: Optional[Callable[[onnx.ModelProto, bool], float]],
+        log: Callable[[str], None] = lambda line: None,
+        weight_bits: int = 8,
+    ) -> None:
         self.fp32 = fp32
         self.weight_bits = weight_bits
         self.score = score
@@ -98,8 +112,12 @@ class Int8Builder:
         with contextlib.redirect_stdout(io.StringIO()):
             return activation_amax(self.fp32, self.activations, calib, method, INPUT_NAME)
 
-    def quantize(self, amax: Mapping[str, float], float_groups: Sequence[str] = (),
-                 weight_bits: Optional[int] = None) -> onnx.ModelProto:
+    def quantize(
+        self,
+        amax: Mapping[str, float],
+        float_groups: Sequence[str] = (),
+        weight_bits: Optional[int] = None,
+    ) -> onnx.ModelProto:
         chosen = [t for t in self.targets if layer_group(t.layer) not in float_groups]
         return insert_qdq(self.fp32, amax, chosen, weight_bits or self.weight_bits)
 
@@ -121,13 +139,19 @@ class Int8Builder:
         weighted F1 is within ``max_drop`` of FP32 (needs a labelled set)."""
         assert self.score is not None and self.fp32_f1 is not None
         full = self.score(self.quantize(amax), True)
-        record: Dict[str, Any] = {"max_drop": max_drop, "f1_all_int8": full, "float_groups": [],
-                                  "sensitivity": {}}
+        record: Dict[str, Any] = {
+            "max_drop": max_drop,
+            "f1_all_int8": full,
+            "float_groups": [],
+            "sensitivity": {},
+        }
         groups = list(dict.fromkeys(layer_group(t.layer) for t in self.targets))
         self.log(f"INT8 sensitivity: {len(groups)} layer groups, each quantised alone")
         for group in groups:
             others = [g for g in groups if g != group]
-            record["sensitivity"][group] = self.fp32_f1 - self.score(self.quantize(amax, others), True)
+            record["sensitivity"][group] = self.fp32_f1 - self.score(
+                self.quantize(amax, others), True
+            )
         order = sorted(groups, key=lambda g: (-record["sensitivity"][g], groups.index(g)))
         floats: List[str] = []
         f1 = full
@@ -137,30 +161,47 @@ class Int8Builder:
             floats.append(group)
             f1 = self.score(self.quantize(amax, floats), True)
             self.log(f"  {group} left in float: simulated F1 {f1:.4f}")
-        record.update(float_groups=floats, f1_simulated=f1, drop_simulated=self.fp32_f1 - f1,
-                      budget_met=self.fp32_f1 - f1 <= max_drop)
+        record.update(
+            float_groups=floats,
+            f1_simulated=f1,
+            drop_simulated=self.fp32_f1 - f1,
+            budget_met=self.fp32_f1 - f1 <= max_drop,
+        )
         return record
 
 
 def int8_meta(meta: ModelMeta, record: Mapping[str, Any]) -> Dict[str, Any]:
     """What the runtime needs to know about an INT8 file: weight grid, placement, origin of scales."""
-    return {"weight_bits": int(record.get("weight_bits", 8)), "placement": "tensorrt (Conv/Gemm inputs and weights)",
-            "scales": record.get("scales", "calibration"), "calibration": record.get("method"),
-            "float_groups": list(record.get("float_groups", []))}
+    return {
+        "weight_bits": int(record.get("weight_bits", 8)),
+        "placement": "tensorrt (Conv/Gemm inputs and weights)",
+        "scales": record.get("scales", "calibration"),
+        "calibration": record.get("method"),
+        "float_groups": list(record.get("float_groups", [])),
+    }
 
 
-def quantize_ptq(fp32: onnx.ModelProto, calib, method: str = "minmax", weight_bits: int = 8) -> onnx.ModelProto:
+def quantize_ptq(
+    fp32: onnx.ModelProto, calib, method: str = "minmax", weight_bits: int = 8
+) -> onnx.ModelProto:
     """Post-training quantisation of every Conv / Gemm with one calibration method, no budget."""
     builder = Int8Builder(fp32, None)
     return builder.quantize(builder.amax(calib, method), weight_bits=weight_bits)
 
 
-
-
-def build_int8(fp32: onnx.ModelProto, meta: ModelMeta, reference, *, calib=None, val=None,
-               qat: Optional[Mapping[str, Any]] = None, method: str = "auto", max_drop: float = DEFAULT_MAX_DROP,
-               latency_runs: int = 100, log: Callable[[str], None] = lambda line: None
-               ) -> Tuple[onnx.ModelProto, Dict[str, Any]]:
+def build_int8(
+    fp32: onnx.ModelProto,
+    meta: ModelMeta,
+    reference,
+    *,
+    calib=None,
+    val=None,
+    qat: Optional[Mapping[str, Any]] = None,
+    method: str = "auto",
+    max_drop: float = DEFAULT_MAX_DROP,
+    latency_runs: int = 100,
+    log: Callable[[str], None] = lambda line: None,
+) -> Tuple[onnx.ModelProto, Dict[str, Any]]:
     """The INT8 Q/DQ model of ``fp32`` and its report record (nothing is written here).
 
     Scales come from ``qat`` (a quantization-aware-trained checkpoint's) or from ``calib``; with a
@@ -173,12 +214,16 @@ def build_int8(fp32: onnx.ModelProto, meta: ModelMeta, reference, *, calib=None,
     from .verify import compare, integer_kernels, latency_input, latency_ms, ort_session, score
 
     def f1(model: onnx.ModelProto, simulated: bool) -> float:
-        return score(ort_session(model.SerializeToString(), simulate_qdq=simulated), val)["f1_weighted"]
+        return score(ort_session(model.SerializeToString(), simulate_qdq=simulated), val)[
+            "f1_weighted"
+        ]
 
     weight_bits = int(qat.get("weight_bits", 8)) if qat else 8
     builder = Int8Builder(fp32, f1 if val is not None else None, log, weight_bits)
-    record: Dict[str, Any] = {"placement": "tensorrt: Q/DQ on the inputs and weights of Conv and Gemm, "
-                              "symmetric, per-channel weights, float elsewhere"}
+    record: Dict[str, Any] = {
+        "placement": "tensorrt: Q/DQ on the inputs and weights of Conv and Gemm, "
+        "symmetric, per-channel weights, float elsewhere"
+    }
     if qat:
         from .qat import qat_activation_amax
 
@@ -186,27 +231,44 @@ def build_int8(fp32: onnx.ModelProto, meta: ModelMeta, reference, *, calib=None,
         record["scales"] = "quantization-aware training"
         record["qat"] = {k: v for k, v in qat.items() if k != "activation_amax"}
     else:
-        methods = list(METHODS) if method == "auto" and val is not None else ["minmax" if method == "auto" else method]
+        methods = (
+            list(METHODS)
+            if method == "auto" and val is not None
+            else ["minmax" if method == "auto" else method]
+        )
         chosen = builder.choose_method(calib, methods)
         amax = chosen["amax"]
         record["scales"] = "calibration"
-        record["calibration"] = {"dir": str(calib.root), "images": calib.count,
-                                 "unreadable_skipped": len(calib.skipped), "method": chosen["method"],
-                                 "requested": method, "f1_simulated_by_method": chosen["f1_simulated_by_method"]}
+        record["calibration"] = {
+            "dir": str(calib.root),
+            "images": calib.count,
+            "unreadable_skipped": len(calib.skipped),
+            "method": chosen["method"],
+            "requested": method,
+            "f1_simulated_by_method": chosen["f1_simulated_by_method"],
+        }
     float_groups: List[str] = []
     if val is not None:
         record["budget"] = builder.fit_budget(amax, max_drop)
         float_groups = record["budget"]["float_groups"]
     else:
-        record["budget"] = {"max_drop": max_drop, "checked": False, "reason": "no --val: accuracy not measured"}
+        record["budget"] = {
+            "max_drop": max_drop,
+            "checked": False,
+            "reason": "no --val: accuracy not measured",
+        }
     record["weight_bits"] = weight_bits
     record["method"] = record.get("calibration", {}).get("method")
     record["float_groups"] = float_groups
     model = builder.quantize(amax, float_groups)
-    int8_meta_ = dataclasses.replace(meta, precision="int8", extra=dict(meta.extra, int8=int8_meta(meta, record)))
+    int8_meta_ = dataclasses.replace(
+        meta, precision="int8", extra=dict(meta.extra, int8=int8_meta(meta, record))
+    )
     attach_metadata(model, int8_meta_)
     record["layers"] = layer_table(fp32, builder.targets, float_groups)
-    on_trt = sum(1 for row in record["layers"] if row["precision"] == "int8" and row["tensorrt"] == "int8")
+    on_trt = sum(
+        1 for row in record["layers"] if row["precision"] == "int8" and row["tensorrt"] == "int8"
+    )
     record["tensorrt_int8_layers"] = {"int8": on_trt, "of": len(record["layers"])}
 
     cpu = cpu_facts()
@@ -215,24 +277,38 @@ def build_int8(fp32: onnx.ModelProto, meta: ModelMeta, reference, *, calib=None,
     simulated = ort_session(model.SerializeToString(), simulate_qdq=True)
     kernels = ort_session(model.SerializeToString(), simulate_qdq=mode == "simulated")
     # Agreement on the images INT8 is calibrated for (noise lies outside the calibrated ranges).
-    images = {"val" if val is not None else "calibration": _even(val.inputs if val is not None else calib.data,
-                                                                  meta.batch)}
-    record["vs_pytorch"] = dict(compare(reference, simulated, meta, inputs=images), how=SIMULATED_HOW)
-    record["vs_pytorch_onnxruntime_cpu"] = dict(compare(reference, kernels, meta, inputs=images), how=KERNELS_HOW,
-                                                cpu=cpu.description)
+    images = {
+        "val" if val is not None else "calibration": _even(
+            val.inputs if val is not None else calib.data, meta.batch
+        )
+    }
+    record["vs_pytorch"] = dict(
+        compare(reference, simulated, meta, inputs=images), how=SIMULATED_HOW
+    )
+    record["vs_pytorch_onnxruntime_cpu"] = dict(
+        compare(reference, kernels, meta, inputs=images), how=KERNELS_HOW, cpu=cpu.description
+    )
     record["latency"] = latency_ms(kernels, latency_input(meta), latency_runs)
     if val is not None:
         accuracy: Dict[str, Any] = {"fp32": builder.fp32_f1}
         accuracy["int8_simulated"] = dict(score(simulated, val), how=SIMULATED_HOW)
-        accuracy["int8_onnxruntime_cpu"] = dict(score(kernels, val), how=KERNELS_HOW, cpu=cpu.description,
-                                                cpu_saturates_u8s8=cpu.saturates,
-                                                execution=record["onnxruntime_cpu_execution"],
-                                                integer_kernels=integer_kernels(model.SerializeToString()))
+        accuracy["int8_onnxruntime_cpu"] = dict(
+            score(kernels, val),
+            how=KERNELS_HOW,
+            cpu=cpu.description,
+            cpu_saturates_u8s8=cpu.saturates,
+            execution=record["onnxruntime_cpu_execution"],
+            integer_kernels=integer_kernels(model.SerializeToString()),
+        )
         if weight_bits > 7:
             narrow = builder.quantize(amax, float_groups, 7)
-            accuracy["int8_reduce_range_simulated"] = dict(f1_weighted=f1(narrow, True), how=(
-                "7-bit weights (ONNX Runtime's reduce_range), simulated: what fused kernels compute on x86 "
-                "without VNNI, where 8-bit weights saturate"))
+            accuracy["int8_reduce_range_simulated"] = dict(
+                f1_weighted=f1(narrow, True),
+                how=(
+                    "7-bit weights (ONNX Runtime's reduce_range), simulated: what fused kernels compute on x86 "
+                    "without VNNI, where 8-bit weights saturate"
+                ),
+            )
         record["accuracy"] = accuracy
     return model, record
 
@@ -240,13 +316,15 @@ def build_int8(fp32: onnx.ModelProto, meta: ModelMeta, reference, *, calib=None,
 def _even(x, batch: Optional[int]):
     """``x`` cut to whole static batches (a dynamic batch is checked at 2, as the FP32 check is)."""
     size = batch or 2
-    return x[:max(size, len(x) // size * size)]
+    return x[: max(size, len(x) // size * size)]
 
 
 SIMULATED_HOW = "Q/DQ simulated in float (ONNX Runtime with Q/DQ fusion off): what TensorRT computes, up to rounding"
-KERNELS_HOW = ("ONNX Runtime CPU as glimmer-run runs the file on this machine (int8_kernels auto: see "
-               "execution); integer_kernels: the nodes ONNX Runtime fuses into integer arithmetic when "
-               "its Q/DQ fusion is on")
+KERNELS_HOW = (
+    "ONNX Runtime CPU as glimmer-run runs the file on this machine (int8_kernels auto: see "
+    "execution); integer_kernels: the nodes ONNX Runtime fuses into integer arithmetic when "
+    "its Q/DQ fusion is on"
+)
 
 
 def summary_lines(record: Mapping[str, Any]) -> List[str]:
@@ -264,16 +342,22 @@ def summary_lines(record: Mapping[str, Any]) -> List[str]:
     if accuracy:
         sim = accuracy["int8_simulated"]["f1_weighted"]
         cpu = accuracy["int8_onnxruntime_cpu"]
-        lines.append(f"INT8 weighted F1: fp32 {accuracy['fp32']:.4f}, int8 simulated (as TensorRT) {sim:.4f}, "
-                     f"ONNX Runtime CPU {cpu['f1_weighted']:.4f} on {cpu['cpu']} "
-                     f"({cpu['integer_kernels']} nodes as integer kernels)")
+        lines.append(
+            f"INT8 weighted F1: fp32 {accuracy['fp32']:.4f}, int8 simulated (as TensorRT) {sim:.4f}, "
+            f"ONNX Runtime CPU {cpu['f1_weighted']:.4f} on {cpu['cpu']} "
+            f"({cpu['integer_kernels']} nodes as integer kernels)"
+        )
         budget = record["budget"]
         floats = ", ".join(budget["float_groups"]) or "none"
-        lines.append(f"INT8 budget: drop {budget['drop_simulated']:.4f} <= {budget['max_drop']} "
-                     f"({'met' if budget['budget_met'] else 'NOT met'}); layers left float: {floats}")
+        lines.append(
+            f"INT8 budget: drop {budget['drop_simulated']:.4f} <= {budget['max_drop']} "
+            f"({'met' if budget['budget_met'] else 'NOT met'}); layers left float: {floats}"
+        )
     else:
         lines.append("INT8 accuracy: not measured (no --val)")
     trt = record["tensorrt_int8_layers"]
-    lines.append(f"TensorRT runs {trt['int8']} of {trt['of']} quantised layers in INT8 (the rest FP16: "
-                 "depthwise or odd-group convs, per its docs; see the report's layers)")
+    lines.append(
+        f"TensorRT runs {trt['int8']} of {trt['of']} quantised layers in INT8 (the rest FP16: "
+        "depthwise or odd-group convs, per its docs; see the report's layers)"
+    )
     return lines

@@ -10,6 +10,7 @@
 The kind comes from :func:`glimmer.models.checkpoint.sniff_kind`, which reads the pickle's bytes
 without unpickling, so an unknown file is refused before anything is loaded.
 """
+
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Optional, Tuple
@@ -65,8 +66,10 @@ def load_source(path: Path, img_size: Optional[int] = None) -> Source:
         return _from_glimmer(path, img_size)
     if kind == "ultralytics":
         return _from_ultralytics(path, img_size)
-    raise GlimmerError(f"{path}: not a checkpoint glimmer-export knows (expected our .pt, a reference GlimmerNet "
-                       ".ckpt, an ultralytics YOLOv8 .pt or an .onnx)")
+    raise GlimmerError(
+        f"{path}: not a checkpoint glimmer-export knows (expected our .pt, a reference GlimmerNet "
+        ".ckpt, an ultralytics YOLOv8 .pt or an .onnx)"
+    )
 
 
 def _square(size: Optional[int], default: Tuple[int, int]) -> Tuple[int, int]:
@@ -77,8 +80,15 @@ def _from_glimmer(path: Path, img_size: Optional[int]) -> Source:
     ck = load_checkpoint(path)
     size = _square(img_size, ck.input_size)
     meta = ck.meta(input_size=size)
-    return Source(kind=ck.kind, path=path, name=path.stem, meta=meta, model=ck.model.eval(),
-                  info={"arch": ck.arch, "provenance": ck.provenance}, qat=ck.qat)
+    return Source(
+        kind=ck.kind,
+        path=path,
+        name=path.stem,
+        meta=meta,
+        model=ck.model.eval(),
+        info={"arch": ck.arch, "provenance": ck.provenance},
+        qat=ck.qat,
+    )
 
 
 def _from_ultralytics(path: Path, img_size: Optional[int]) -> Source:
@@ -93,22 +103,45 @@ def _from_ultralytics(path: Path, img_size: Optional[int]) -> Source:
     default = (train_imgsz, train_imgsz) if isinstance(train_imgsz, int) else tuple(train_imgsz)
     size = _square(img_size, default)
     if size[0] % stride or size[1] % stride:
-        raise GlimmerError(f"--img-size {size[0]} is not a multiple of the detector's stride {stride}")
+        raise GlimmerError(
+            f"--img-size {size[0]} is not a multiple of the detector's stride {stride}"
+        )
     names = model.names if isinstance(model.names, dict) else dict(enumerate(model.names))
-    meta = ModelMeta(task="detect", name=path.stem, class_names=[names[k] for k in sorted(names)],
-                     input_size=size, channel_order="RGB", scale=1.0 / 255.0, letterbox=True,
-                     pad_value=114, stride=stride, source_sha256=sha256_file(path),
-                     extra={"arch": "yolov8", "ultralytics_yaml": str(getattr(model, "yaml", {}).get("yaml_file", ""))})
-    return Source(kind="ultralytics", path=path, name=path.stem, meta=meta, model=model,
-                  info={"train_args_imgsz": train_imgsz})
+    meta = ModelMeta(
+        task="detect",
+        name=path.stem,
+        class_names=[names[k] for k in sorted(names)],
+        input_size=size,
+        channel_order="RGB",
+        scale=1.0 / 255.0,
+        letterbox=True,
+        pad_value=114,
+        stride=stride,
+        source_sha256=sha256_file(path),
+        extra={
+            "arch": "yolov8",
+            "ultralytics_yaml": str(getattr(model, "yaml", {}).get("yaml_file", "")),
+        },
+    )
+    return Source(
+        kind="ultralytics",
+        path=path,
+        name=path.stem,
+        meta=meta,
+        model=model,
+        info={"train_args_imgsz": train_imgsz},
+    )
 
 
 def prepare_detector(model: torch.nn.Module, dynamic_batch: bool) -> torch.nn.Module:
     """Fuse Conv+BN and switch the Detect head to export output ``[B, 4 + nc, anchors]`` (xywh)."""
     model = model.fuse(verbose=False) if hasattr(model, "fuse") else model
     for module in model.modules():
-        if type(module).__name__ in ("Detect", "Pose", "Segment", "OBB") or hasattr(module, "export") \
-                and hasattr(module, "format"):
+        if (
+            type(module).__name__ in ("Detect", "Pose", "Segment", "OBB")
+            or hasattr(module, "export")
+            and hasattr(module, "format")
+        ):
             module.export = True
             module.format = "onnx"
             module.dynamic = dynamic_batch
@@ -118,8 +151,8 @@ def prepare_detector(model: torch.nn.Module, dynamic_batch: bool) -> torch.nn.Mo
 def _from_onnx(path: Path) -> Source:
     model = load_onnx(path)
     meta = read_metadata(model, str(path))
-    name = path.name[:-len(".onnx")]
+    name = path.name[: -len(".onnx")]
     for suffix in (".int8", ".fp16", ".fp32"):
         if name.endswith(suffix):
-            name = name[:-len(suffix)]
+            name = name[: -len(suffix)]
     return Source(kind="onnx", path=path, name=name, meta=meta, onnx_model=model)

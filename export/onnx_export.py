@@ -11,6 +11,7 @@ real work only.
 Output: an ONNX with our metadata, a static or dynamic batch, opset 17 by default; the metadata
 schema is in :mod:`glimmer.runtime.core.metadata`.
 """
+
 import io
 import warnings
 from collections import Counter
@@ -29,20 +30,72 @@ DEFAULT_OPSET = 17
 INPUT_NAME = "images"
 
 #: ops seen in our graphs that TensorRT's ONNX parser imports from 8.4 on (its operators.md).
-TRT_84_OPS = frozenset({
-    "Add", "AveragePool", "Clip", "Concat", "Conv", "DequantizeLinear", "Div", "Flatten", "Gemm",
-    "GlobalAveragePool", "MatMul", "MaxPool", "Mul", "QuantizeLinear", "ReduceL2", "ReduceMean",
-    "ReduceSum", "Relu", "Reshape", "Resize", "Sigmoid", "Softmax", "Split", "Sqrt", "Sub",
-    "Transpose", "Slice", "Unsqueeze", "Squeeze", "BatchNormalization", "Pow",
-    "Identity", "Shape", "Gather", "Cast", "Range", "Expand", "ConstantOfShape", "Tile", "Equal",
-    "Where", "Exp", "Log", "Tanh", "Max", "Min", "ReduceMax", "TopK", "HardSigmoid", "LeakyRelu",
-})
+TRT_84_OPS = frozenset(
+    {
+        "Add",
+        "AveragePool",
+        "Clip",
+        "Concat",
+        "Conv",
+        "DequantizeLinear",
+        "Div",
+        "Flatten",
+        "Gemm",
+        "GlobalAveragePool",
+        "MatMul",
+        "MaxPool",
+        "Mul",
+        "QuantizeLinear",
+        "ReduceL2",
+        "ReduceMean",
+        "ReduceSum",
+        "Relu",
+        "Reshape",
+        "Resize",
+        "Sigmoid",
+        "Softmax",
+        "Split",
+        "Sqrt",
+        "Sub",
+        "Transpose",
+        "Slice",
+        "Unsqueeze",
+        "Squeeze",
+        "BatchNormalization",
+        "Pow",
+        "Identity",
+        "Shape",
+        "Gather",
+        "Cast",
+        "Range",
+        "Expand",
+        "ConstantOfShape",
+        "Tile",
+        "Equal",
+        "Where",
+        "Exp",
+        "Log",
+        "Tanh",
+        "Max",
+        "Min",
+        "ReduceMax",
+        "TopK",
+        "HardSigmoid",
+        "LeakyRelu",
+    }
+)
 #: ops that mark dynamic-shape arithmetic or slow scatter paths: never in our GlimmerNet graphs.
 CRUFT_OPS = ("ScatterND", "Shape", "Gather", "Slice", "ConstantOfShape", "Range", "Expand")
 
 
-def export_onnx(module: torch.nn.Module, example: torch.Tensor, *, opset: int = DEFAULT_OPSET,
-                dynamic_batch: bool = False, output_names: Sequence[str] = ("output",)) -> onnx.ModelProto:
+def export_onnx(
+    module: torch.nn.Module,
+    example: torch.Tensor,
+    *,
+    opset: int = DEFAULT_OPSET,
+    dynamic_batch: bool = False,
+    output_names: Sequence[str] = ("output",),
+) -> onnx.ModelProto:
     """Trace ``module`` on ``example`` with the TorchScript exporter and tidy the graph."""
     buf = io.BytesIO()
     axes = None
@@ -52,11 +105,21 @@ def export_onnx(module: torch.nn.Module, example: torch.Tensor, *, opset: int = 
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # TracerWarnings and the dynamo=False deprecation notice
         try:
-            torch.onnx.export(module.eval(), (example,), buf, dynamo=False, opset_version=opset,
-                              input_names=[INPUT_NAME], output_names=list(output_names),
-                              dynamic_axes=axes, do_constant_folding=True)
+            torch.onnx.export(
+                module.eval(),
+                (example,),
+                buf,
+                dynamo=False,
+                opset_version=opset,
+                input_names=[INPUT_NAME],
+                output_names=list(output_names),
+                dynamic_axes=axes,
+                do_constant_folding=True,
+            )
         except Exception as exc:  # the exporter raises many types; the message is what users need
-            raise GlimmerError(f"torch.onnx.export failed at opset {opset}: {str(exc).splitlines()[0]}") from None
+            raise GlimmerError(
+                f"torch.onnx.export failed at opset {opset}: {str(exc).splitlines()[0]}"
+            ) from None
     model = onnx.load_from_string(buf.getvalue())
     constants_to_initializers(model)
     onnx.checker.check_model(model)
@@ -70,13 +133,22 @@ def constants_to_initializers(model: onnx.ModelProto) -> None:
     init_names = {t.name for t in graph.initializer}
     rename: Dict[str, str] = {}
     for node in graph.node:
-        if node.op_type == "Constant" and len(node.attribute) == 1 and node.attribute[0].name == "value":
-            tensor = numpy_helper.from_array(numpy_helper.to_array(node.attribute[0].t), node.output[0])
+        if (
+            node.op_type == "Constant"
+            and len(node.attribute) == 1
+            and node.attribute[0].name == "value"
+        ):
+            tensor = numpy_helper.from_array(
+                numpy_helper.to_array(node.attribute[0].t), node.output[0]
+            )
             graph.initializer.append(tensor)
             init_names.add(node.output[0])
             continue
-        if node.op_type == "Identity" and node.input[0] in init_names and \
-                node.output[0] not in {o.name for o in graph.output}:
+        if (
+            node.op_type == "Identity"
+            and node.input[0] in init_names
+            and node.output[0] not in {o.name for o in graph.output}
+        ):
             rename[node.output[0]] = node.input[0]
             continue
         keep.append(node)
@@ -123,7 +195,9 @@ def load_onnx(path: Path) -> onnx.ModelProto:
     try:
         return onnx.load(str(path))
     except Exception as exc:  # protobuf DecodeError, OSError...
-        raise GlimmerError(f"{path}: not a readable ONNX model: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+        raise GlimmerError(
+            f"{path}: not a readable ONNX model: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+        ) from None
 
 
 def input_shape(model: onnx.ModelProto) -> List[Optional[int]]:

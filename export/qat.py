@@ -20,6 +20,7 @@ deploy layer (weight name)              training module                 deploy s
 Every stream of a GDBlock reads the one range of the whole block input, which is why the streams
 of every dilation mode (split, aligned, embed) quantise alike.
 """
+
 import re
 from typing import Any, Dict, Mapping, Optional, Tuple
 
@@ -62,9 +63,13 @@ def qat_activation_amax(model: onnx.ModelProto, qat: Mapping[str, Any]) -> Dict[
         module = training_module(target.layer)
         if module is None or module not in ranges:
             where = f"training module {module!r}" if module else "no GlimmerNet training module"
-            raise GlimmerError(f"layer {target.layer!r} has no QAT activation range ({where}); "
-                               "was the checkpoint trained with --qat-from for this architecture?")
+            raise GlimmerError(
+                f"layer {target.layer!r} has no QAT activation range ({where}); "
+                "was the checkpoint trained with --qat-from for this architecture?"
+            )
         value = float(ranges[module])
         if amax.setdefault(target.activation, value) != value:
-            raise GlimmerError(f"tensor {target.activation!r} feeds layers with different QAT ranges")
+            raise GlimmerError(
+                f"tensor {target.activation!r} feeds layers with different QAT ranges"
+            )
     return amax

@@ -9,6 +9,7 @@ A recipe returns the ONNX with its metadata attached, the PyTorch reference that
 checked against and the lowering record for the report; :func:`glimmer.export.api.export` does
 the rest alike for both.
 """
+
 import copy
 import dataclasses
 from pathlib import Path
@@ -18,7 +19,9 @@ from glimmer.runtime.backends.trt import engines as trt_engines
 from glimmer.runtime.core.errors import GlimmerError
 
 Log = Callable[[str], None]
-Exported = Tuple[Any, Any, Any, Dict[str, Any]]  # ONNX model, final meta, reference, lowering record
+Exported = Tuple[
+    Any, Any, Any, Dict[str, Any]
+]  # ONNX model, final meta, reference, lowering record
 EXPORTER = "torch.onnx (TorchScript)"
 
 
@@ -44,11 +47,23 @@ class DetectorRecipe:
             if hasattr(module, "export") and hasattr(module, "format"):
                 module.export = True
         log("exporting the detector (Conv+BN fused, Detect head in export mode)")
-        model = export_onnx(prepare_detector(source.model, settings.dynamic_batch), example,
-                            opset=settings.opset, dynamic_batch=settings.dynamic_batch, output_names=("output0",))
-        meta = dataclasses.replace(meta, extra=dict(meta.extra, opset=settings.opset, exporter=EXPORTER))
+        model = export_onnx(
+            prepare_detector(source.model, settings.dynamic_batch),
+            example,
+            opset=settings.opset,
+            dynamic_batch=settings.dynamic_batch,
+            output_names=("output0",),
+        )
+        meta = dataclasses.replace(
+            meta, extra=dict(meta.extra, opset=settings.opset, exporter=EXPORTER)
+        )
         attach_metadata(model, meta)
-        return model, meta, reference, {"applies": False, "reason": "no grouped dilated convs in a detector"}
+        return (
+            model,
+            meta,
+            reference,
+            {"applies": False, "reason": "no grouped dilated convs in a detector"},
+        )
 
 
 class ClassifierRecipe:
@@ -63,22 +78,33 @@ class ClassifierRecipe:
 
         example = _example(meta)
         lowering: Dict[str, Any] = {}
-        modes = candidate_modes(source.model, lowering) if settings.dilation_mode == "auto" \
+        modes = (
+            candidate_modes(source.model, lowering)
+            if settings.dilation_mode == "auto"
             else [settings.dilation_mode]
+        )
         candidates = {}
         for mode in modes:
             log(f"exporting with dilation mode {mode}")
-            candidates[mode] = export_onnx(deploy_form(source.model, mode, meta.input_size), example,
-                                           opset=settings.opset, dynamic_batch=settings.dynamic_batch,
-                                           output_names=("logits",))
+            candidates[mode] = export_onnx(
+                deploy_form(source.model, mode, meta.input_size),
+                example,
+                opset=settings.opset,
+                dynamic_batch=settings.dynamic_batch,
+                output_names=("logits",),
+            )
         if len(modes) > 1:
             timings, lowering["timed_with"] = time_modes(candidates, meta, settings, log)
-            lowering.update(timings)  # the interleaved comparison: timed_ms, round medians, noise, decided_by
+            lowering.update(
+                timings
+            )  # the interleaved comparison: timed_ms, round medians, noise, decided_by
         chosen = lowering.get("chosen", modes[0])
         lowering.update({"requested": settings.dilation_mode, "chosen": chosen})
         model = candidates[chosen]
-        meta = dataclasses.replace(meta, extra=dict(meta.extra, dilation_mode=chosen, opset=settings.opset,
-                                                    exporter=EXPORTER))
+        meta = dataclasses.replace(
+            meta,
+            extra=dict(meta.extra, dilation_mode=chosen, opset=settings.opset, exporter=EXPORTER),
+        )
         attach_metadata(model, meta)
         return model, meta, source.model.eval(), lowering
 
@@ -93,7 +119,9 @@ def recipe_for(task: str) -> Any:
     return RECIPES[task]
 
 
-def time_modes(candidates: Dict[str, Any], meta: Any, settings: Any, log: Log) -> Tuple[Dict[str, Any], str]:
+def time_modes(
+    candidates: Dict[str, Any], meta: Any, settings: Any, log: Log
+) -> Tuple[Dict[str, Any], str]:
     """(comparison record, what timed it): batch latency of each candidate ONNX with TensorRT where it
     can build here (FP16 if ``fp16``), else with ONNX Runtime CPU on one thread. The candidates are
     held open together and timed in interleaved rounds, so load on a busy machine hits them alike,
@@ -126,13 +154,19 @@ def time_modes(candidates: Dict[str, Any], meta: Any, settings: Any, log: Log) -
                 log(f"building dilation mode {mode} as a TensorRT {precision} engine")
                 path = tmp / f"{mode}.onnx"
                 save_onnx(model, path)
-                runners[mode] = stack.enter_context(trt_engines.tensorrt_runner(path, precision, meta, batch, tmp))
+                runners[mode] = stack.enter_context(
+                    trt_engines.tensorrt_runner(path, precision, meta, batch, tmp)
+                )
             timed_with = f"{where}, {precision} engine, {runs}"
         else:
             runners = {mode: ort_call(model) for mode, model in candidates.items()}
             timed_with = f"ONNX Runtime CPU, 1 thread, {runs}"
-        log(f"timing dilation modes {', '.join(runners)}: {rounds} interleaved rounds of {calls} calls")
-        result = compare_latency(runners, DILATION_PREFERENCE, rounds=rounds, calls=calls, warmup=10)
+        log(
+            f"timing dilation modes {', '.join(runners)}: {rounds} interleaved rounds of {calls} calls"
+        )
+        result = compare_latency(
+            runners, DILATION_PREFERENCE, rounds=rounds, calls=calls, warmup=10
+        )
     return result.report(), timed_with
 
 
@@ -146,6 +180,8 @@ def candidate_modes(model: Any, lowering: Dict[str, Any]) -> List[str]:
         return ["split"]
     gds = [stage.blocks[0].conv for stage in model.stages]
     if all(stream_sizes(gd, "aligned") == stream_sizes(gd, "split") for gd in gds):
-        lowering["note"] = "every run of equal dilation is a multiple of 4 channels: aligned is split"
+        lowering["note"] = (
+            "every run of equal dilation is a multiple of 4 channels: aligned is split"
+        )
         return [m for m in LOWERINGS if m != "aligned"]
     return list(LOWERINGS)

@@ -11,6 +11,7 @@ fields with edges and blobs (drawn with OpenCV), the statistics a photo has and 
 Sessions, timing and accuracy are the runtime's (backends/ort/session.py, core/timing.py,
 tools/evaluate.py), so an export figure means what the same figure on the drone means.
 """
+
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional
 
@@ -40,8 +41,18 @@ def ort_session(model_bytes: bytes, threads: int = 1, simulate_qdq: bool = False
 
 
 #: what ONNX Runtime's CPU provider fuses a Q/DQ group into when it uses integer arithmetic
-INTEGER_OPS = frozenset({"QLinearConv", "NhwcQLinearConv", "ConvInteger", "QGemm", "MatMulInteger",
-                         "MatMulIntegerToFloat", "DynamicQuantizeMatMul", "QLinearMatMul"})
+INTEGER_OPS = frozenset(
+    {
+        "QLinearConv",
+        "NhwcQLinearConv",
+        "ConvInteger",
+        "QGemm",
+        "MatMulInteger",
+        "MatMulIntegerToFloat",
+        "DynamicQuantizeMatMul",
+        "QLinearMatMul",
+    }
+)
 
 
 def integer_kernels(model_bytes: bytes) -> int:
@@ -69,10 +80,18 @@ def _frame(rng: np.random.Generator, h: int, w: int, image_like: bool) -> np.nda
         colour = tuple(float(v) for v in rng.uniform(0, 255, 3))
         if rng.random() < 0.5:
             p = rng.integers(0, max(h, w), 4)
-            cv2.line(img, (int(p[0]), int(p[1])), (int(p[2]), int(p[3])), colour, int(rng.integers(1, 4)))
+            cv2.line(
+                img, (int(p[0]), int(p[1])), (int(p[2]), int(p[3])), colour, int(rng.integers(1, 4))
+            )
         else:
             c = rng.integers(0, max(h, w), 2)
-            cv2.circle(img, (int(c[0]), int(c[1])), int(rng.integers(2, max(3, min(h, w) // 4))), colour, -1)
+            cv2.circle(
+                img,
+                (int(c[0]), int(c[1])),
+                int(rng.integers(2, max(3, min(h, w) // 4))),
+                colour,
+                -1,
+            )
     img += rng.normal(0, 6, img.shape).astype(np.float32)
     return np.clip(img, 0, 255).astype(np.uint8)
 
@@ -87,18 +106,26 @@ def sample_inputs(meta: ModelMeta, count: int, image_like: bool, seed: int = 0) 
 
 def _batches(x: np.ndarray, batch: Optional[int]) -> List[np.ndarray]:
     size = batch or 2  # a dynamic batch is checked at 2, proving the batch axis really is free
-    return [x[i:i + size] for i in range(0, len(x) - size + 1, size)]
+    return [x[i : i + size] for i in range(0, len(x) - size + 1, size)]
 
 
-def compare(torch_fn: Callable[[torch.Tensor], torch.Tensor], session, meta: ModelMeta,
-            count: int = 8, seed: int = 0, inputs: Optional[Dict[str, np.ndarray]] = None) -> Dict[str, Any]:
+def compare(
+    torch_fn: Callable[[torch.Tensor], torch.Tensor],
+    session,
+    meta: ModelMeta,
+    count: int = 8,
+    seed: int = 0,
+    inputs: Optional[Dict[str, np.ndarray]] = None,
+) -> Dict[str, Any]:
     """ONNX Runtime vs PyTorch on ``count`` random and ``count`` image-like inputs, or on the given
     preprocessed ``inputs`` by kind (an INT8 model is calibrated for real images, not noise)."""
     input_name = session.get_inputs()[0].name
     result: Dict[str, Any] = {"inputs_per_kind": count}
     refs, outs = [], []
-    kinds = inputs or {kind: sample_inputs(meta, count, image_like, seed)
-                       for kind, image_like in (("random", False), ("image_like", True))}
+    kinds = inputs or {
+        kind: sample_inputs(meta, count, image_like, seed)
+        for kind, image_like in (("random", False), ("image_like", True))
+    }
     for kind, x in kinds.items():
         diffs = []
         for chunk in _batches(x, meta.batch):
@@ -106,7 +133,9 @@ def compare(torch_fn: Callable[[torch.Tensor], torch.Tensor], session, meta: Mod
                 ref = torch_fn(torch.from_numpy(chunk)).detach().float().numpy()
             out = session.run(None, {input_name: chunk})[0]
             if out.shape != ref.shape:
-                raise GlimmerError(f"ONNX output shape {list(out.shape)} differs from PyTorch's {list(ref.shape)}")
+                raise GlimmerError(
+                    f"ONNX output shape {list(out.shape)} differs from PyTorch's {list(ref.shape)}"
+                )
             diffs.append(float(np.abs(out.astype(np.float64) - ref).max()))
             refs.append(ref)
             outs.append(out)
@@ -139,15 +168,25 @@ def detection_agreement(ref: np.ndarray, out: np.ndarray, top_k: int = 10) -> Di
         close_box = np.abs(ref[i, :2, idx] - out[i, :2, idx]).max(-1) <= 1.0
         agree += int((same_cls & close_score & close_box).sum())
         total += k
-    return {"box_max_abs_diff": float(np.abs(ref[:, :4] - out[:, :4]).max()),
-            "score_max_abs_diff": float(np.abs(scores_r - scores_o).max()),
-            "top_k": k, "top_k_agree": agree / total if total else 1.0}
+    return {
+        "box_max_abs_diff": float(np.abs(ref[:, :4] - out[:, :4]).max()),
+        "score_max_abs_diff": float(np.abs(scores_r - scores_o).max()),
+        "top_k": k,
+        "top_k_agree": agree / total if total else 1.0,
+    }
 
 
-def time_calls(fn: Callable[[], Any], batch_size: int, runs: int = 100, warmup: int = 10) -> Dict[str, float]:
+def time_calls(
+    fn: Callable[[], Any], batch_size: int, runs: int = 100, warmup: int = 10
+) -> Dict[str, float]:
     """Median and p90 wall time of ``fn()`` in milliseconds (the runtime's timer)."""
     stats = latency_stats(sample_ms(fn, runs, warmup), digits=None)
-    return {"median_ms": stats["median_ms"], "p90_ms": stats["p90_ms"], "runs": runs, "batch": int(batch_size)}
+    return {
+        "median_ms": stats["median_ms"],
+        "p90_ms": stats["p90_ms"],
+        "runs": runs,
+        "batch": int(batch_size),
+    }
 
 
 def latency_ms(session, batch: np.ndarray, runs: int = 100, warmup: int = 10) -> Dict[str, float]:

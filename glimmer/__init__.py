@@ -12,6 +12,7 @@ The Python API, imported on first use so that ``import glimmer`` loads nothing h
 - ``glimmer.export(checkpoint, **settings)`` -> glimmer-export's report
   (settings: :class:`~glimmer.export.api.ExportSettings`).
 """
+
 import importlib
 import sys
 import types
@@ -19,8 +20,13 @@ from typing import Any, List
 
 __version__ = "0.1.0"
 
-_LAZY = {"load": "glimmer.runtime.api", "run": "glimmer.runtime.api", "bench": "glimmer.runtime.api",
-         "Model": "glimmer.runtime.api", "ExportSettings": "glimmer.export.api"}
+_LAZY = {
+    "load": "glimmer.runtime.api",
+    "run": "glimmer.runtime.api",
+    "bench": "glimmer.runtime.api",
+    "Model": "glimmer.runtime.api",
+    "ExportSettings": "glimmer.export.api",
+}
 
 
 class _ExportPackage(types.ModuleType):

@@ -8,6 +8,7 @@ metrics) and, in a training run's ``last.pt``, ``train_state`` for resuming. A c
 quantisation-aware training (``glimmer-train --qat-from``) adds ``qat``: the fixed activation ranges
 it was trained with, by training-module name (see :data:`QAT_KEYS`), so the INT8 export reuses them.
 """
+
 import math
 import re
 import zipfile
@@ -50,10 +51,14 @@ class Checkpoint:
     def meta(self, **overrides: Any) -> ModelMeta:
         """Runtime metadata for artifacts exported from this checkpoint."""
         values: Dict[str, Any] = dict(
-            task="classify", name=self.arch, class_names=self.class_names, input_size=self.input_size,
+            task="classify",
+            name=self.arch,
+            class_names=self.class_names,
+            input_size=self.input_size,
             channel_order=self.preprocess.get("channel_order", "RGB"),
             scale=float(self.preprocess.get("scale", 1.0 / 255.0)),
-            mean=self.preprocess.get("mean"), std=self.preprocess.get("std"),
+            mean=self.preprocess.get("mean"),
+            std=self.preprocess.get("std"),
             source_sha256=self.sha256,
             extra={"arch": self.arch, "config": self.model.config.to_dict()},
         )
@@ -88,11 +93,14 @@ def _torch_load(path: Path) -> Dict[str, Any]:
     if not path.is_file():
         raise GlimmerError(f"{path}: no such file")
     if not zipfile.is_zipfile(str(path)):
-        raise GlimmerError(f"{path}: not a PyTorch checkpoint (not a zip archive: truncated, or another format)"
-                           )
+        raise GlimmerError(
+            f"{path}: not a PyTorch checkpoint (not a zip archive: truncated, or another format)"
+        )
     try:
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises RuntimeError, EOFError, UnpicklingError, ... for bad files
+    except (
+        Exception
+    ) as exc:  # torch raises RuntimeError, EOFError, UnpicklingError, ... for bad files
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         if "weights_only" in str(exc) or "Unsupported global" in str(exc):
             reason = f"it pickles Python objects, which are not loaded for safety ({reason[:160]})"
@@ -102,17 +110,29 @@ def _torch_load(path: Path) -> Dict[str, Any]:
     return obj
 
 
-def save_checkpoint(path: Path, model: GlimmerNet, arch: str, class_names: Sequence[str],
-                    input_size: Tuple[int, int], provenance: Optional[Dict[str, Any]] = None,
-                    preprocess: Optional[Dict[str, Any]] = None,
-                    train_state: Optional[Dict[str, Any]] = None,
-                    qat: Optional[Dict[str, Any]] = None) -> None:
+def save_checkpoint(
+    path: Path,
+    model: GlimmerNet,
+    arch: str,
+    class_names: Sequence[str],
+    input_size: Tuple[int, int],
+    provenance: Optional[Dict[str, Any]] = None,
+    preprocess: Optional[Dict[str, Any]] = None,
+    train_state: Optional[Dict[str, Any]] = None,
+    qat: Optional[Dict[str, Any]] = None,
+) -> None:
     """Write our checkpoint atomically (``qat``: the entry of :data:`QAT_KEYS`, for QAT runs)."""
     if len(class_names) != model.config.num_classes:
-        raise ValueError(f"{len(class_names)} class names for a {model.config.num_classes}-class model")
+        raise ValueError(
+            f"{len(class_names)} class names for a {model.config.num_classes}-class model"
+        )
     payload: Dict[str, Any] = {
-        "format": FORMAT, "version": VERSION, "arch": arch, "config": model.config.to_dict(),
-        "class_names": list(class_names), "input_size": [int(input_size[0]), int(input_size[1])],
+        "format": FORMAT,
+        "version": VERSION,
+        "arch": arch,
+        "config": model.config.to_dict(),
+        "class_names": list(class_names),
+        "input_size": [int(input_size[0]), int(input_size[1])],
         "preprocess": dict(preprocess or DEFAULT_PREPROCESS),
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "provenance": dict(provenance or {}),
@@ -139,8 +159,10 @@ def load_checkpoint(path: Path, dilations: Optional[Sequence[int]] = None) -> Ch
     elif isinstance(raw.get("state_dict"), Mapping) and _find_prefix(raw["state_dict"]) is not None:
         ck = _from_reference(raw, path, dilations)
     else:
-        raise GlimmerError(f"{path}: not a GlimmerNet checkpoint (neither glimmer-train's format nor a reference "
-                           "Lightning .ckpt with backbone.* keys)")
+        raise GlimmerError(
+            f"{path}: not a GlimmerNet checkpoint (neither glimmer-train's format nor a reference "
+            "Lightning .ckpt with backbone.* keys)"
+        )
     ck.path = path
     ck.sha256 = sha256_file(path)
     return ck
@@ -151,8 +173,11 @@ def _from_ours(raw: Dict[str, Any], path: Path) -> Checkpoint:
         if key not in raw:
             raise GlimmerError(f"{path}: checkpoint key {key!r} is missing")
     if int(raw.get("version", 0)) > VERSION:
-        raise GlimmerError("{}: checkpoint version {} is newer than this toolkit reads ({})".format(
-            path, raw["version"], VERSION))
+        raise GlimmerError(
+            "{}: checkpoint version {} is newer than this toolkit reads ({})".format(
+                path, raw["version"], VERSION
+            )
+        )
     if raw["arch"] not in ARCHS:
         raise GlimmerError("{}: unknown arch {!r}".format(path, raw["arch"]))
     try:
@@ -161,10 +186,17 @@ def _from_ours(raw: Dict[str, Any], path: Path) -> Checkpoint:
         raise GlimmerError(f"{path}: bad checkpoint key 'config': {exc}") from None
     _load_state(model, raw["state_dict"], path)
     qat = check_qat(raw["qat"], model, path) if "qat" in raw else None
-    return Checkpoint(model=model.eval(), arch=raw["arch"], class_names=list(raw["class_names"]),
-                      input_size=(int(raw["input_size"][0]), int(raw["input_size"][1])),
-                      preprocess=dict(raw.get("preprocess") or DEFAULT_PREPROCESS),
-                      provenance=dict(raw.get("provenance") or {}), kind="glimmer", raw=raw, qat=qat)
+    return Checkpoint(
+        model=model.eval(),
+        arch=raw["arch"],
+        class_names=list(raw["class_names"]),
+        input_size=(int(raw["input_size"][0]), int(raw["input_size"][1])),
+        preprocess=dict(raw.get("preprocess") or DEFAULT_PREPROCESS),
+        provenance=dict(raw.get("provenance") or {}),
+        kind="glimmer",
+        raw=raw,
+        qat=qat,
+    )
 
 
 def check_qat(qat: Any, model: GlimmerNet, path: Path) -> Dict[str, Any]:
@@ -172,6 +204,7 @@ def check_qat(qat: Any, model: GlimmerNet, path: Path) -> Dict[str, Any]:
 
     A wrong range would only show up as a silently worse INT8 model, so it fails here instead.
     """
+
     def bad(why: str) -> GlimmerError:
         return GlimmerError(f"{path}: bad checkpoint key 'qat': {why}")
 
@@ -190,8 +223,12 @@ def check_qat(qat: Any, model: GlimmerNet, path: Path) -> Dict[str, Any]:
     for name, value in ranges.items():
         if name not in modules:
             raise bad(f"'activation_amax' names {name!r}, which is no module of this model")
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
-                or value < 0:
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, (int, float))
+            or not math.isfinite(value)
+            or value < 0
+        ):
             raise bad(f"'activation_amax' of {name!r} is {value!r}, not a finite range >= 0")
     bits = qat["weight_bits"]
     if not count(bits) or not 2 <= bits <= 8:
@@ -215,7 +252,9 @@ def _load_state(model: torch.nn.Module, state: Mapping[str, torch.Tensor], path:
         raise GlimmerError(f"{path}: state_dict has unexpected key {unexpected[0]!r}")
     for key, value in state.items():
         if tuple(value.shape) != tuple(own[key].shape):
-            raise GlimmerError(f"{path}: key {key!r} has shape {list(value.shape)}, the model expects {list(own[key].shape)}")
+            raise GlimmerError(
+                f"{path}: key {key!r} has shape {list(value.shape)}, the model expects {list(own[key].shape)}"
+            )
     model.load_state_dict(state, strict=True)
 
 
@@ -249,7 +288,11 @@ def _map_reference_key(key: str) -> Optional[str]:
     m = re.match(r"backbone\.(\d+)\.aggregate_downsample\.(dense_fc|batch_norm|grn)\.(.+)$", key)
     if m:
         stage = int(m.group(1)) - 1
-        part = {"dense_fc": "aggregator.pw.0", "batch_norm": "aggregator.pw.1", "grn": "downsample.grn"}
+        part = {
+            "dense_fc": "aggregator.pw.0",
+            "batch_norm": "aggregator.pw.1",
+            "grn": "downsample.grn",
+        }
         return f"stages.{stage}.{part[m.group(2)]}.{m.group(3)}"
     m = re.match(r"refiner\.([01])\.(.+)$", key)
     if m:
@@ -260,37 +303,73 @@ def _map_reference_key(key: str) -> Optional[str]:
     raise KeyError(key)
 
 
-def _reference_config(state: Mapping[str, torch.Tensor], hparams: Mapping[str, Any],
-                      dilations: Optional[Sequence[int]], path: Path) -> GlimmerConfig:
-    stages = sorted({int(m.group(1)) for m in (re.match(r"backbone\.(\d+)\.layers\.", k) for k in state) if m})
+def _reference_config(
+    state: Mapping[str, torch.Tensor],
+    hparams: Mapping[str, Any],
+    dilations: Optional[Sequence[int]],
+    path: Path,
+) -> GlimmerConfig:
+    stages = sorted(
+        {int(m.group(1)) for m in (re.match(r"backbone\.(\d+)\.layers\.", k) for k in state) if m}
+    )
     if not stages or "classifier.2.weight" not in state:
-        raise GlimmerError(f"{path}: reference checkpoint lacks backbone.N.layers.* or classifier.2.weight")
+        raise GlimmerError(
+            f"{path}: reference checkpoint lacks backbone.N.layers.* or classifier.2.weight"
+        )
     depths, widths, groups = [], [], 0
     for s in stages:
-        blocks = {int(m.group(1)) for m in (re.match(rf"backbone\.{s}\.layers\.(\d+)\.", k) for k in state) if m}
-        convs = sorted({int(m.group(1)) for m in (re.match(rf"backbone\.{s}\.layers\.0\.convs\.(\d+)\.weight", k)
-                                                   for k in state) if m})
+        blocks = {
+            int(m.group(1))
+            for m in (re.match(rf"backbone\.{s}\.layers\.(\d+)\.", k) for k in state)
+            if m
+        }
+        convs = sorted(
+            {
+                int(m.group(1))
+                for m in (
+                    re.match(rf"backbone\.{s}\.layers\.0\.convs\.(\d+)\.weight", k) for k in state
+                )
+                if m
+            }
+        )
         depths.append(max(blocks) + 1)
-        widths.append(sum(int(state[f"backbone.{s}.layers.0.convs.{i}.weight"].shape[0]) for i in convs))
+        widths.append(
+            sum(int(state[f"backbone.{s}.layers.0.convs.{i}.weight"].shape[0]) for i in convs)
+        )
         groups = len(convs)
     pw_key = f"backbone.{stages[0]}.aggregate_downsample.dense_fc.weight"
     if pw_key not in state:
         raise GlimmerError(f"{path}: reference checkpoint lacks key {pw_key!r}")
-    dil = tuple(dilations or hparams.get("dilations") or ((1, 2, 2, 3) if groups == 4 else (1,) * groups))
+    dil = tuple(
+        dilations or hparams.get("dilations") or ((1, 2, 2, 3) if groups == 4 else (1,) * groups)
+    )
     if len(dil) != groups:
-        raise GlimmerError(f"{path}: {len(dil)} dilations given for {groups} conv groups per GDBlock")
+        raise GlimmerError(
+            f"{path}: {len(dil)} dilations given for {groups} conv groups per GDBlock"
+        )
     try:
-        return GlimmerConfig(num_classes=int(state["classifier.2.weight"].shape[0]), depths=tuple(depths),
-                             widths=tuple(widths), dilations=dil, recombine=groups > 1,
-                             pw_group_inputs=int(state[pw_key].shape[1]))
+        return GlimmerConfig(
+            num_classes=int(state["classifier.2.weight"].shape[0]),
+            depths=tuple(depths),
+            widths=tuple(widths),
+            dilations=dil,
+            recombine=groups > 1,
+            pw_group_inputs=int(state[pw_key].shape[1]),
+        )
     except ValueError as exc:
-        raise GlimmerError(f"{path}: reference checkpoint describes no valid GlimmerNet: {exc}") from None
+        raise GlimmerError(
+            f"{path}: reference checkpoint describes no valid GlimmerNet: {exc}"
+        ) from None
 
 
-def _from_reference(raw: Dict[str, Any], path: Path, dilations: Optional[Sequence[int]]) -> Checkpoint:
+def _from_reference(
+    raw: Dict[str, Any], path: Path, dilations: Optional[Sequence[int]]
+) -> Checkpoint:
     prefix = _find_prefix(raw["state_dict"]) or ""
-    state = {k[len(prefix):]: v for k, v in raw["state_dict"].items() if k.startswith(prefix)}
-    hparams = raw.get("hyper_parameters") if isinstance(raw.get("hyper_parameters"), Mapping) else {}
+    state = {k[len(prefix) :]: v for k, v in raw["state_dict"].items() if k.startswith(prefix)}
+    hparams = (
+        raw.get("hyper_parameters") if isinstance(raw.get("hyper_parameters"), Mapping) else {}
+    )
     config = _reference_config(state, hparams, dilations, path)
     model = GlimmerNet(config=config)
     own = model.state_dict()
@@ -299,26 +378,49 @@ def _from_reference(raw: Dict[str, Any], path: Path, dilations: Optional[Sequenc
         try:
             ours = _map_reference_key(key)
         except KeyError:
-            raise GlimmerError(f"{path}: unexpected key {prefix + key!r} in the reference checkpoint") from None
+            raise GlimmerError(
+                f"{path}: unexpected key {prefix + key!r} in the reference checkpoint"
+            ) from None
         if ours is None:
             continue
-        if ours in own and ours.endswith(("grn.gamma", "grn.beta")) and value.numel() == own[ours].numel():
-            value = value.reshape(own[ours].shape)  # the reference may keep GRN params channels-last
+        if (
+            ours in own
+            and ours.endswith(("grn.gamma", "grn.beta"))
+            and value.numel() == own[ours].numel()
+        ):
+            value = value.reshape(
+                own[ours].shape
+            )  # the reference may keep GRN params channels-last
         if ours in own and tuple(value.shape) != tuple(own[ours].shape):
-            raise GlimmerError(f"{path}: key {prefix + key!r} has shape {list(value.shape)}, the model expects {list(own[ours].shape)}")
+            raise GlimmerError(
+                f"{path}: key {prefix + key!r} has shape {list(value.shape)}, the model expects {list(own[ours].shape)}"
+            )
         mapped[ours] = value
     missing = [k for k in own if k not in mapped]
     if missing:
         raise GlimmerError(f"{path}: reference checkpoint has no tensor for {missing[0]!r}")
     model.load_state_dict(mapped, strict=True)
-    names = hparams.get("class_names") or (list(AIDER_CLASSES) if config.num_classes == 4 else
-                                           [f"class{i}" for i in range(config.num_classes)])
+    names = hparams.get("class_names") or (
+        list(AIDER_CLASSES)
+        if config.num_classes == 4
+        else [f"class{i}" for i in range(config.num_classes)]
+    )
     size = int(hparams.get("img_size", hparams.get("input_size", 224)) or 224)
-    provenance = {"source": "reference Lightning checkpoint", "epoch": raw.get("epoch"),
-                  "global_step": raw.get("global_step")}
-    return Checkpoint(model=model.eval(), arch="glimmernet" if config.recombine else "takunet",
-                      class_names=[str(n) for n in names], input_size=(size, size),
-                      preprocess=dict(DEFAULT_PREPROCESS), provenance=provenance, kind="reference", raw=raw)
+    provenance = {
+        "source": "reference Lightning checkpoint",
+        "epoch": raw.get("epoch"),
+        "global_step": raw.get("global_step"),
+    }
+    return Checkpoint(
+        model=model.eval(),
+        arch="glimmernet" if config.recombine else "takunet",
+        class_names=[str(n) for n in names],
+        input_size=(size, size),
+        preprocess=dict(DEFAULT_PREPROCESS),
+        provenance=provenance,
+        kind="reference",
+        raw=raw,
+    )
 
 
 def reference_state_dict(model: GlimmerNet, prefix: str = "model.") -> Dict[str, torch.Tensor]:
@@ -344,12 +446,20 @@ def _candidate_reference_keys(model: GlimmerNet, key: str) -> List[str]:
         return [f"backbone.0.stem.{rev_stem[m.group(1)]}.{m.group(2)}"]
     m = re.match(r"stages\.(\d+)\.blocks\.(\d+)\.(conv\.convs\.\d+|bn)\.(.+)$", key)
     if m:
-        inner = m.group(3)[len("conv."):] if m.group(3).startswith("conv.") else "bn"
+        inner = m.group(3)[len("conv.") :] if m.group(3).startswith("conv.") else "bn"
         return [f"backbone.{int(m.group(1)) + 1}.layers.{m.group(2)}.{inner}.{m.group(4)}"]
-    m = re.match(r"stages\.(\d+)\.(aggregator\.pw\.0|aggregator\.pw\.1|downsample\.grn)\.(.+)$", key)
+    m = re.match(
+        r"stages\.(\d+)\.(aggregator\.pw\.0|aggregator\.pw\.1|downsample\.grn)\.(.+)$", key
+    )
     if m:
-        part = {"aggregator.pw.0": "dense_fc", "aggregator.pw.1": "batch_norm", "downsample.grn": "grn"}
-        return [f"backbone.{int(m.group(1)) + 1}.aggregate_downsample.{part[m.group(2)]}.{m.group(3)}"]
+        part = {
+            "aggregator.pw.0": "dense_fc",
+            "aggregator.pw.1": "batch_norm",
+            "downsample.grn": "grn",
+        }
+        return [
+            f"backbone.{int(m.group(1)) + 1}.aggregate_downsample.{part[m.group(2)]}.{m.group(3)}"
+        ]
     m = re.match(r"refiner\.(conv|bn)\.(.+)$", key)
     if m:
         return ["refiner.{}.{}".format("0" if m.group(1) == "conv" else "1", m.group(2))]

@@ -6,6 +6,7 @@ the same network with one undilated group, no recombination, and 4 inputs per po
 
 Data path: Stem -> 4 x [GDBlock x depth -> Aggregator -> Downsampler (pool + GRN)] -> Refiner -> Head.
 """
+
 from dataclasses import asdict, dataclass
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -55,8 +56,10 @@ class GlimmerConfig:
             raise ValueError("num_classes, depths and dilations must be positive")
         for w in self.widths:
             if w % len(self.dilations) or (2 * w) % self.pw_group_inputs:
-                raise ValueError(f"width {w} does not divide into {len(self.dilations)} dilation groups and pointwise groups "
-                                 f"of {self.pw_group_inputs} inputs")
+                raise ValueError(
+                    f"width {w} does not divide into {len(self.dilations)} dilation groups and pointwise groups "
+                    f"of {self.pw_group_inputs} inputs"
+                )
 
     def to_dict(self) -> Dict[str, Any]:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
@@ -68,8 +71,13 @@ class GlimmerConfig:
 
 def takunet_config(num_classes: int = 4) -> GlimmerConfig:
     """TakuNet as the paper's baseline: effective depths (5, 5, 5, 3), plain depthwise blocks."""
-    return GlimmerConfig(num_classes=num_classes, depths=(5, 5, 5, 3), dilations=(1,),
-                         recombine=False, pw_group_inputs=4)
+    return GlimmerConfig(
+        num_classes=num_classes,
+        depths=(5, 5, 5, 3),
+        dilations=(1,),
+        recombine=False,
+        pw_group_inputs=4,
+    )
 
 
 class Stem(nn.Module):
@@ -124,7 +132,9 @@ class Aggregator(nn.Module):
     (recombine) -> interleave with the stage input -> grouped 1x1 conv -> BN -> ReLU6.
     """
 
-    def __init__(self, in_chs: int, out_chs: int, groups: int, recombine: bool, pw_group_inputs: int) -> None:
+    def __init__(
+        self, in_chs: int, out_chs: int, groups: int, recombine: bool, pw_group_inputs: int
+    ) -> None:
         super().__init__()
         self.recomb = FeatureMapsRecomb(groups) if recombine and groups > 1 else nn.Identity()
         self.pw = conv_bn_act(2 * in_chs, out_chs, 1, groups=2 * in_chs // pw_group_inputs)
@@ -148,8 +158,16 @@ class Downsampler(nn.Module):
 class Stage(nn.Module):
     """GDBlocks at one width, then Aggregator and Downsampler."""
 
-    def __init__(self, in_chs: int, out_chs: int, depth: int, dilations: Sequence[int], pooling: str,
-                 recombine: bool, pw_group_inputs: int) -> None:
+    def __init__(
+        self,
+        in_chs: int,
+        out_chs: int,
+        depth: int,
+        dilations: Sequence[int],
+        pooling: str,
+        recombine: bool,
+        pw_group_inputs: int,
+    ) -> None:
         super().__init__()
         self.blocks = nn.Sequential(*[GDBlock(in_chs, dilations) for _ in range(depth)])
         self.aggregator = Aggregator(in_chs, out_chs, len(dilations), recombine, pw_group_inputs)
@@ -190,23 +208,40 @@ class GlimmerNet(nn.Module):
     Args mirror :class:`GlimmerConfig`; or pass ``config=`` directly.
     """
 
-    def __init__(self, num_classes: int = 4, depths: Sequence[int] = (4, 4, 4, 1),
-                 widths: Sequence[int] = (40, 80, 160, 240), dilations: Sequence[int] = (1, 2, 2, 3),
-                 poolings: Sequence[str] = ("max", "max", "max", "avg"), recombine: bool = True,
-                 pw_group_inputs: Optional[int] = None, dropout: float = 0.0,
-                 config: Optional[GlimmerConfig] = None) -> None:
+    def __init__(
+        self,
+        num_classes: int = 4,
+        depths: Sequence[int] = (4, 4, 4, 1),
+        widths: Sequence[int] = (40, 80, 160, 240),
+        dilations: Sequence[int] = (1, 2, 2, 3),
+        poolings: Sequence[str] = ("max", "max", "max", "avg"),
+        recombine: bool = True,
+        pw_group_inputs: Optional[int] = None,
+        dropout: float = 0.0,
+        config: Optional[GlimmerConfig] = None,
+    ) -> None:
         super().__init__()
         if config is None:
-            config = GlimmerConfig(num_classes, tuple(depths), tuple(widths), tuple(dilations), tuple(poolings),
-                                   recombine, pw_group_inputs or 2 * len(tuple(dilations)), dropout)
+            config = GlimmerConfig(
+                num_classes,
+                tuple(depths),
+                tuple(widths),
+                tuple(dilations),
+                tuple(poolings),
+                recombine,
+                pw_group_inputs or 2 * len(tuple(dilations)),
+                dropout,
+            )
         self.config = config
         widths = config.widths
         out_widths = widths[1:] + widths[-1:]
         self.stem = Stem(widths[0])
-        self.stages = nn.Sequential(*[
-            Stage(w, o, d, config.dilations, p, config.recombine, config.pw_group_inputs)
-            for w, o, d, p in zip(widths, out_widths, config.depths, config.poolings)
-        ])
+        self.stages = nn.Sequential(
+            *[
+                Stage(w, o, d, config.dilations, p, config.recombine, config.pw_group_inputs)
+                for w, o, d, p in zip(widths, out_widths, config.depths, config.poolings)
+            ]
+        )
         self.refiner = Refiner(widths[-1])
         self.head = Head(widths[-1], config.num_classes, config.dropout)
 
@@ -230,11 +265,16 @@ class TakuNet(GlimmerNet):
 ARCHS = {"glimmernet": GlimmerNet, "takunet": TakuNet}
 
 
-def build_model(arch: str = "glimmernet", config: Optional[Dict[str, Any]] = None,
-                num_classes: Optional[int] = None) -> GlimmerNet:
+def build_model(
+    arch: str = "glimmernet",
+    config: Optional[Dict[str, Any]] = None,
+    num_classes: Optional[int] = None,
+) -> GlimmerNet:
     """Build a registered architecture, optionally from a saved config dict."""
     if arch not in ARCHS:
-        raise KeyError("unknown architecture {!r}; known: {}".format(arch, ", ".join(sorted(ARCHS))))
+        raise KeyError(
+            "unknown architecture {!r}; known: {}".format(arch, ", ".join(sorted(ARCHS)))
+        )
     if config is not None:
         return GlimmerNet(config=GlimmerConfig.from_dict(dict(config)))
     if arch == "takunet":

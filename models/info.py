@@ -1,7 +1,8 @@
 """glimmer-info: parameters and true multiply-accumulates of a GlimmerNet / TakuNet.
 
-    glimmer-info CHECKPOINT | --arch glimmernet|takunet [--img-size 224] [--json]
+glimmer-info CHECKPOINT | --arch glimmernet|takunet [--img-size 224] [--json]
 """
+
 import argparse
 import json
 import sys
@@ -10,17 +11,27 @@ from typing import Any, Dict, List, Optional
 from glimmer.runtime.core.console import add_verbose_flag, run_cli
 from glimmer.runtime.core.errors import GlimmerError
 
-COUNTED = ("true multiply-accumulates of every conv (each grouped dilated sub-conv included) and linear "
-           "layer, plus the head's global average pool; BatchNorm, activations, 2x2 pooling, GRN and "
-           "residual adds not counted; batch 1")
+COUNTED = (
+    "true multiply-accumulates of every conv (each grouped dilated sub-conv included) and linear "
+    "layer, plus the head's global average pool; BatchNorm, activations, 2x2 pooling, GRN and "
+    "residual adds not counted; batch 1"
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="glimmer-info", description=__doc__.strip().splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="glimmer-info", description=__doc__.strip().splitlines()[0]
+    )
     parser.add_argument("checkpoint", nargs="?", help="our .pt or a reference .ckpt")
-    parser.add_argument("--arch", choices=("glimmernet", "takunet"), help="a default architecture instead")
-    parser.add_argument("--img-size", type=int, default=None, help="square input size (default: the "
-                        "checkpoint's, else 224)")
+    parser.add_argument(
+        "--arch", choices=("glimmernet", "takunet"), help="a default architecture instead"
+    )
+    parser.add_argument(
+        "--img-size",
+        type=int,
+        default=None,
+        help="square input size (default: the checkpoint's, else 224)",
+    )
     parser.add_argument("--num-classes", type=int, default=4, help="classes for --arch (default 4)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     add_verbose_flag(parser)
@@ -34,7 +45,9 @@ def summarize(model, img_size: int) -> Dict[str, Any]:
     try:
         macs, macs_parts = count_macs(model, img_size)
     except RuntimeError as exc:
-        raise GlimmerError(f"--img-size {img_size} does not survive the network's downsampling: {str(exc).splitlines()[0]}") from None
+        raise GlimmerError(
+            f"--img-size {img_size} does not survive the network's downsampling: {str(exc).splitlines()[0]}"
+        ) from None
     params_parts = params_per_part(model)
     return {
         "params": count_params(model),
@@ -42,23 +55,33 @@ def summarize(model, img_size: int) -> Dict[str, Any]:
         "macs_counted": COUNTED,
         "paper_compatible_flops": paper_compatible_flops(model, img_size),
         "paper_compatible_note": "fvcore's count as the paper ran it: GDBlock convs skipped, BatchNorm "
-                                 "counted; for comparison with the paper only",
+        "counted; for comparison with the paper only",
         "img_size": img_size,
         "config": model.config.to_dict(),
-        "parts": [{"part": k, "params": params_parts.get(k, 0), "macs": macs_parts.get(k, 0)}
-                  for k in dict.fromkeys(list(params_parts) + list(macs_parts))],
+        "parts": [
+            {"part": k, "params": params_parts.get(k, 0), "macs": macs_parts.get(k, 0)}
+            for k in dict.fromkeys(list(params_parts) + list(macs_parts))
+        ],
     }
 
 
 def format_table(info: Dict[str, Any], title: str) -> str:
-    lines: List[str] = [title, "input {0}x{0}, config {1}".format(info["img_size"], info["config"]), ""]
+    lines: List[str] = [
+        title,
+        "input {0}x{0}, config {1}".format(info["img_size"], info["config"]),
+        "",
+    ]
     lines.append("{:<10} {:>10} {:>14}".format("part", "params", "MACs"))
     for row in info["parts"]:
         lines.append("{:<10} {:>10,} {:>14,}".format(row["part"], row["params"], row["macs"]))
     lines.append("{:<10} {:>10,} {:>14,}".format("total", info["params"], info["macs"]))
-    lines += ["", "MACs: " + info["macs_counted"] + ".",
-              "Paper-compatible figure (fvcore as the paper ran it, GD convs skipped): {:,}".format(
-                  info["paper_compatible_flops"])]
+    lines += [
+        "",
+        "MACs: " + info["macs_counted"] + ".",
+        "Paper-compatible figure (fvcore as the paper ran it, GD convs skipped): {:,}".format(
+            info["paper_compatible_flops"]
+        ),
+    ]
     return "\n".join(lines)
 
 

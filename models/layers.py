@@ -5,6 +5,7 @@ split the channels into contiguous groups, one depthwise 3x3 conv per group with
 concatenate. Written as split -> convs -> cat (never slice assignment into an empty tensor, which
 exports as ScatterND). Export lowers it further (``glimmer.export``); this is the readable form.
 """
+
 from typing import List, Sequence
 
 import torch
@@ -39,7 +40,15 @@ class GroupedDilatedConv2d(nn.Module):
         self.kernel_size = kernel_size
         self.splits = split_sizes(channels, len(self.dilations))
         self.convs = nn.ModuleList(
-            nn.Conv2d(c, c, kernel_size, padding=same_padding(kernel_size, d), dilation=d, groups=c, bias=True)
+            nn.Conv2d(
+                c,
+                c,
+                kernel_size,
+                padding=same_padding(kernel_size, d),
+                dilation=d,
+                groups=c,
+                bias=True,
+            )
             for c, d in zip(self.splits, self.dilations)
         )
 
@@ -69,12 +78,28 @@ class GRN(nn.Module):
         return self.gamma * (x * n) + self.beta + x
 
 
-def conv_bn_act(in_chs: int, out_chs: int, kernel_size: int, stride: int = 1, padding: int = 0,
-                dilation: int = 1, groups: int = 1, act: bool = True) -> nn.Sequential:
+def conv_bn_act(
+    in_chs: int,
+    out_chs: int,
+    kernel_size: int,
+    stride: int = 1,
+    padding: int = 0,
+    dilation: int = 1,
+    groups: int = 1,
+    act: bool = True,
+) -> nn.Sequential:
     """Conv (with bias, as in the reference) -> BatchNorm -> ReLU6 (or no activation)."""
     layers: List[nn.Module] = [
-        nn.Conv2d(in_chs, out_chs, kernel_size, stride=stride, padding=padding, dilation=dilation,
-                  groups=groups, bias=True),
+        nn.Conv2d(
+            in_chs,
+            out_chs,
+            kernel_size,
+            stride=stride,
+            padding=padding,
+            dilation=dilation,
+            groups=groups,
+            bias=True,
+        ),
         nn.BatchNorm2d(out_chs),
     ]
     if act:

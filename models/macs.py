@@ -9,6 +9,7 @@ figure for comparison and is always labelled as such.
 
 The one MAC counter of the project: glimmer-compress counts YOLOv8 layers with it too (``part``).
 """
+
 from collections import OrderedDict
 from typing import Callable, Dict, Hashable, Optional, Tuple
 
@@ -30,8 +31,9 @@ def _top_name(name: str) -> str:
 
 
 @torch.no_grad()
-def count_macs(model: nn.Module, img_size: int = 224, part: Callable[[str], Optional[Hashable]] = _top_name
-               ) -> Tuple[int, "OrderedDict[Hashable, int]"]:
+def count_macs(
+    model: nn.Module, img_size: int = 224, part: Callable[[str], Optional[Hashable]] = _top_name
+) -> Tuple[int, "OrderedDict[Hashable, int]"]:
     """Return (total MACs, MACs per part) for one ``img_size`` x ``img_size`` image.
 
     ``part`` names the part a module (by its qualified name) counts towards, None to leave it out:
@@ -49,10 +51,13 @@ def count_macs(model: nn.Module, img_size: int = 224, part: Callable[[str], Opti
             else:  # global average pool: one accumulate per input element
                 macs = int(inputs[0][0].numel())
             per_part[key] = per_part.get(key, 0) + macs
+
         return fn
 
     for name, module in model.named_modules():
-        key = part(name) if isinstance(module, (nn.Conv2d, nn.Linear, nn.AdaptiveAvgPool2d)) else None
+        key = (
+            part(name) if isinstance(module, (nn.Conv2d, nn.Linear, nn.AdaptiveAvgPool2d)) else None
+        )
         if key is not None:
             hooks.append(module.register_forward_hook(hook(key)))
     was_training = model.training
@@ -79,7 +84,9 @@ def paper_compatible_flops(model: nn.Module, img_size: int = 224) -> int:
     """
     from .layers import GroupedDilatedConv2d
 
-    skipped = {id(m) for gd in model.modules() if isinstance(gd, GroupedDilatedConv2d) for m in gd.convs}
+    skipped = {
+        id(m) for gd in model.modules() if isinstance(gd, GroupedDilatedConv2d) for m in gd.convs
+    }
     total = [0]
     hooks = []
 

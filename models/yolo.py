@@ -12,6 +12,7 @@ its YOLO wrapper, so version-specific facts (docs/yolo-compression.md, "ultralyt
 Exporting a detector is the export layer's (glimmer-export: Conv+BN fused, Detect head in export mode,
 torch.onnx), so there is one ONNX path for detectors. Nothing here imports torch or ultralytics until a function needs them.
 """
+
 import contextlib
 import os
 from pathlib import Path
@@ -42,10 +43,18 @@ def ultralytics_modules() -> Dict[str, Any]:
     from ultralytics.nn.tasks import DetectionModel
 
     if ultralytics.__version__ != ULTRALYTICS_VERSION:
-        raise GlimmerError(f"ultralytics {ultralytics.__version__} is installed; glimmer-compress is "
-                           f"written against {ULTRALYTICS_VERSION} (internal APIs move inside 8.4.x)")
-    return {"Conv": Conv, "C2f": C2f, "SPPF": SPPF, "Concat": Concat, "Detect": Detect,
-            "DetectionModel": DetectionModel}
+        raise GlimmerError(
+            f"ultralytics {ultralytics.__version__} is installed; glimmer-compress is "
+            f"written against {ULTRALYTICS_VERSION} (internal APIs move inside 8.4.x)"
+        )
+    return {
+        "Conv": Conv,
+        "C2f": C2f,
+        "SPPF": SPPF,
+        "Concat": Concat,
+        "Detect": Detect,
+        "DetectionModel": DetectionModel,
+    }
 
 
 def detection_trainer():

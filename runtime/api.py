@@ -10,6 +10,7 @@ prediction from code is the one the drone makes. No torch: this ships to the dro
         print(result.index, result.prediction["label"])
     report = bench("glimmernet.onnx", iters=50)
 """
+
 import contextlib
 import queue
 import sys
@@ -49,9 +50,13 @@ def _settings(kind: type, value: TaskSettings, base: Optional[Mapping[str, Any]]
         fields = getattr(kind, "__dataclass_fields__", {})
         unknown = sorted(set(value or {}) - set(fields))
         if unknown:
-            raise GlimmerError(f"unknown {kind.__name__} field {unknown[0]!r} (known: {', '.join(fields)})")
+            raise GlimmerError(
+                f"unknown {kind.__name__} field {unknown[0]!r} (known: {', '.join(fields)})"
+            )
         return kind(**dict(base or {}, **(value or {})))
-    raise GlimmerError(f"expected {kind.__name__} or a dict of its fields, got {type(value).__name__}")
+    raise GlimmerError(
+        f"expected {kind.__name__} or a dict of its fields, got {type(value).__name__}"
+    )
 
 
 def _frame(frame: Any) -> np.ndarray:
@@ -64,7 +69,9 @@ def _frame(frame: Any) -> np.ndarray:
     if not isinstance(frame, np.ndarray):
         raise GlimmerError(f"expected a BGR uint8 HxWx3 numpy image, got {type(frame).__name__}")
     if frame.dtype != np.uint8 or frame.ndim != 3 or frame.shape[2] != 3:
-        raise GlimmerError(f"expected a BGR uint8 HxWx3 image, got {frame.dtype} of shape {list(frame.shape)}")
+        raise GlimmerError(
+            f"expected a BGR uint8 HxWx3 image, got {frame.dtype} of shape {list(frame.shape)}"
+        )
     return frame
 
 
@@ -77,18 +84,28 @@ class Model:
     the classify settings ask for smoothing (then ``reset()`` starts a new stream).
     """
 
-    def __init__(self, backend: Backend, path: PathLike, classify: TaskSettings = None,
-                 detect: TaskSettings = None) -> None:
+    def __init__(
+        self,
+        backend: Backend,
+        path: PathLike,
+        classify: TaskSettings = None,
+        detect: TaskSettings = None,
+    ) -> None:
         self.path = Path(path)
         self.backend = backend
         self.meta: ModelMeta = backend.meta
-        self.postprocess = build_task(self.meta, _settings(ClassifySettings, classify, {"smoothing": 0.0}),
-                                      _settings(DetectSettings, detect))
+        self.postprocess = build_task(
+            self.meta,
+            _settings(ClassifySettings, classify, {"smoothing": 0.0}),
+            _settings(DetectSettings, detect),
+        )
         self._preprocess = Preprocessor(self.meta)
         spec = backend.inputs[0]
         if isinstance(spec.shape[0], int) and spec.shape[0] > 1:
-            raise GlimmerError(f"{self.path}: the model's input has a fixed batch of {spec.shape[0]}; "
-                               "one frame at a time needs batch 1 or a dynamic batch")
+            raise GlimmerError(
+                f"{self.path}: the model's input has a fixed batch of {spec.shape[0]}; "
+                "one frame at a time needs batch 1 or a dynamic batch"
+            )
         self._dtype = np.dtype(spec.dtype)
 
     @property
@@ -123,13 +140,23 @@ class Model:
         self.close()
 
     def __repr__(self) -> str:
-        return (f"<glimmer Model {self.path.name}: {self.meta.task}, {len(self.meta.class_names)} classes, "
-                f"input {self.meta.input_size[0]}x{self.meta.input_size[1]}, {self.backend.describe()}>")
+        return (
+            f"<glimmer Model {self.path.name}: {self.meta.task}, {len(self.meta.class_names)} classes, "
+            f"input {self.meta.input_size[0]}x{self.meta.input_size[1]}, {self.backend.describe()}>"
+        )
 
 
-def load(path: PathLike, backend: str = "auto", *, cache_dir: Optional[PathLike] = None,
-         threads: Optional[int] = None, int8_kernels: str = "auto", classify: TaskSettings = None,
-         detect: TaskSettings = None, log: Log = _stderr) -> Model:
+def load(
+    path: PathLike,
+    backend: str = "auto",
+    *,
+    cache_dir: Optional[PathLike] = None,
+    threads: Optional[int] = None,
+    int8_kernels: str = "auto",
+    classify: TaskSettings = None,
+    detect: TaskSettings = None,
+    log: Log = _stderr,
+) -> Model:
     """Open ``path`` (``.onnx`` with our metadata, or ``.engine``) as glimmer-run would.
 
     Args:
@@ -140,8 +167,14 @@ def load(path: PathLike, backend: str = "auto", *, cache_dir: Optional[PathLike]
             across calls unless ``classify={"smoothing": ...}``.
         log: where engine-build progress goes.
     """
-    opened = open_backend(Path(path), backend, cache_dir=Path(cache_dir) if cache_dir else None,
-                          threads=threads, int8_kernels=int8_kernels, log=log)
+    opened = open_backend(
+        Path(path),
+        backend,
+        cache_dir=Path(cache_dir) if cache_dir else None,
+        threads=threads,
+        int8_kernels=int8_kernels,
+        log=log,
+    )
     opened.activate()
     try:
         return Model(opened, path, classify, detect)
@@ -207,12 +240,26 @@ class Run:
         self.close()
 
 
-def run(source: Union[PathLike, int, Source], model: Union[PathLike, Model], *, backend: str = "auto",
-        cache_dir: Optional[PathLike] = None, threads: Optional[int] = None, int8_kernels: str = "auto",
-        classify: TaskSettings = None, detect: TaskSettings = None, max_frames: Optional[int] = None,
-        duration: Optional[float] = None, loop: int = 1, flip: str = "none", width: Optional[int] = None,
-        height: Optional[int] = None, rate: Optional[float] = None, keep_frames: bool = False,
-        log: Log = _stderr) -> Run:
+def run(
+    source: Union[PathLike, int, Source],
+    model: Union[PathLike, Model],
+    *,
+    backend: str = "auto",
+    cache_dir: Optional[PathLike] = None,
+    threads: Optional[int] = None,
+    int8_kernels: str = "auto",
+    classify: TaskSettings = None,
+    detect: TaskSettings = None,
+    max_frames: Optional[int] = None,
+    duration: Optional[float] = None,
+    loop: int = 1,
+    flip: str = "none",
+    width: Optional[int] = None,
+    height: Optional[int] = None,
+    rate: Optional[float] = None,
+    keep_frames: bool = False,
+    log: Log = _stderr,
+) -> Run:
     """Iterate ``model`` over ``source`` through glimmer-run's pipeline: one
     :class:`~glimmer.runtime.stream.sinks.FrameResult` per frame (``index``, ``timestamp``,
     ``prediction``, ``latency_ms``; ``frame`` too with ``keep_frames``).
@@ -238,13 +285,25 @@ def run(source: Union[PathLike, int, Source], model: Union[PathLike, Model], *, 
                 path, opened = model.path, model.backend
             else:
                 path = Path(model)
-                opened = open_backend(path, backend, cache_dir=Path(cache_dir) if cache_dir else None,
-                                      threads=threads, int8_kernels=int8_kernels, log=log)
+                opened = open_backend(
+                    path,
+                    backend,
+                    cache_dir=Path(cache_dir) if cache_dir else None,
+                    threads=threads,
+                    int8_kernels=int8_kernels,
+                    log=log,
+                )
                 stack.enter_context(opened)
             meta = opened.meta
             handoff = _Handoff(keep_frames)
-            pipeline = Pipeline(src, opened, build_task(meta, classify_settings, detect_settings), [handoff],
-                                max_frames=max_frames, duration=duration)
+            pipeline = Pipeline(
+                src,
+                opened,
+                build_task(meta, classify_settings, detect_settings),
+                [handoff],
+                max_frames=max_frames,
+                duration=duration,
+            )
             outcome: Dict[str, Any] = {}
 
             def work() -> None:
@@ -268,8 +327,14 @@ def run(source: Union[PathLike, int, Source], model: Union[PathLike, Model], *, 
                 worker.join()
             if "error" in outcome:
                 raise outcome["error"]
-            handle.report = dict(outcome["report"], model=str(path), model_name=meta.name, task=meta.task,
-                                 backend=opened.describe(), source=src.description)
+            handle.report = dict(
+                outcome["report"],
+                model=str(path),
+                model_name=meta.name,
+                task=meta.task,
+                backend=opened.describe(),
+                source=src.description,
+            )
 
     return Run(frames)
 

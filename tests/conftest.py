@@ -1,6 +1,7 @@
 """Shared test settings: everything offline, small thread counts on a 2-core machine; fixtures used
 by more than one package's tests. Plain helpers (not fixtures) live in tests/helpers/, on pytest's
 ``pythonpath`` (pyproject.toml), and are imported as top-level modules."""
+
 import os
 
 import pytest

@@ -1,5 +1,6 @@
 """The public Python API: the README's example as written, load() on a classifier and a detector,
 run() over a folder, bench()'s report, and ``import glimmer`` without torch."""
+
 import contextlib
 import importlib
 import io
@@ -34,10 +35,19 @@ def mean_colour_classifier(path: Path, size: int = 32, batch="batch") -> Path:
     """Logits from the mean colour (the input is RGB): 10 R -> Flood, 10 G -> Fire, 10 B -> Earthquake,
     5 -> Normal, so a solid colour is its class with the same score each time."""
     weight = np.zeros((3, 4), np.float32)
-    weight[0, 2], weight[1, 1], weight[2, 0] = 10.0, 10.0, 10.0  # R -> Flood, G -> Fire, B -> Earthquake
+    weight[0, 2], weight[1, 1], weight[2, 0] = (
+        10.0,
+        10.0,
+        10.0,
+    )  # R -> Flood, G -> Fire, B -> Earthquake
     bias = np.array([0.0, 0.0, 0.0, 5.0], np.float32)
-    return colour_classifier(path, weight, bias, ModelMeta(task="classify", name="colours", class_names=CLASSES,
-                                                           input_size=(size, size)), batch=batch)
+    return colour_classifier(
+        path,
+        weight,
+        bias,
+        ModelMeta(task="classify", name="colours", class_names=CLASSES, input_size=(size, size)),
+        batch=batch,
+    )
 
 
 def solid(bgr, shape=(48, 64)) -> np.ndarray:
@@ -54,7 +64,9 @@ def frames(tmp_path_factory) -> Path:
     """Six frames in name order: red, green, blue, twice."""
     folder = tmp_path_factory.mktemp("frames")
     for i in range(6):
-        cv2.imwrite(str(folder / f"{i:02d}.png"), solid([(0, 0, 255), (0, 255, 0), (255, 0, 0)][i % 3]))
+        cv2.imwrite(
+            str(folder / f"{i:02d}.png"), solid([(0, 0, 255), (0, 255, 0), (255, 0, 0)][i % 3])
+        )
     return folder
 
 
@@ -69,15 +81,23 @@ def test_the_readme_example_runs_as_written(tmp_path, monkeypatch):
 
     torch.manual_seed(0)
     (tmp_path / "demo" / "run").mkdir(parents=True)
-    save_checkpoint(tmp_path / "demo" / "run" / "best.pt", GlimmerNet(widths=(8, 16, 32, 48), depths=(2, 1, 1, 1)),
-                    "glimmernet", TRAINED, (64, 64))
+    save_checkpoint(
+        tmp_path / "demo" / "run" / "best.pt",
+        GlimmerNet(widths=(8, 16, 32, 48), depths=(2, 1, 1, 1)),
+        "glimmernet",
+        TRAINED,
+        (64, 64),
+    )
     make_scene_dataset(tmp_path / "demo" / "data", {"Val": 6}, size=64)
     monkeypatch.chdir(tmp_path)
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
         exec(compile(readme_example(), "README.md (Python API)", "exec"), {"__name__": "readme"})
     lines = out.getvalue().splitlines()
-    assert sorted(p.name for p in (tmp_path / "demo" / "api").iterdir()) == ["best.onnx", "export-report.json"]
+    assert sorted(p.name for p in (tmp_path / "demo" / "api").iterdir()) == [
+        "best.onnx",
+        "export-report.json",
+    ]
     assert lines[0].split()[0] in TRAINED and len(lines) == 1 + 5 + 1
     assert [int(line.split()[0]) for line in lines[1:6]] == [0, 1, 2, 3, 4]
     assert float(lines[-1]) > 0
@@ -87,12 +107,21 @@ def test_load_a_classifier_and_classify_one_frame(classifier, frames):
     with glimmer.load(classifier, classify={"top_k": 4}) as model:
         assert (model.task, model.class_names) == ("classify", CLASSES)
         red = model(solid((0, 0, 255)))
-        assert red["label"] == "Flood" and [t["class"] for t in red["top"]][:2] == ["Flood", "Normal"]
+        assert red["label"] == "Flood" and [t["class"] for t in red["top"]][:2] == [
+            "Flood",
+            "Normal",
+        ]
         assert sum(t["score"] for t in red["top"]) == pytest.approx(1.0, abs=1e-3)
         green = model(frames / "01.png")  # an image file's path is read as a BGR frame
-        assert green["label"] == "Fire" and green["score"] == red["score"]  # no smoothing across calls
-        for bad, message in ((np.zeros((8, 8), np.uint8), "HxWx3"), (solid(0).astype(np.float32), "uint8"),
-                             ([1, 2], "numpy image"), (frames / "absent.png", "not a readable image")):
+        assert (
+            green["label"] == "Fire" and green["score"] == red["score"]
+        )  # no smoothing across calls
+        for bad, message in (
+            (np.zeros((8, 8), np.uint8), "HxWx3"),
+            (solid(0).astype(np.float32), "uint8"),
+            ([1, 2], "numpy image"),
+            (frames / "absent.png", "not a readable image"),
+        ):
             with pytest.raises(GlimmerError, match=message):
                 model(bad)
         backend = model.backend
@@ -101,10 +130,10 @@ def test_load_a_classifier_and_classify_one_frame(classifier, frames):
 
 def test_load_a_detector_gives_boxes_in_frame_pixels(tmp_path):
     head = np.zeros((1, 6, 3), np.float32)
-    head[0, :4, 0] = [32, 32, 16, 16]        # centre x, y, w, h in network pixels
-    head[0, 5, 0] = 0.9                      # class 1 (car)
+    head[0, :4, 0] = [32, 32, 16, 16]  # centre x, y, w, h in network pixels
+    head[0, 5, 0] = 0.9  # class 1 (car)
     head[0, :4, 1] = [10, 10, 4, 4]
-    head[0, 4, 1] = 0.1                      # below the default 0.25
+    head[0, 4, 1] = 0.1  # below the default 0.25
     with glimmer.load(fixed_detector(tmp_path / "det.onnx", head), detect={"conf": 0.05}) as model:
         wide = model(np.zeros((64, 128, 3), np.uint8))  # letterboxed: gain 0.5, 16 px padding top
     assert wide["count"] == 2
@@ -125,7 +154,10 @@ def test_run_over_a_folder_yields_every_frame_in_order(classifier, frames):
     results = list(stream)
     assert [r.index for r in results] == list(range(6))
     assert [r.prediction["label"] for r in results] == ["Flood", "Fire", "Earthquake"] * 2
-    assert results[0].frame.shape == (48, 64, 3) and set(results[0].latency_ms) >= {"inference", "end_to_end"}
+    assert results[0].frame.shape == (48, 64, 3) and set(results[0].latency_ms) >= {
+        "inference",
+        "end_to_end",
+    }
     assert stream.report["frames"] == 6 and stream.report["task"] == "classify"
     assert stream.report["model"] == str(classifier)
 
@@ -162,19 +194,23 @@ def test_export_settings_are_checked_before_anything_is_read(tmp_path):
         glimmer.export(tmp_path / "missing.pt", dilation_mode="fast")
     with pytest.raises(GlimmerError, match="no such file"):
         glimmer.export(tmp_path / "missing.pt")
-    importlib.import_module("glimmer.export.cli")  # importing the subpackage leaves glimmer.export callable
+    importlib.import_module(
+        "glimmer.export.cli"
+    )  # importing the subpackage leaves glimmer.export callable
     assert callable(glimmer.export) and glimmer.export.api.ExportSettings is glimmer.ExportSettings
 
 
 def test_import_glimmer_and_load_without_torch(classifier, frames):
-    code = ("import sys\n"
-            "for blocked in ('torch', 'torchvision', 'onnx', 'ultralytics'):\n"
-            "    sys.modules[blocked] = None\n"
-            "import glimmer\n"
-            "assert not any(m.startswith('glimmer.runtime') for m in sys.modules)\n"
-            f"with glimmer.load({str(classifier)!r}) as model:\n"
-            f"    print(model({str(frames / '00.png')!r})['label'])\n"
-            f"print(len(list(glimmer.run({str(frames)!r}, {str(classifier)!r}))))\n")
+    code = (
+        "import sys\n"
+        "for blocked in ('torch', 'torchvision', 'onnx', 'ultralytics'):\n"
+        "    sys.modules[blocked] = None\n"
+        "import glimmer\n"
+        "assert not any(m.startswith('glimmer.runtime') for m in sys.modules)\n"
+        f"with glimmer.load({str(classifier)!r}) as model:\n"
+        f"    print(model({str(frames / '00.png')!r})['label'])\n"
+        f"print(len(list(glimmer.run({str(frames)!r}, {str(classifier)!r}))))\n"
+    )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.split() == ["Flood", "6"]

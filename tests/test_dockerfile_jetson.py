@@ -3,6 +3,7 @@
 Parsed, not grepped: continuation lines are joined, comments dropped, ARG defaults expanded, and the
 pip-installed packages compared with the runtime dependencies that pyproject.toml declares.
 """
+
 import re
 import shlex
 from pathlib import Path
@@ -15,8 +16,11 @@ except ImportError:  # pragma: no cover - Python < 3.11
     import tomli as tomllib
 
 ROOT = Path(__file__).resolve().parents[1]
-FORBIDDEN = re.compile(r"^(opencv[-_]python.*|opencv[-_]contrib[-_]python.*|torch.*|tensorrt.*|"
-                       r"onnxruntime[-_]gpu|ultralytics)$", re.IGNORECASE)
+FORBIDDEN = re.compile(
+    r"^(opencv[-_]python.*|opencv[-_]contrib[-_]python.*|torch.*|tensorrt.*|"
+    r"onnxruntime[-_]gpu|ultralytics)$",
+    re.IGNORECASE,
+)
 
 
 def instructions(text):
@@ -74,7 +78,7 @@ def test_pip_installs_only_runtime_packages_without_deps(parsed):
             for command in expand(rest, args).split("&&"):
                 tokens = shlex.split(command)
                 if "pip" in " ".join(tokens[:3]) and "install" in tokens:
-                    pip_commands.append(tokens[tokens.index("install") + 1:])
+                    pip_commands.append(tokens[tokens.index("install") + 1 :])
     assert pip_commands, "the image must install our package with pip"
     for tokens in pip_commands:
         assert "--no-deps" in tokens
@@ -98,8 +102,13 @@ def test_engine_cache_on_a_volume_and_glimmer_run_by_default(parsed):
     steps, _ = parsed
     env = " ".join(rest for w, rest in steps if w == "ENV")
     cache = re.search(r"GLIMMER_ENGINE_CACHE=(\S+)", env).group(1)
-    volumes = [v.strip('"') for w, rest in steps if w == "VOLUME" for v in rest.strip("[]").split(",")]
-    assert any(cache == v or cache.startswith(v.rstrip("/") + "/") for v in volumes), (cache, volumes)
+    volumes = [
+        v.strip('"') for w, rest in steps if w == "VOLUME" for v in rest.strip("[]").split(",")
+    ]
+    assert any(cache == v or cache.startswith(v.rstrip("/") + "/") for v in volumes), (
+        cache,
+        volumes,
+    )
     entry = [rest for w, rest in steps if w in ("ENTRYPOINT", "CMD")]
     assert entry and "glimmer-run" in entry[0]
 
@@ -109,6 +118,10 @@ def test_docs_show_the_build_and_run_commands(parsed):
     doc = (ROOT / "README.md").read_text()
     assert re.search(r"docker build -f Dockerfile\.jetson[^\n]*--build-arg L4T_TAG=r3[56]", doc)
     run = re.search(r"docker run[^`]*", doc).group(0)
-    for option in ("--runtime nvidia", "-v /tmp/argus_socket:/tmp/argus_socket", "--device /dev/video0",
-                   ":/data"):
+    for option in (
+        "--runtime nvidia",
+        "-v /tmp/argus_socket:/tmp/argus_socket",
+        "--device /dev/video0",
+        ":/data",
+    ):
         assert option in run, option

@@ -3,6 +3,7 @@ the drone) imports without torch, onnx or ultralytics.
 
 Every import statement counts, those inside functions too: a lazy import is still a dependency.
 """
+
 import ast
 import subprocess
 import sys
@@ -10,12 +11,21 @@ from pathlib import Path
 from typing import Dict, Set
 
 ROOT = Path(__file__).resolve().parent.parent
-PACKAGES = {"runtime": "runtime", "calibration": "calibration", "export": "export", "models": "models",
-            "train": "train"}
+PACKAGES = {
+    "runtime": "runtime",
+    "calibration": "calibration",
+    "export": "export",
+    "models": "models",
+    "train": "train",
+}
 #: which top-level packages each one may import (models sits beside calibration/export, on the runtime)
-ALLOWED = {"runtime": {"runtime"}, "calibration": {"runtime", "calibration"}, "models": {"runtime", "models"},
-           "export": {"runtime", "calibration", "models", "export"},
-           "train": {"runtime", "calibration", "models", "export", "train"}}
+ALLOWED = {
+    "runtime": {"runtime"},
+    "calibration": {"runtime", "calibration"},
+    "models": {"runtime", "models"},
+    "export": {"runtime", "calibration", "models", "export"},
+    "train": {"runtime", "calibration", "models", "export", "train"},
+}
 #: inside the runtime, a subpackage may import only those at its own level or below
 RUNTIME_LEVELS = {"core": 0, "backends": 1, "stream": 2, "tools": 3, "api": 4}
 
@@ -50,7 +60,10 @@ def imports(name: str, path: Path) -> Set[str]:
 
 def graph() -> Dict[str, Set[str]]:
     known = modules()
-    return {name: {m for m in imports(name, path) if m in known and m != name} for name, path in known.items()}
+    return {
+        name: {m for m in imports(name, path) if m in known and m != name}
+        for name, path in known.items()
+    }
 
 
 def test_the_graph_is_read():
@@ -70,8 +83,13 @@ def test_imports_point_down():
                 wrong.append(f"{name} -> {target}")
             elif layer == "runtime" == target.split(".")[1] and len(name.split(".")) > 2:
                 level = RUNTIME_LEVELS.get(name.split(".")[2], 0)
-                if len(target.split(".")) > 2 and RUNTIME_LEVELS.get(target.split(".")[2], 0) > level:
-                    wrong.append(f"{name} -> {target} (runtime subpackages: core < backends < stream < tools)")
+                if (
+                    len(target.split(".")) > 2
+                    and RUNTIME_LEVELS.get(target.split(".")[2], 0) > level
+                ):
+                    wrong.append(
+                        f"{name} -> {target} (runtime subpackages: core < backends < stream < tools)"
+                    )
     assert not wrong, "\n".join(sorted(wrong))
 
 
@@ -84,7 +102,7 @@ def test_no_import_cycles():
         state[node] = 1
         for nxt in sorted(edges[node]):
             if state.get(nxt) == 1:
-                cycles.append(" -> ".join(trail[trail.index(nxt):] + [nxt]))
+                cycles.append(" -> ".join(trail[trail.index(nxt) :] + [nxt]))
             elif nxt not in state:
                 visit(nxt, trail + [nxt])
         state[node] = 2
@@ -97,12 +115,14 @@ def test_no_import_cycles():
 
 def test_every_runtime_module_imports_without_torch_onnx_or_ultralytics():
     names = sorted(n for n in modules() if n.startswith("glimmer.runtime"))
-    code = ("import importlib, sys\n"
-            "for blocked in ('torch', 'torchvision', 'onnx', 'onnxscript', 'ultralytics'):\n"
-            "    sys.modules[blocked] = None\n"
-            f"for name in {names!r}:\n"
-            "    importlib.import_module(name)\n"
-            "print('ok', len(sys.modules))\n")
+    code = (
+        "import importlib, sys\n"
+        "for blocked in ('torch', 'torchvision', 'onnx', 'onnxscript', 'ultralytics'):\n"
+        "    sys.modules[blocked] = None\n"
+        f"for name in {names!r}:\n"
+        "    importlib.import_module(name)\n"
+        "print('ok', len(sys.modules))\n"
+    )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and done.stdout.startswith("ok"), done.stderr[-2000:]
 
@@ -114,7 +134,10 @@ def test_no_test_module_imports_another():
     wrong = []
     for path in sorted(tests.rglob("*.py")):
         for node in ast.walk(ast.parse(path.read_text(), str(path))):
-            found = [a.name for a in node.names] if isinstance(node, ast.Import) else (
-                [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            found = (
+                [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else ([node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            )
             wrong += [f"{path.relative_to(ROOT)} imports {name}" for name in found if name in names]
     assert not wrong, "\n".join(wrong)

@@ -32,38 +32,88 @@ RUN_OPTIONS = ("arch", "img_size", "batch_size", "seed", "lr", "val_fraction")
 def build_parser() -> argparse.ArgumentParser:
     d = RunSettings()
     parser = argparse.ArgumentParser(
-        prog="glimmer-train", description=__doc__.strip().splitlines()[0],
-        epilog="Writes RUN_DIR/best.pt, last.pt, metrics.json, curves.png, confusion_matrix.png.")
-    parser.add_argument("data_dir", metavar="DATA_DIR",
-                        help="dataset folder: Train/, Val/, Test/ with one folder per class")
-    parser.add_argument("--out", required=True, metavar="RUN_DIR",
-                        help="run folder for checkpoints, metrics and plots")
-    parser.add_argument("--epochs", type=int, default=None, metavar="N",
-                        help=f"total epochs (default {d.epochs}; with --resume, raise it to train on)")
-    parser.add_argument("--img-size", type=int, default=None, metavar="PX",
-                        help=f"square input size (default {d.img_size})")
-    parser.add_argument("--batch-size", type=int, default=None, metavar="N",
-                        help=f"images per step (default {d.batch_size}, the paper's)")
-    parser.add_argument("--seed", type=int, default=None, metavar="N",
-                        help=f"seed of weights, shuffling and augmentation (default {d.seed})")
-    parser.add_argument("--arch", choices=("glimmernet", "takunet"), default=None,
-                        help=f"network (default {d.arch})")
-    parser.add_argument("--lr", type=float, default=None,
-                        help=f"RMSprop learning rate (default {d.lr:g})")
-    parser.add_argument("--val-fraction", type=float, default=None, metavar="F",
-                        help=f"share of Train held out when there is no Val/ (default {d.val_fraction:g})")
-    parser.add_argument("--resume", action="store_true",
-                        help="continue the run in RUN_DIR from its last.pt")
-    parser.add_argument("--qat-from", default=None, metavar="CKPT",
-                        help="quantisation-aware training: fine-tune this trained GlimmerNet/TakuNet "
-                             "checkpoint under simulated INT8 (architecture, input size and classes "
-                             "come from it; default 10 epochs at lr 1e-4)")
+        prog="glimmer-train",
+        description=__doc__.strip().splitlines()[0],
+        epilog="Writes RUN_DIR/best.pt, last.pt, metrics.json, curves.png, confusion_matrix.png.",
+    )
+    parser.add_argument(
+        "data_dir",
+        metavar="DATA_DIR",
+        help="dataset folder: Train/, Val/, Test/ with one folder per class",
+    )
+    parser.add_argument(
+        "--out",
+        required=True,
+        metavar="RUN_DIR",
+        help="run folder for checkpoints, metrics and plots",
+    )
+    parser.add_argument(
+        "--epochs",
+        type=int,
+        default=None,
+        metavar="N",
+        help=f"total epochs (default {d.epochs}; with --resume, raise it to train on)",
+    )
+    parser.add_argument(
+        "--img-size",
+        type=int,
+        default=None,
+        metavar="PX",
+        help=f"square input size (default {d.img_size})",
+    )
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        metavar="N",
+        help=f"images per step (default {d.batch_size}, the paper's)",
+    )
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=None,
+        metavar="N",
+        help=f"seed of weights, shuffling and augmentation (default {d.seed})",
+    )
+    parser.add_argument(
+        "--arch",
+        choices=("glimmernet", "takunet"),
+        default=None,
+        help=f"network (default {d.arch})",
+    )
+    parser.add_argument(
+        "--lr", type=float, default=None, help=f"RMSprop learning rate (default {d.lr:g})"
+    )
+    parser.add_argument(
+        "--val-fraction",
+        type=float,
+        default=None,
+        metavar="F",
+        help=f"share of Train held out when there is no Val/ (default {d.val_fraction:g})",
+    )
+    parser.add_argument(
+        "--resume", action="store_true", help="continue the run in RUN_DIR from its last.pt"
+    )
+    parser.add_argument(
+        "--qat-from",
+        default=None,
+        metavar="CKPT",
+        help="quantisation-aware training: fine-tune this trained GlimmerNet/TakuNet "
+        "checkpoint under simulated INT8 (architecture, input size and classes "
+        "come from it; default 10 epochs at lr 1e-4)",
+    )
     parser.add_argument("--weight-bits", type=int, default=8, help=argparse.SUPPRESS)
     parser.add_argument("--calib-images", type=int, default=512, help=argparse.SUPPRESS)
-    parser.add_argument("--workers", type=int, default=DEFAULT_WORKERS, metavar="N",
-                        help=f"DataLoader worker processes (default min(4, CPUs) = {DEFAULT_WORKERS})")
-    parser.add_argument("--device", default="auto",
-                        help="auto (CUDA if present), cpu, cuda, cuda:N (default auto)")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=DEFAULT_WORKERS,
+        metavar="N",
+        help=f"DataLoader worker processes (default min(4, CPUs) = {DEFAULT_WORKERS})",
+    )
+    parser.add_argument(
+        "--device", default="auto", help="auto (CUDA if present), cpu, cuda, cuda:N (default auto)"
+    )
     add_verbose_flag(parser)
     return parser
 
@@ -117,8 +167,10 @@ def _resume_settings(args: argparse.Namespace, run_dir: Path) -> Dict[str, Any]:
         )
     ck = load_checkpoint(last)
     if ck.qat is not None:
-        raise GlimmerError(f"--resume: {last} is from a --qat-from run, which cannot be resumed; "
-                           "start it again with a new --out")
+        raise GlimmerError(
+            f"--resume: {last} is from a --qat-from run, which cannot be resumed; "
+            "start it again with a new --out"
+        )
     state = ck.raw.get("train_state")
     if not isinstance(state, dict) or "settings" not in state:
         raise GlimmerError(
@@ -158,9 +210,15 @@ def _qat_source(path: Path) -> "Checkpoint":
     kind = sniff_kind(path)
     if kind not in ("glimmer", "reference"):
         what = {"ultralytics": "an ultralytics (YOLO) checkpoint"}.get(
-            kind, "an ONNX model" if path.suffix.lower() == ".onnx" else "not a checkpoint glimmer-train wrote")
-        raise GlimmerError(f"--qat-from {path}: {what}; QAT starts from a trained GlimmerNet/TakuNet "
-                           "checkpoint (glimmer-train's best.pt or a reference .ckpt)")
+            kind,
+            "an ONNX model"
+            if path.suffix.lower() == ".onnx"
+            else "not a checkpoint glimmer-train wrote",
+        )
+        raise GlimmerError(
+            f"--qat-from {path}: {what}; QAT starts from a trained GlimmerNet/TakuNet "
+            "checkpoint (glimmer-train's best.pt or a reference .ckpt)"
+        )
     try:
         return load_checkpoint(path)
     except GlimmerError as exc:
@@ -173,8 +231,10 @@ def _qat_settings(args: argparse.Namespace, data_dir: Path, run_dir: Path):
     from .qat import QATSettings
 
     if args.resume:
-        raise GlimmerError("--resume cannot be combined with --qat-from (a QAT run is short: start it "
-                           "again with a new --out)")
+        raise GlimmerError(
+            "--resume cannot be combined with --qat-from (a QAT run is short: start it "
+            "again with a new --out)"
+        )
     _check_out(run_dir)
     path = Path(args.qat_from)
     ck = _qat_source(path)
@@ -183,20 +243,33 @@ def _qat_settings(args: argparse.Namespace, data_dir: Path, run_dir: Path):
         raise GlimmerError(f"--qat-from {path}: input size {list(ck.input_size)} is not square")
     for flag, given, own in (("--arch", args.arch, ck.arch), ("--img-size", args.img_size, size)):
         if given is not None and given != own:
-            raise GlimmerError(f"{flag} {given} differs from --qat-from {path}'s {own}; QAT keeps the "
-                               "checkpoint's architecture and input size")
+            raise GlimmerError(
+                f"{flag} {given} differs from --qat-from {path}'s {own}; QAT keeps the "
+                "checkpoint's architecture and input size"
+            )
     train_dir = find_split(data_dir, "train")
     if train_dir is not None:
         from glimmer.runtime.core.images import class_folders
 
         found = class_folders(train_dir)
         if found != list(ck.class_names):
-            raise GlimmerError(f"--qat-from {path}: its classes {list(ck.class_names)} differ from the "
-                               f"class folders of {train_dir} {found}")
-    given = {k: getattr(args, k) for k in ("batch_size", "seed", "lr", "val_fraction", "epochs")
-             if getattr(args, k) is not None}
-    settings = QATSettings(arch=ck.arch, img_size=size, weight_bits=args.weight_bits,
-                           calib_images=args.calib_images, source=str(path), **given)
+            raise GlimmerError(
+                f"--qat-from {path}: its classes {list(ck.class_names)} differ from the "
+                f"class folders of {train_dir} {found}"
+            )
+    given = {
+        k: getattr(args, k)
+        for k in ("batch_size", "seed", "lr", "val_fraction", "epochs")
+        if getattr(args, k) is not None
+    }
+    settings = QATSettings(
+        arch=ck.arch,
+        img_size=size,
+        weight_bits=args.weight_bits,
+        calib_images=args.calib_images,
+        source=str(path),
+        **given,
+    )
     return settings, ck
 
 
@@ -222,8 +295,15 @@ def main(argv: Optional[List[str]] = None) -> int:
         settings, source = _qat_settings(args, data_dir, run_dir)
         from .qat import QATTrainer
 
-        qat = QATTrainer(data_dir, run_dir, settings, source, workers=args.workers, device=args.device,
-                         log=lambda line: print(line, flush=True))
+        qat = QATTrainer(
+            data_dir,
+            run_dir,
+            settings,
+            source,
+            workers=args.workers,
+            device=args.device,
+            log=lambda line: print(line, flush=True),
+        )
         _report(qat.run(), run_dir)
         return 0
     resume = _resume_settings(args, run_dir) if args.resume else None

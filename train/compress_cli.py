@@ -9,6 +9,7 @@
 
 The method of Sabaghian et al. (docs/yolo-compression.md) on ultralytics 8.4.190, offline.
 """
+
 import argparse
 import copy
 import re
@@ -27,14 +28,18 @@ def _layers(text: str) -> List[int]:
     try:
         layers = [int(t) for t in text.split(",") if t.strip()]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated layer indices, got {text!r}") from None
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated layer indices, got {text!r}"
+        ) from None
     if not layers:
         raise argparse.ArgumentTypeError("no layers given")
     return layers
 
 
 def _training_options(p: argparse.ArgumentParser, epochs_required: bool = True) -> None:
-    p.add_argument("--data", required=True, help="YOLO-format dataset yaml (path, train, val, names)")
+    p.add_argument(
+        "--data", required=True, help="YOLO-format dataset yaml (path, train, val, names)"
+    )
     p.add_argument("--epochs", type=int, required=epochs_required, help="training epochs")
     p.add_argument("--imgsz", type=int, default=1024, help="square training/val size (paper: 1024)")
     p.add_argument("--batch", type=int, default=8, help="batch size (paper: 8)")
@@ -45,13 +50,17 @@ def _training_options(p: argparse.ArgumentParser, epochs_required: bool = True) 
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="glimmer-compress", description=__doc__.strip().splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="glimmer-compress", description=__doc__.strip().splitlines()[0]
+    )
     add_verbose_flag(parser)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("sparse", help="train with an L1 penalty on BN gammas")
     p.add_argument("--model", default="yolov8m.yaml", help="yolov8n|s|m|l|x.yaml or a YOLOv8 .pt")
-    p.add_argument("--sr", type=float, default=0.005, help="lambda0 of sr*(1-0.9*e/E) (paper: 0.005)")
+    p.add_argument(
+        "--sr", type=float, default=0.005, help="lambda0 of sr*(1-0.9*e/E) (paper: 0.005)"
+    )
     _training_options(p)
 
     p = sub.add_parser("prune", help="layer-wise channel pruning by |gamma|")
@@ -77,17 +86,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sr", type=float, default=0.005, help="sparsity lambda0")
     p.add_argument("--ratio", type=float, default=0.5, help="share of channels removed per layer")
     _distill_options(p)
-    p.add_argument("--latency-runs", type=int, default=20, help="ONNX Runtime timing runs per stage")
+    p.add_argument(
+        "--latency-runs", type=int, default=20, help="ONNX Runtime timing runs per stage"
+    )
     _training_options(p)
 
     p = sub.add_parser("visdrone2yolo", help="VisDrone2019-DET annotations to YOLO labels")
-    p.add_argument("raw_dir", help="folder with VisDrone2019-DET-<split>/ or images/ + annotations/")
+    p.add_argument(
+        "raw_dir", help="folder with VisDrone2019-DET-<split>/ or images/ + annotations/"
+    )
     p.add_argument("out_dir", help="output dataset folder (images/, labels/, data.yaml)")
     return parser
 
 
 def _distill_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--layers", type=_layers, default=[12, 15, 18, 21], help="distilled layers (neck C2f)")
+    p.add_argument(
+        "--layers", type=_layers, default=[12, 15, 18, 21], help="distilled layers (neck C2f)"
+    )
     p.add_argument("--tau", type=float, default=6.0, help="CWD temperature (paper: 6)")
     p.add_argument("--alpha", type=float, default=0.5, help="CWD weight (paper: 0.5)")
 
@@ -96,9 +111,13 @@ def _check_numbers(args: argparse.Namespace) -> None:
     if getattr(args, "epochs", None) is not None and args.epochs < 1:
         raise GlimmerError(f"--epochs must be at least 1, got {args.epochs}")
     if hasattr(args, "imgsz") and (args.imgsz < 32 or args.imgsz % 32):
-        raise GlimmerError(f"--imgsz must be a multiple of 32 (YOLOv8's largest stride), got {args.imgsz}")
+        raise GlimmerError(
+            f"--imgsz must be a multiple of 32 (YOLOv8's largest stride), got {args.imgsz}"
+        )
     if getattr(args, "batch", 2) < 2:
-        raise GlimmerError(f"--batch must be at least 2 (BatchNorm needs two samples), got {args.batch}")
+        raise GlimmerError(
+            f"--batch must be at least 2 (BatchNorm needs two samples), got {args.batch}"
+        )
     if getattr(args, "sr", 0) < 0:
         raise GlimmerError(f"--sr must be >= 0, got {args.sr}")
     if not 0 <= getattr(args, "ratio", 0) < 1:
@@ -135,8 +154,9 @@ def _prepare(args: argparse.Namespace) -> Tuple[Path, Path]:
     return out, write_resolved(ds, out / "data.yaml")
 
 
-def _train(kind: str, args: argparse.Namespace, out: Path, data: Path, model: str,
-           **kwargs: Any) -> Path:
+def _train(
+    kind: str, args: argparse.Namespace, out: Path, data: Path, model: str, **kwargs: Any
+) -> Path:
     from glimmer.train.compress.trainers import (
         DistillTrainer,
         ModuleTrainer,
@@ -156,16 +176,29 @@ def _train(kind: str, args: argparse.Namespace, out: Path, data: Path, model: st
         from glimmer.train.compress.yolo import load_detector
 
         teacher, _ = load_detector(Path(kwargs["teacher"]))
-        best = run_training(DistillTrainer, overrides, teacher=teacher, layers=kwargs["layers"],
-                            tau=kwargs["tau"], alpha=kwargs["alpha"])
+        best = run_training(
+            DistillTrainer,
+            overrides,
+            teacher=teacher,
+            layers=kwargs["layers"],
+            tau=kwargs["tau"],
+            alpha=kwargs["alpha"],
+        )
     else:
         best = run_training(ModuleTrainer, overrides)
     print(f"{kind}: weights {best}")
     return best
 
 
-def prune_file(src: Path, dst: Path, ratio: float, imgsz: int, prune_stem: bool = False,
-               prune_box: bool = False, table: bool = True) -> Dict[str, float]:
+def prune_file(
+    src: Path,
+    dst: Path,
+    ratio: float,
+    imgsz: int,
+    prune_stem: bool = False,
+    prune_box: bool = False,
+    table: bool = True,
+) -> Dict[str, float]:
     from glimmer.train.compress.prune import per_layer_table, prune_yolov8
     from glimmer.train.compress.yolo import load_detector, save_detector
 
@@ -174,17 +207,31 @@ def prune_file(src: Path, dst: Path, ratio: float, imgsz: int, prune_stem: bool 
     if dst.resolve() == src.resolve():
         raise GlimmerError(f"--out {dst}: would overwrite the unpruned --model")
     model, ckpt = load_detector(src)
-    result = prune_yolov8(copy.deepcopy(model), ratio, keep_stem=not prune_stem, keep_box=not prune_box)
+    result = prune_yolov8(
+        copy.deepcopy(model), ratio, keep_stem=not prune_stem, keep_box=not prune_box
+    )
     text, totals = per_layer_table(model, result.model, imgsz)
     if table:
         print(text)
-    print(f"params {totals['params_before']:,} -> {totals['params_after']:,} "
-          f"({totals['params_after'] / totals['params_before']:.1%}); GFLOPs@{imgsz} "
-          f"{totals['gflops_before']:.2f} -> {totals['gflops_after']:.2f} "
-          f"({totals['gflops_before'] / max(totals['gflops_after'], 1e-9):.2f}x fewer)")
-    save_detector(result.model, dst, {"stage": "pruned", "ratio": ratio, "source": str(src),
-                                      "keep_stem": not prune_stem, "keep_box": not prune_box, **totals},
-                  train_args=ckpt.get("train_args"))
+    print(
+        f"params {totals['params_before']:,} -> {totals['params_after']:,} "
+        f"({totals['params_after'] / totals['params_before']:.1%}); GFLOPs@{imgsz} "
+        f"{totals['gflops_before']:.2f} -> {totals['gflops_after']:.2f} "
+        f"({totals['gflops_before'] / max(totals['gflops_after'], 1e-9):.2f}x fewer)"
+    )
+    save_detector(
+        result.model,
+        dst,
+        {
+            "stage": "pruned",
+            "ratio": ratio,
+            "source": str(src),
+            "keep_stem": not prune_stem,
+            "keep_box": not prune_box,
+            **totals,
+        },
+        train_args=ckpt.get("train_args"),
+    )
     print(f"pruned: {dst}")
     return totals
 
@@ -212,8 +259,20 @@ def run_pipeline(args: argparse.Namespace) -> List[Dict[str, Any]]:
     print("== stage 3/4: fine-tuning")
     record("finetune", _train("finetune", args, out / "3-finetune", data, str(pruned.resolve())))
     print("== stage 4/4: channel-wise distillation")
-    record("distill", _train("distill", args, out / "4-distill", data, str(pruned.resolve()),
-                             teacher=str(sparse), layers=args.layers, tau=args.tau, alpha=args.alpha))
+    record(
+        "distill",
+        _train(
+            "distill",
+            args,
+            out / "4-distill",
+            data,
+            str(pruned.resolve()),
+            teacher=str(sparse),
+            layers=args.layers,
+            tau=args.tau,
+            alpha=args.alpha,
+        ),
+    )
     paths = write_summary(rows, out)
     print(markdown(rows))
     print(f"summary: {paths['json']} {paths['png']}")
@@ -232,18 +291,37 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"dataset: {Path(args.out_dir) / 'data.yaml'}")
         return 0
     if args.command == "prune":
-        prune_file(Path(args.model), Path(args.out), args.ratio, args.imgsz, args.prune_stem, args.prune_box)
+        prune_file(
+            Path(args.model),
+            Path(args.out),
+            args.ratio,
+            args.imgsz,
+            args.prune_stem,
+            args.prune_box,
+        )
         return 0
     if args.command == "pipeline":
         run_pipeline(args)
         return 0
     if args.command == "distill":
-        student, teacher = _model_source(args.student, "--student"), _model_source(args.teacher, "--teacher")
+        student, teacher = (
+            _model_source(args.student, "--student"),
+            _model_source(args.teacher, "--teacher"),
+        )
         if not student.endswith(".pt") or not teacher.endswith(".pt"):
             raise GlimmerError("--student and --teacher must be .pt checkpoints")
         out, data = _prepare(args)
-        _train("distill", args, out, data, student, teacher=teacher, layers=args.layers,
-               tau=args.tau, alpha=args.alpha)
+        _train(
+            "distill",
+            args,
+            out,
+            data,
+            student,
+            teacher=teacher,
+            layers=args.layers,
+            tau=args.tau,
+            alpha=args.alpha,
+        )
         return 0
     model = _model_source(args.model)
     if args.command == "finetune" and not model.endswith(".pt"):

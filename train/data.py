@@ -146,8 +146,16 @@ def find_unreadable(
 def progress(iterable, desc: str, total: Optional[int] = None, unit: str = "batch") -> tqdm:
     """A transient bar on stderr; off a terminal (CI logs) it redraws every few seconds."""
     interactive = hasattr(sys.stderr, "isatty") and sys.stderr.isatty()
-    return tqdm(iterable, desc=desc, total=total, unit=unit, leave=False, file=sys.stderr,
-                dynamic_ncols=True, mininterval=0.1 if interactive else 5.0)
+    return tqdm(
+        iterable,
+        desc=desc,
+        total=total,
+        unit=unit,
+        leave=False,
+        file=sys.stderr,
+        dynamic_ncols=True,
+        mininterval=0.1 if interactive else 5.0,
+    )
 
 
 def load_aider(

@@ -22,6 +22,7 @@ The network stays a plain GlimmerNet: :class:`QATModel` wraps it (forward pre-ho
 ``torch.func.functional_call`` for weights), so state_dict keys never change and ``best.pt`` loads
 and exports like any checkpoint, with one extra ``qat`` entry (``models.checkpoint.QAT_KEYS``).
 """
+
 import copy
 import time
 from dataclasses import asdict, dataclass
@@ -61,6 +62,7 @@ CALIBRATION = "max"
 
 # ---- folding -------------------------------------------------------------------------------------
 
+
 def conv_bn_pairs(model: GlimmerNet) -> List[Tuple[List[nn.Conv2d], nn.BatchNorm2d]]:
     """Every BatchNorm with the conv(s) in front of it (a GDBlock's BN follows all its group convs)."""
     pairs: List[Tuple[List[nn.Conv2d], nn.BatchNorm2d]] = []
@@ -69,8 +71,12 @@ def conv_bn_pairs(model: GlimmerNet) -> List[Tuple[List[nn.Conv2d], nn.BatchNorm
             pairs.append((list(module.conv.convs), module.bn))
         elif isinstance(module, Refiner):
             pairs.append(([module.conv], module.bn))
-        elif isinstance(module, nn.Sequential) and len(module) > 1 and isinstance(module[0], nn.Conv2d) \
-                and isinstance(module[1], nn.BatchNorm2d):
+        elif (
+            isinstance(module, nn.Sequential)
+            and len(module) > 1
+            and isinstance(module[0], nn.Conv2d)
+            and isinstance(module[1], nn.BatchNorm2d)
+        ):
             pairs.append(([module[0]], module[1]))
     found = {id(bn) for _, bn in pairs}
     if any(isinstance(m, nn.BatchNorm2d) and id(m) not in found for m in model.modules()):
@@ -105,6 +111,7 @@ def fold_batchnorms(model: GlimmerNet) -> GlimmerNet:
 
 # ---- fake quantisation ---------------------------------------------------------------------------
 
+
 def quantized_inputs(model: GlimmerNet) -> List[str]:
     """Modules whose input the export quantises, in data order: each conv and linear, except that
     a GDBlock's grouped dilated conv counts once (its group convs share the block input's range)."""
@@ -112,7 +119,9 @@ def quantized_inputs(model: GlimmerNet) -> List[str]:
     names = []
     for name, module in model.named_modules():
         inside = any(name.startswith(g + ".") for g in grouped)
-        if isinstance(module, GroupedDilatedConv2d) or (isinstance(module, (nn.Conv2d, nn.Linear)) and not inside):
+        if isinstance(module, GroupedDilatedConv2d) or (
+            isinstance(module, (nn.Conv2d, nn.Linear)) and not inside
+        ):
             names.append(name)
     return names
 
@@ -131,6 +140,7 @@ def _input_quantizer(amax: float) -> Callable:
 
     def hook(_module: nn.Module, args: Tuple[Any, ...]) -> Tuple[Any, ...]:
         return (torch.fake_quantize_per_tensor_affine(args[0], scale, 0, -128, 127), *args[1:])
+
     return hook
 
 
@@ -145,7 +155,9 @@ class QATModel(nn.Module):
     the activation hooks off ``model`` again.
     """
 
-    def __init__(self, model: GlimmerNet, activation_amax: Mapping[str, float], weight_bits: int = 8) -> None:
+    def __init__(
+        self, model: GlimmerNet, activation_amax: Mapping[str, float], weight_bits: int = 8
+    ) -> None:
         super().__init__()
         qmax(weight_bits)  # validates the width
         self.model = model
@@ -156,9 +168,13 @@ class QATModel(nn.Module):
             raise ValueError(f"no activation range for module {missing[0]!r}")
         self.activation_amax = {n: float(activation_amax[n]) for n in names}
         modules = dict(model.named_modules())
-        self._hooks = [modules[n].register_forward_pre_hook(_input_quantizer(a))
-                       for n, a in self.activation_amax.items()]
-        self._weights = [f"{n}.weight" for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+        self._hooks = [
+            modules[n].register_forward_pre_hook(_input_quantizer(a))
+            for n, a in self.activation_amax.items()
+        ]
+        self._weights = [
+            f"{n}.weight" for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))
+        ]
 
     def train(self, mode: bool = True) -> "QATModel":
         super().train(mode)
@@ -181,8 +197,9 @@ class QATModel(nn.Module):
 
 
 @torch.no_grad()
-def calibrate_amax(model: GlimmerNet, batches: Iterable[torch.Tensor],
-                   device: Union[str, torch.device] = "cpu") -> Tuple[Dict[str, float], int]:
+def calibrate_amax(
+    model: GlimmerNet, batches: Iterable[torch.Tensor], device: Union[str, torch.device] = "cpu"
+) -> Tuple[Dict[str, float], int]:
     """(max |x| at the input of each of :func:`quantized_inputs`, images seen), float model, eval mode."""
     amax = {n: 0.0 for n in quantized_inputs(model)}
     modules = dict(model.named_modules())
@@ -190,6 +207,7 @@ def calibrate_amax(model: GlimmerNet, batches: Iterable[torch.Tensor],
     def watch(name: str) -> Callable:
         def hook(_module: nn.Module, args: Tuple[Any, ...]) -> None:
             amax[name] = max(amax[name], float(args[0].detach().abs().max()))
+
         return hook
 
     hooks = [modules[n].register_forward_pre_hook(watch(n)) for n in amax]
@@ -209,11 +227,17 @@ def calibrate_amax(model: GlimmerNet, batches: Iterable[torch.Tensor],
 
 def qat_entry(model: QATModel, images: int, epochs: int) -> Dict[str, Any]:
     """The checkpoint's ``qat`` entry (``models.checkpoint.QAT_KEYS``)."""
-    return {"activation_amax": dict(model.activation_amax), "weight_bits": model.weight_bits,
-            "calibration": CALIBRATION, "images": int(images), "epochs": int(epochs)}
+    return {
+        "activation_amax": dict(model.activation_amax),
+        "weight_bits": model.weight_bits,
+        "calibration": CALIBRATION,
+        "images": int(images),
+        "epochs": int(epochs),
+    }
 
 
 # ---- the fine-tuning run -------------------------------------------------------------------------
+
 
 @dataclass
 class QATSettings(RunSettings):
@@ -230,27 +254,42 @@ def calibration_split(train: Split, count: int, seed: int) -> Split:
     """A seeded sample of ``count`` training images (all of them when there are fewer)."""
     if len(train) <= count:
         return train
-    pick = sorted(np.random.default_rng(seed).choice(len(train), size=count, replace=False).tolist())
-    return Split("Calibration", [train.paths[i] for i in pick], [train.labels[i] for i in pick],
-                 train.source)
+    pick = sorted(
+        np.random.default_rng(seed).choice(len(train), size=count, replace=False).tolist()
+    )
+    return Split(
+        "Calibration", [train.paths[i] for i in pick], [train.labels[i] for i in pick], train.source
+    )
 
 
 class QATTrainer(Trainer):
     """Calibrate, then fine-tune ``source`` under fake quantisation; best Val weighted F1 (under fake
     quantisation, the PTQ starting point included as epoch 0) is kept in ``best.pt``."""
 
-    def __init__(self, data_dir: Path, run_dir: Path, settings: QATSettings, source: Checkpoint,
-                 workers: int = 4, device: str = "auto", log: Callable[[str], None] = print) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        run_dir: Path,
+        settings: QATSettings,
+        source: Checkpoint,
+        workers: int = 4,
+        device: str = "auto",
+        log: Callable[[str], None] = print,
+    ) -> None:
         super().__init__(data_dir, run_dir, settings, workers=workers, device=device, log=log)
         self.source = source
         self.summary: Dict[str, Any] = {}
 
     def _check_classes(self, data: AiderDataset) -> None:
         if list(data.class_names) != list(self.source.class_names):
-            raise GlimmerError(f"{data.root}: class folders {data.class_names} differ from the classes "
-                               f"{self.source.class_names} of --qat-from {self.source.path}")
+            raise GlimmerError(
+                f"{data.root}: class folders {data.class_names} differ from the classes "
+                f"{self.source.class_names} of --qat-from {self.source.path}"
+            )
 
-    def _evaluate(self, model: nn.Module, loader, names: List[str], desc: str) -> Tuple[float, Dict[str, Any]]:
+    def _evaluate(
+        self, model: nn.Module, loader, names: List[str], desc: str
+    ) -> Tuple[float, Dict[str, Any]]:
         loss, y_true, y_pred = predict(model, loader, self.device, desc)
         return loss, classification_report(y_true, y_pred, names)
 
@@ -263,37 +302,74 @@ class QATTrainer(Trainer):
         meta = classifier_meta(names, s.img_size, s.arch)
         seed_everything(s.seed)
         model = fold_batchnorms(copy.deepcopy(self.source.model)).to(self.device)
-        calib = self._loader(calibration_split(data.train, s.calib_images, s.seed), meta, train=False)
-        amax, images = calibrate_amax(model, (x for x, _ in progress(calib, "calibrating")), self.device)
+        calib = self._loader(
+            calibration_split(data.train, s.calib_images, s.seed), meta, train=False
+        )
+        amax, images = calibrate_amax(
+            model, (x for x, _ in progress(calib, "calibrating")), self.device
+        )
         del calib
         val_loader = self._loader(data.val, meta, train=False)
         _, fp = self._evaluate(model, val_loader, names, "val float")
         qmodel = QATModel(model, amax, s.weight_bits)
         ptq_loss, ptq = self._evaluate(qmodel, val_loader, names, "val ptq")
-        self.summary = {"weight_bits": s.weight_bits, "calibration": CALIBRATION, "images": images,
-                        "source": s.source, "val_float": {"f1_weighted": fp["f1_weighted"], "accuracy": fp["accuracy"]},
-                        "val_ptq": {"f1_weighted": ptq["f1_weighted"], "accuracy": ptq["accuracy"]}}
-        self.log(f"QAT from {s.source}: calibrated {len(amax)} input ranges on {images} training images; "
-                 f"val weighted F1 float {fp['f1_weighted']:.4f}, PTQ ({s.weight_bits}-bit weights) "
-                 f"{ptq['f1_weighted']:.4f}")
-        settings = dict(asdict(s), workers=self.workers, device=str(self.device), recipe=RECIPE,
-                        resumed_at_epochs=[])
-        provenance = {"dataset": str(data.root.resolve()), "trainer": "glimmer-train --qat-from",
-                      "settings": {k: v for k, v in settings.items() if k != "recipe"}, "recipe": RECIPE,
-                      "qat_from": {"path": s.source, "sha256": self.source.sha256}}
+        self.summary = {
+            "weight_bits": s.weight_bits,
+            "calibration": CALIBRATION,
+            "images": images,
+            "source": s.source,
+            "val_float": {"f1_weighted": fp["f1_weighted"], "accuracy": fp["accuracy"]},
+            "val_ptq": {"f1_weighted": ptq["f1_weighted"], "accuracy": ptq["accuracy"]},
+        }
+        self.log(
+            f"QAT from {s.source}: calibrated {len(amax)} input ranges on {images} training images; "
+            f"val weighted F1 float {fp['f1_weighted']:.4f}, PTQ ({s.weight_bits}-bit weights) "
+            f"{ptq['f1_weighted']:.4f}"
+        )
+        settings = dict(
+            asdict(s),
+            workers=self.workers,
+            device=str(self.device),
+            recipe=RECIPE,
+            resumed_at_epochs=[],
+        )
+        provenance = {
+            "dataset": str(data.root.resolve()),
+            "trainer": "glimmer-train --qat-from",
+            "settings": {k: v for k, v in settings.items() if k != "recipe"},
+            "recipe": RECIPE,
+            "qat_from": {"path": s.source, "sha256": self.source.sha256},
+        }
 
         def document(finished: bool, test=None, test_skipped=None) -> Dict[str, Any]:
-            doc = outputs.build_metrics(settings, data.summary(), data.skipped, self.history, self.best,
-                                       finished, test, test_skipped)
+            doc = outputs.build_metrics(
+                settings,
+                data.summary(),
+                data.skipped,
+                self.history,
+                self.best,
+                finished,
+                test,
+                test_skipped,
+            )
             doc["qat"] = self.summary
             return doc
 
         def save(name: str, epoch: int, metrics: Dict[str, Any]) -> None:
-            self._save(name, model, names, dict(provenance, epoch=epoch, metrics=metrics),
-                       qat=qat_entry(qmodel, images, epoch))
+            self._save(
+                name,
+                model,
+                names,
+                dict(provenance, epoch=epoch, metrics=metrics),
+                qat=qat_entry(qmodel, images, epoch),
+            )
 
-        self.best = {"epoch": 0, "val_f1_weighted": ptq["f1_weighted"], "val_loss": ptq_loss,
-                     "val_accuracy": ptq["accuracy"]}
+        self.best = {
+            "epoch": 0,
+            "val_f1_weighted": ptq["f1_weighted"],
+            "val_loss": ptq_loss,
+            "val_accuracy": ptq["accuracy"],
+        }
         save(BEST, 0, {"val": self.best})
         optimizer = build_optimizer(model, s.lr)
         scheduler = build_scheduler(optimizer)
@@ -302,25 +378,43 @@ class QATTrainer(Trainer):
             t0 = time.perf_counter()
             train_loader.sampler.set_epoch(epoch)
             lr = optimizer.param_groups[0]["lr"]
-            train_loss, train_acc = train_one_epoch(qmodel, train_loader, optimizer, self.device,
-                                                    f"QAT epoch {epoch}/{s.epochs}")
+            train_loss, train_acc = train_one_epoch(
+                qmodel, train_loader, optimizer, self.device, f"QAT epoch {epoch}/{s.epochs}"
+            )
             val_loss, val = self._evaluate(qmodel, val_loader, names, "val")
             scheduler.step()
-            row = {"epoch": epoch, "lr": lr, "train_loss": train_loss, "train_accuracy": train_acc,
-                   "val_loss": val_loss, "val_accuracy": val["accuracy"], "val_f1_weighted": val["f1_weighted"],
-                   "seconds": round(time.perf_counter() - t0, 3)}
+            row = {
+                "epoch": epoch,
+                "lr": lr,
+                "train_loss": train_loss,
+                "train_accuracy": train_acc,
+                "val_loss": val_loss,
+                "val_accuracy": val["accuracy"],
+                "val_f1_weighted": val["f1_weighted"],
+                "seconds": round(time.perf_counter() - t0, 3),
+            }
             self.history.append(row)
-            improved = (val["f1_weighted"], -val_loss) > (self.best["val_f1_weighted"], -self.best["val_loss"])
+            improved = (val["f1_weighted"], -val_loss) > (
+                self.best["val_f1_weighted"],
+                -self.best["val_loss"],
+            )
             if improved:
-                self.best = {"epoch": epoch, "val_f1_weighted": val["f1_weighted"], "val_loss": val_loss,
-                             "val_accuracy": val["accuracy"]}
+                self.best = {
+                    "epoch": epoch,
+                    "val_f1_weighted": val["f1_weighted"],
+                    "val_loss": val_loss,
+                    "val_accuracy": val["accuracy"],
+                }
                 save(BEST, epoch, {"val": self.best})
             save(LAST, epoch, {"val": row})
             outputs.write_metrics(self.run_dir, document(finished=False))
             outputs.plot_curves(self.run_dir / outputs.CURVES_PNG, self.history, self.best["epoch"])
-            self.log(f"QAT epoch {epoch:>3}/{s.epochs}  lr {lr:.3g}  train loss {train_loss:.4f} "
-                     f"acc {train_acc:.3f}  val loss {val_loss:.4f} acc {val['accuracy']:.3f} "
-                     f"F1 {val['f1_weighted']:.4f}  {row['seconds']:.1f}s" + ("  * best" if improved else ""))
+            self.log(
+                f"QAT epoch {epoch:>3}/{s.epochs}  lr {lr:.3g}  train loss {train_loss:.4f} "
+                f"acc {train_acc:.3f}  val loss {val_loss:.4f} acc {val['accuracy']:.3f} "
+                f"F1 {val['f1_weighted']:.4f}  {row['seconds']:.1f}s"
+                + ("  * best" if improved else "")
+            )
         qmodel.remove()
         del train_loader, val_loader
         return self._finish(data, meta, document, self._test_qat)
@@ -330,23 +424,45 @@ class QATTrainer(Trainer):
         names = data.class_names
         best = load_checkpoint(self.run_dir / BEST)
         assert best.qat is not None
-        qmodel = QATModel(best.model.to(self.device), best.qat["activation_amax"], best.qat["weight_bits"])
+        qmodel = QATModel(
+            best.model.to(self.device), best.qat["activation_amax"], best.qat["weight_bits"]
+        )
         loader = self._loader(data.test, meta, train=False)
         _, rep = self._evaluate(qmodel, loader, names, "test")
         del loader
         result = outputs.summarize_test(rep, data.test.source)
         result["epoch"] = best.provenance.get("epoch")
         provenance = dict(best.provenance)
-        provenance["metrics"] = dict(provenance.get("metrics", {}), test={
-            "f1_weighted": result["f1_weighted"], "accuracy": result["accuracy"]})
-        self._save(BEST, qmodel.remove().cpu(), names, provenance, preprocess=best.preprocess, qat=best.qat)
-        outputs.plot_confusion(self.run_dir / outputs.CONFUSION_PNG, result["confusion_matrix"], names,
-                              title=f"test confusion matrix, fake INT8 (epoch {result['epoch']}, "
-                                    f"weighted F1 {result['f1_weighted']:.3f})")
-        self.log(f"test under fake INT8 (best epoch {result['epoch']}): weighted F1 "
-                 f"{result['f1_weighted']:.4f}  accuracy {result['accuracy']:.4f}")
+        provenance["metrics"] = dict(
+            provenance.get("metrics", {}),
+            test={"f1_weighted": result["f1_weighted"], "accuracy": result["accuracy"]},
+        )
+        self._save(
+            BEST, qmodel.remove().cpu(), names, provenance, preprocess=best.preprocess, qat=best.qat
+        )
+        outputs.plot_confusion(
+            self.run_dir / outputs.CONFUSION_PNG,
+            result["confusion_matrix"],
+            names,
+            title=f"test confusion matrix, fake INT8 (epoch {result['epoch']}, "
+            f"weighted F1 {result['f1_weighted']:.3f})",
+        )
+        self.log(
+            f"test under fake INT8 (best epoch {result['epoch']}): weighted F1 "
+            f"{result['f1_weighted']:.4f}  accuracy {result['accuracy']:.4f}"
+        )
         return result
 
 
-__all__ = ["QATModel", "QATSettings", "QATTrainer", "calibrate_amax", "calibration_split", "conv_bn_pairs",
-           "fake_quantize_weight", "fold_batchnorms", "qat_entry", "quantized_inputs"]
+__all__ = [
+    "QATModel",
+    "QATSettings",
+    "QATTrainer",
+    "calibrate_amax",
+    "calibration_split",
+    "conv_bn_pairs",
+    "fake_quantize_weight",
+    "fold_batchnorms",
+    "qat_entry",
+    "quantized_inputs",
+]

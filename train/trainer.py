@@ -28,9 +28,17 @@ from .augment import ClassifierTransform, classifier_meta
 from .data import AiderDataset, ImageDataset, load_aider, make_loader, progress
 
 RECIPE = {
-    "optimizer": "RMSprop", "alpha": 0.9, "momentum": 0.9, "weight_decay": 1e-5, "eps": 1e-8,
-    "scheduler": "StepLR", "step_size": 2, "gamma": 0.975,
-    "loss": "cross_entropy", "precision": "fp32", "selection": "val f1_weighted",
+    "optimizer": "RMSprop",
+    "alpha": 0.9,
+    "momentum": 0.9,
+    "weight_decay": 1e-5,
+    "eps": 1e-8,
+    "scheduler": "StepLR",
+    "step_size": 2,
+    "gamma": 0.975,
+    "loss": "cross_entropy",
+    "precision": "fp32",
+    "selection": "val f1_weighted",
 }
 BEST, LAST = "best.pt", "last.pt"
 
@@ -183,9 +191,16 @@ class Trainer:
         log: where progress lines go (one line per epoch); warnings go to stderr.
     """
 
-    def __init__(self, data_dir: Path, run_dir: Path, settings: RunSettings, workers: int = 4,
-                 device: str = "auto", resume: Optional[Dict[str, Any]] = None,
-                 log: Callable[[str], None] = print) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        run_dir: Path,
+        settings: RunSettings,
+        workers: int = 4,
+        device: str = "auto",
+        resume: Optional[Dict[str, Any]] = None,
+        log: Callable[[str], None] = print,
+    ) -> None:
         self.data_dir, self.run_dir = Path(data_dir), Path(run_dir)
         self.settings, self.workers, self.log = settings, int(workers), log
         self.device = resolve_device(device)
@@ -201,28 +216,41 @@ class Trainer:
         data = load_aider(self.data_dir, s.val_fraction, s.seed, threads=max(1, self.workers))
         names = data.class_names
         if self.resume is not None and list(self.resume["class_names"]) != names:
-            raise GlimmerError(f"{self.data_dir}: class folders {names} differ from the resumed "
-                               f"run's classes {list(self.resume['class_names'])}")
+            raise GlimmerError(
+                f"{self.data_dir}: class folders {names} differ from the resumed "
+                f"run's classes {list(self.resume['class_names'])}"
+            )
         counts = ", ".join(f"{k} {v}" for k, v in data.train.per_class(names).items())
         tested = len(data.test) if data.test else "-"
-        self.log(f"data: {data.root}  classes {len(names)}  train {len(data.train)} ({counts})  "
-                 f"val {len(data.val)}  test {tested}")
+        self.log(
+            f"data: {data.root}  classes {len(names)}  train {len(data.train)} ({counts})  "
+            f"val {len(data.val)}  test {tested}"
+        )
         if data.holdout_fraction is not None:
             held = ", ".join(f"{k} {v}" for k, v in data.val.per_class(names).items())
-            self.log(f"no Val/ folder: holding out a stratified {data.holdout_fraction:.0%} of "
-                     f"Train for validation ({len(data.val)} images: {held})")
+            self.log(
+                f"no Val/ folder: holding out a stratified {data.holdout_fraction:.0%} of "
+                f"Train for validation ({len(data.val)} images: {held})"
+            )
         if data.test is None:
             self.log("no Test/ folder: the test report will be skipped")
         if data.skipped:
             shown = ", ".join(d["path"] for d in data.skipped[:5])
             more = f" and {len(data.skipped) - 5} more" if len(data.skipped) > 5 else ""
-            self._warn(f"skipped {len(data.skipped)} unreadable image(s): {shown}{more} "
-                       f"(all listed in {self.run_dir / 'metrics.json'})")
+            self._warn(
+                f"skipped {len(data.skipped)} unreadable image(s): {shown}{more} "
+                f"(all listed in {self.run_dir / 'metrics.json'})"
+            )
         return data
 
     def _settings_block(self) -> Dict[str, Any]:
-        block = dict(asdict(self.settings), workers=self.workers, device=str(self.device),
-                     recipe=RECIPE, resumed_at_epochs=[])
+        block = dict(
+            asdict(self.settings),
+            workers=self.workers,
+            device=str(self.device),
+            recipe=RECIPE,
+            resumed_at_epochs=[],
+        )
         if self.resume is not None:
             state = self.resume["train_state"]
             block["resumed_at_epochs"] = [*state.get("resumed_at_epochs", []), int(state["epoch"])]
@@ -230,15 +258,33 @@ class Trainer:
 
     def _loader(self, split, meta, train: bool):
         transform = ClassifierTransform(meta, train=train, seed=self.settings.seed)
-        return make_loader(ImageDataset(split.paths, split.labels, transform),
-                           self.settings.batch_size, self.workers, self.settings.seed,
-                           shuffle=train, pin_memory=self.device.type == "cuda")
+        return make_loader(
+            ImageDataset(split.paths, split.labels, transform),
+            self.settings.batch_size,
+            self.workers,
+            self.settings.seed,
+            shuffle=train,
+            pin_memory=self.device.type == "cuda",
+        )
 
-    def _save(self, name: str, model: GlimmerNet, names: List[str], provenance: Dict[str, Any],
-              **kwargs: Any) -> None:
+    def _save(
+        self,
+        name: str,
+        model: GlimmerNet,
+        names: List[str],
+        provenance: Dict[str, Any],
+        **kwargs: Any,
+    ) -> None:
         size = (self.settings.img_size, self.settings.img_size)
-        save_checkpoint(self.run_dir / name, model, self.settings.arch, names, size,
-                        provenance=provenance, **kwargs)
+        save_checkpoint(
+            self.run_dir / name,
+            model,
+            self.settings.arch,
+            names,
+            size,
+            provenance=provenance,
+            **kwargs,
+        )
 
     def run(self) -> Dict[str, Any]:
         """Train, select, test; returns the metrics document also written to metrics.json."""
@@ -262,15 +308,28 @@ class Trainer:
             set_rng_state(state["rng"])
             self.log(f"resuming {self.run_dir / LAST} after epoch {start} of {s.epochs}")
         settings = self._settings_block()
-        self.log(f"model: {s.arch}, {count_params(model):,} parameters, input {s.img_size}x"
-                 f"{s.img_size}, device {self.device}, {self.workers} loader workers")
-        provenance = {"dataset": str(data.root.resolve()), "trainer": "glimmer-train",
-                      "settings": {k: v for k, v in settings.items() if k != "recipe"},
-                      "recipe": RECIPE}
+        self.log(
+            f"model: {s.arch}, {count_params(model):,} parameters, input {s.img_size}x"
+            f"{s.img_size}, device {self.device}, {self.workers} loader workers"
+        )
+        provenance = {
+            "dataset": str(data.root.resolve()),
+            "trainer": "glimmer-train",
+            "settings": {k: v for k, v in settings.items() if k != "recipe"},
+            "recipe": RECIPE,
+        }
 
         def document(finished: bool, test=None, test_skipped=None) -> Dict[str, Any]:
-            return outputs.build_metrics(settings, data.summary(), data.skipped, self.history,
-                                        self.best, finished, test, test_skipped)
+            return outputs.build_metrics(
+                settings,
+                data.summary(),
+                data.skipped,
+                self.history,
+                self.best,
+                finished,
+                test,
+                test_skipped,
+            )
 
         train_loader = self._loader(data.train, meta, train=True)
         val_loader = self._loader(data.val, meta, train=False)
@@ -278,37 +337,62 @@ class Trainer:
             t0 = time.perf_counter()
             train_loader.sampler.set_epoch(epoch)
             lr = optimizer.param_groups[0]["lr"]
-            train_loss, train_acc = train_one_epoch(model, train_loader, optimizer, self.device,
-                                                    f"epoch {epoch}/{s.epochs}")
+            train_loss, train_acc = train_one_epoch(
+                model, train_loader, optimizer, self.device, f"epoch {epoch}/{s.epochs}"
+            )
             val_loss, y_true, y_pred = predict(model, val_loader, self.device, "val")
             val = classification_report(y_true, y_pred, names)
             scheduler.step()
-            row = {"epoch": epoch, "lr": lr, "train_loss": train_loss, "train_accuracy": train_acc,
-                   "val_loss": val_loss, "val_accuracy": val["accuracy"],
-                   "val_f1_weighted": val["f1_weighted"],
-                   "seconds": round(time.perf_counter() - t0, 3)}
+            row = {
+                "epoch": epoch,
+                "lr": lr,
+                "train_loss": train_loss,
+                "train_accuracy": train_acc,
+                "val_loss": val_loss,
+                "val_accuracy": val["accuracy"],
+                "val_f1_weighted": val["f1_weighted"],
+                "seconds": round(time.perf_counter() - t0, 3),
+            }
             self.history.append(row)
             # Ties in F1 (common on small Val sets) go to the lower Val loss.
             key = (val["f1_weighted"], -val_loss)
             best = self.best
             improved = best is None or key > (best["val_f1_weighted"], -best["val_loss"])
             if improved:
-                self.best = {"epoch": epoch, "val_f1_weighted": val["f1_weighted"],
-                             "val_loss": val_loss, "val_accuracy": val["accuracy"]}
-                self._save(BEST, model, names,
-                           dict(provenance, epoch=epoch, metrics={"val": self.best}))
-            train_state = {"epoch": epoch, "optimizer": optimizer.state_dict(),
-                           "scheduler": scheduler.state_dict(), "best": self.best,
-                           "history": self.history, "rng": rng_state(), "settings": asdict(s),
-                           "resumed_at_epochs": settings["resumed_at_epochs"]}
-            self._save(LAST, model, names, dict(provenance, epoch=epoch, metrics={"val": row}),
-                       train_state=train_state)
+                self.best = {
+                    "epoch": epoch,
+                    "val_f1_weighted": val["f1_weighted"],
+                    "val_loss": val_loss,
+                    "val_accuracy": val["accuracy"],
+                }
+                self._save(
+                    BEST, model, names, dict(provenance, epoch=epoch, metrics={"val": self.best})
+                )
+            train_state = {
+                "epoch": epoch,
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "best": self.best,
+                "history": self.history,
+                "rng": rng_state(),
+                "settings": asdict(s),
+                "resumed_at_epochs": settings["resumed_at_epochs"],
+            }
+            self._save(
+                LAST,
+                model,
+                names,
+                dict(provenance, epoch=epoch, metrics={"val": row}),
+                train_state=train_state,
+            )
             outputs.write_metrics(self.run_dir, document(finished=False))
             outputs.plot_curves(self.run_dir / outputs.CURVES_PNG, self.history, self.best["epoch"])
-            self.log(f"epoch {epoch:>3}/{s.epochs}  lr {lr:.3g}  train loss {train_loss:.4f} "
-                     f"acc {train_acc:.3f}  val loss {val_loss:.4f} acc {val['accuracy']:.3f} "
-                     f"F1 {val['f1_weighted']:.4f}  {row['seconds']:.1f}s"
-                     + ("  * best" if improved else ""))
+            self.log(
+                f"epoch {epoch:>3}/{s.epochs}  lr {lr:.3g}  train loss {train_loss:.4f} "
+                f"acc {train_acc:.3f}  val loss {val_loss:.4f} acc {val['accuracy']:.3f} "
+                f"F1 {val['f1_weighted']:.4f}  {row['seconds']:.1f}s"
+                + ("  * best" if improved else "")
+            )
         del train_loader, val_loader  # shuts the persistent workers down before the test pass
         return self._finish(data, meta, document, self._test)
 
@@ -331,18 +415,26 @@ class Trainer:
         loader = self._loader(data.test, meta, train=False)
         _, y_true, y_pred = predict(model, loader, self.device, "test")
         del loader
-        result = outputs.summarize_test(classification_report(y_true, y_pred, names),
-                                       data.test.source)
+        result = outputs.summarize_test(
+            classification_report(y_true, y_pred, names), data.test.source
+        )
         result["epoch"] = best.provenance.get("epoch")
         provenance = dict(best.provenance)
-        provenance["metrics"] = dict(provenance.get("metrics", {}), test={
-            "f1_weighted": result["f1_weighted"], "accuracy": result["accuracy"]})
+        provenance["metrics"] = dict(
+            provenance.get("metrics", {}),
+            test={"f1_weighted": result["f1_weighted"], "accuracy": result["accuracy"]},
+        )
         self._save(BEST, model.cpu(), names, provenance, preprocess=best.preprocess)
-        title = (f"test confusion matrix (epoch {result['epoch']}, "
-                 f"weighted F1 {result['f1_weighted']:.3f})")
-        outputs.plot_confusion(self.run_dir / outputs.CONFUSION_PNG, result["confusion_matrix"],
-                              names, title=title)
+        title = (
+            f"test confusion matrix (epoch {result['epoch']}, "
+            f"weighted F1 {result['f1_weighted']:.3f})"
+        )
+        outputs.plot_confusion(
+            self.run_dir / outputs.CONFUSION_PNG, result["confusion_matrix"], names, title=title
+        )
         per_class = "  ".join(f"{k} {v['f1']:.3f}" for k, v in result["per_class"].items())
-        self.log(f"test (best epoch {result['epoch']}): weighted F1 {result['f1_weighted']:.4f}  "
-                 f"accuracy {result['accuracy']:.4f}  per-class F1: {per_class}")
+        self.log(
+            f"test (best epoch {result['epoch']}): weighted F1 {result['f1_weighted']:.4f}  "
+            f"accuracy {result['accuracy']:.4f}  per-class F1: {per_class}"
+        )
         return result

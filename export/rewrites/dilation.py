@@ -25,6 +25,7 @@ A GDBlock (GD conv -> BN -> ReLU6 -> + input) becomes :class:`DeployGDBlock`, wh
 (``streams``): per stream, the lowered conv -> Clip -> + that stream. The residual add is per
 channel, so it splits by stream exactly.
 """
+
 import itertools
 from typing import List, Optional, Sequence, Tuple
 
@@ -63,8 +64,9 @@ def stream_taps(dilations: Sequence[int], kernel_size: int = 3) -> int:
     return len(dilations) * k * k
 
 
-def aligned_sizes(splits: Sequence[int], dilations: Sequence[int], kernel_size: int = 3,
-                  align: int = ALIGN) -> List[int]:
+def aligned_sizes(
+    splits: Sequence[int], dilations: Sequence[int], kernel_size: int = 3, align: int = ALIGN
+) -> List[int]:
     """Stream sizes of the ``aligned`` lowering: every run boundary rounded down or up to a multiple
     of ``align`` (boundaries that meet merge their streams), the combination with the fewest
     multiply-adds."""
@@ -84,7 +86,9 @@ def aligned_sizes(splits: Sequence[int], dilations: Sequence[int], kernel_size: 
 
 
 @torch.no_grad()
-def _folded_channels(gd: GroupedDilatedConv2d, bn: Optional[nn.BatchNorm2d]) -> Tuple[torch.Tensor, torch.Tensor]:
+def _folded_channels(
+    gd: GroupedDilatedConv2d, bn: Optional[nn.BatchNorm2d]
+) -> Tuple[torch.Tensor, torch.Tensor]:
     """(weights (C, k, k), biases (C,)) of all groups with the BN folded in, channel order kept."""
     weights, biases, start = [], [], 0
     for conv, channels in zip(gd.convs, gd.splits):
@@ -92,7 +96,7 @@ def _folded_channels(gd: GroupedDilatedConv2d, bn: Optional[nn.BatchNorm2d]) -> 
         if bn is not None:
             part = nn.BatchNorm2d(channels, eps=bn.eps).eval()
             for name in ("weight", "bias", "running_mean", "running_var"):
-                getattr(part, name).copy_(getattr(bn, name)[start:start + channels])
+                getattr(part, name).copy_(getattr(bn, name)[start : start + channels])
         folded = fold_conv_bn(conv, part)
         weights.append(folded.weight[:, 0])
         biases.append(folded.bias)
@@ -101,7 +105,9 @@ def _folded_channels(gd: GroupedDilatedConv2d, bn: Optional[nn.BatchNorm2d]) -> 
 
 
 @torch.no_grad()
-def stream_conv(weight: torch.Tensor, bias: torch.Tensor, dilations: Sequence[int], embed: bool = False) -> nn.Conv2d:
+def stream_conv(
+    weight: torch.Tensor, bias: torch.Tensor, dilations: Sequence[int], embed: bool = False
+) -> nn.Conv2d:
     """One depthwise conv for a stream of channels with k x k taps ``weight`` (n, k, k) and the
     given per-channel dilations: dilated kxk if they agree (and not ``embed``), else embedded."""
     n, k = int(weight.shape[0]), int(weight.shape[-1])
@@ -123,7 +129,9 @@ def stream_conv(weight: torch.Tensor, bias: torch.Tensor, dilations: Sequence[in
     return conv.eval()
 
 
-def lower_streams(gd: GroupedDilatedConv2d, bn: Optional[nn.BatchNorm2d], sizes: Sequence[int]) -> List[nn.Conv2d]:
+def lower_streams(
+    gd: GroupedDilatedConv2d, bn: Optional[nn.BatchNorm2d], sizes: Sequence[int]
+) -> List[nn.Conv2d]:
     """One depthwise conv per contiguous stream of ``sizes`` channels (summing to all of them)."""
     if sum(sizes) != gd.channels or min(sizes) < 1:
         raise ValueError(f"stream sizes {list(sizes)} do not partition {gd.channels} channels")
@@ -154,7 +162,9 @@ def lower_embed(gd: GroupedDilatedConv2d, bn: Optional[nn.BatchNorm2d] = None) -
     return stream_conv(weight, bias, channel_dilations(gd.splits, gd.dilations), embed=True)
 
 
-def lower_gd_conv(gd: GroupedDilatedConv2d, mode: str, bn: Optional[nn.BatchNorm2d] = None) -> List[nn.Conv2d]:
+def lower_gd_conv(
+    gd: GroupedDilatedConv2d, mode: str, bn: Optional[nn.BatchNorm2d] = None
+) -> List[nn.Conv2d]:
     """``bn(gd(x))`` (or ``gd(x)`` alone) as one depthwise conv per stream of ``mode``."""
     if mode == "embed":
         return [lower_embed(gd, bn)]

@@ -12,6 +12,7 @@ BatchNormalization node. Works for any conv shape (groups, dilation, bias or not
 A conv -> BN -> ReLU6 sequence (``conv_bn_act``, the Refiner's conv -> BN) becomes :class:`ConvClip`:
 the folded conv, then ReLU6 as ``Clip(0, 6)``, which ONNX Runtime and TensorRT fuse into the conv.
 """
+
 from typing import Optional, Tuple
 
 import torch
@@ -35,10 +36,22 @@ def fold_conv_bn(conv: nn.Conv2d, bn: Optional[nn.BatchNorm2d]) -> nn.Conv2d:
 
     The arithmetic runs in float64 so folding adds no rounding beyond the final cast.
     """
-    out = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, stride=conv.stride,
-                    padding=conv.padding, dilation=conv.dilation, groups=conv.groups, bias=True)
+    out = nn.Conv2d(
+        conv.in_channels,
+        conv.out_channels,
+        conv.kernel_size,
+        stride=conv.stride,
+        padding=conv.padding,
+        dilation=conv.dilation,
+        groups=conv.groups,
+        bias=True,
+    )
     weight = conv.weight.double()
-    bias = conv.bias.double() if conv.bias is not None else torch.zeros(conv.out_channels, dtype=torch.float64)
+    bias = (
+        conv.bias.double()
+        if conv.bias is not None
+        else torch.zeros(conv.out_channels, dtype=torch.float64)
+    )
     if bn is not None:
         scale, shift = bn_scale_shift(bn)
         weight = weight * scale.reshape(-1, 1, 1, 1)
@@ -72,6 +85,8 @@ def fold_conv_bn_act(module: nn.Module) -> ConvClip:
     children = list(module.children())
     kinds = (nn.Conv2d, nn.BatchNorm2d, nn.ReLU6)
     if not 2 <= len(children) <= 3 or not all(isinstance(c, k) for c, k in zip(children, kinds)):
-        raise ValueError(f"{type(module).__name__} is not conv -> BatchNorm [-> ReLU6]: "
-                         f"{[type(c).__name__ for c in children]}")
+        raise ValueError(
+            f"{type(module).__name__} is not conv -> BatchNorm [-> ReLU6]: "
+            f"{[type(c).__name__ for c in children]}"
+        )
     return ConvClip(fold_conv_bn(children[0], children[1]), clip=len(children) == 3)

@@ -17,6 +17,7 @@ TensorRT it is a per-channel shift like the Add it replaces (not measured there:
 machines). With several streams the whole ``y`` (for the Aggregator's interleave) keeps the plain
 Add; with one stream ``y`` is that stream.
 """
+
 import math
 from typing import Sequence, Tuple
 
@@ -40,14 +41,16 @@ class DeployGRN(nn.Module):
         self.eps = float(grn.eps) / math.sqrt(spatial[0] * spatial[1])
         self.sizes = [int(s) for s in sizes]
         if sum(self.sizes) != grn.beta.numel() or min(self.sizes) < 1:
-            raise ValueError(f"stream sizes {self.sizes} do not partition {grn.beta.numel()} channels")
+            raise ValueError(
+                f"stream sizes {self.sizes} do not partition {grn.beta.numel()} channels"
+            )
         beta = grn.beta.detach().flatten()
         shifts, start = [], 0
         for size in self.sizes:
             shift = nn.Conv2d(size, size, 1, groups=size, bias=True)
             with torch.no_grad():
                 shift.weight.fill_(1.0)
-                shift.bias.copy_(beta[start:start + size])
+                shift.bias.copy_(beta[start : start + size])
             shifts.append(shift.eval())
             start += size
         self.shifts = nn.ModuleList(shifts)

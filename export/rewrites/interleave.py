@@ -15,6 +15,7 @@ spatial size.
 
 The Aggregator's grouped 1x1 conv -> BN -> ReLU6 follows with the BN folded (``fold_bn``).
 """
+
 from typing import Tuple
 
 import torch
@@ -28,7 +29,9 @@ from .fold_bn import fold_conv_bn_act
 class RecombInterleave(nn.Module):
     """FeatureMapsRecomb (optional) + strict interleave with the stage input, constant shapes."""
 
-    def __init__(self, channels: int, groups: int, recombine: bool, spatial: Tuple[int, int]) -> None:
+    def __init__(
+        self, channels: int, groups: int, recombine: bool, spatial: Tuple[int, int]
+    ) -> None:
         super().__init__()
         self.channels, self.groups, self.recombine = channels, groups, recombine and groups > 1
         self.h, self.w = int(spatial[0]), int(spatial[1])

@@ -14,6 +14,7 @@ for later stages, see ``grn``). The stem is conv -> depthwise conv (each BN fold
 so the cut runs through both: part ``j`` is the dense conv's slice for stream ``j``, then the
 depthwise conv's slice on it.
 """
+
 from typing import Sequence, Tuple
 
 import torch
@@ -37,8 +38,16 @@ def output_slice(conv: nn.Conv2d, start: int, stop: int) -> nn.Conv2d:
     if not depthwise and conv.groups != 1:
         raise ValueError("only dense or depthwise convs are sliced by output channel")
     n = stop - start
-    out = nn.Conv2d(n if depthwise else conv.in_channels, n, conv.kernel_size, stride=conv.stride,
-                    padding=conv.padding, dilation=conv.dilation, groups=n if depthwise else 1, bias=True)
+    out = nn.Conv2d(
+        n if depthwise else conv.in_channels,
+        n,
+        conv.kernel_size,
+        stride=conv.stride,
+        padding=conv.padding,
+        dilation=conv.dilation,
+        groups=n if depthwise else 1,
+        bias=True,
+    )
     out.weight.copy_(conv.weight[start:stop])
     if conv.bias is not None:
         out.bias.copy_(conv.bias[start:stop])
@@ -58,11 +67,16 @@ class DeployStem(nn.Module):
             raise ValueError("a stem is cut into streams only as one conv then depthwise convs")
         bounds = stream_bounds(sizes)
         if bounds[-1] != layers[0].conv.out_channels:
-            raise ValueError(f"stream sizes {list(sizes)} do not partition the stem's "
-                             f"{layers[0].conv.out_channels} channels")
+            raise ValueError(
+                f"stream sizes {list(sizes)} do not partition the stem's "
+                f"{layers[0].conv.out_channels} channels"
+            )
         self.parts = nn.ModuleList(
-            nn.Sequential(*(ConvClip(output_slice(layer.conv, a, b), layer.clip) for layer in layers))
-            for a, b in zip(bounds, bounds[1:]))
+            nn.Sequential(
+                *(ConvClip(output_slice(layer.conv, a, b), layer.clip) for layer in layers)
+            )
+            for a, b in zip(bounds, bounds[1:])
+        )
 
     def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, Streams]:
         streams = [part(x) for part in self.parts]

@@ -6,6 +6,7 @@ keeping the streams as separate tensors from the stage input to the Aggregator m
 Split/Concat per block. The stem (stage 0) or the GRN in front (later stages) hands each stage its
 input already cut into that stage's streams, and the Aggregator concatenates them once.
 """
+
 from typing import List, Sequence
 
 import torch

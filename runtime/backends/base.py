@@ -4,6 +4,7 @@ The pipeline never asks which backend it holds. Shape follows Polygraphy's runne
 cheap, ``activate()`` does the expensive work (deserialize, allocate), ``infer()`` checks its feed
 against the input spec, ``close()`` frees; also usable as a context manager.
 """
+
 import abc
 from dataclasses import dataclass
 from typing import List, Optional, Tuple
@@ -93,6 +94,10 @@ class Backend(abc.ABC):
         if batch.dtype != np.dtype(spec.dtype):
             raise GlimmerError(f"input {spec.name!r} expects {spec.dtype}, got {batch.dtype}")
         if batch.ndim != len(spec.shape) or any(
-                want is not None and want != got for want, got in zip(spec.shape, batch.shape)):
-            raise GlimmerError("input {!r} expects shape {}, got {}".format(
-                spec.name, ["?" if d is None else d for d in spec.shape], list(batch.shape)))
+            want is not None and want != got for want, got in zip(spec.shape, batch.shape)
+        ):
+            raise GlimmerError(
+                "input {!r} expects shape {}, got {}".format(
+                    spec.name, ["?" if d is None else d for d in spec.shape], list(batch.shape)
+                )
+            )

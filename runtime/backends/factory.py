@@ -9,6 +9,7 @@ Metadata precedence: an ONNX's own metadata map is authoritative for everything 
 engine built from it gets it handed over); a bare ``.engine`` has only its sidecar. The TensorRT
 modules are imported only when chosen, so the ONNX Runtime path never needs them.
 """
+
 import importlib.util
 import sys
 from pathlib import Path
@@ -37,9 +38,11 @@ def _trt_modules():
         from glimmer.runtime.backends.trt import build as trt_build
         from glimmer.runtime.backends.trt import runner as backend_trt
     except ImportError as exc:
-        raise GlimmerError(f"the TensorRT backend cannot be loaded ({exc}): TensorRT's Python "
-                           "bindings come with JetPack on a Jetson; elsewhere use --backend "
-                           "onnxruntime") from None
+        raise GlimmerError(
+            f"the TensorRT backend cannot be loaded ({exc}): TensorRT's Python "
+            "bindings come with JetPack on a Jetson; elsewhere use --backend "
+            "onnxruntime"
+        ) from None
     return trt_build, backend_trt
 
 
@@ -48,8 +51,10 @@ def engine_meta(engine_path: Path) -> ModelMeta:
     trt_build, _ = _trt_modules()
     sidecar = trt_build.read_sidecar(engine_path)
     if not isinstance(sidecar, dict) or not isinstance(sidecar.get("meta"), dict):
-        raise GlimmerError(f"{engine_path}: its sidecar has no 'meta' table; rebuild the engine with "
-                           "glimmer-export or run the .onnx with --backend tensorrt")
+        raise GlimmerError(
+            f"{engine_path}: its sidecar has no 'meta' table; rebuild the engine with "
+            "glimmer-export or run the .onnx with --backend tensorrt"
+        )
     return ModelMeta.from_dict(sidecar["meta"], origin=f"{engine_path} sidecar")
 
 
@@ -60,11 +65,17 @@ def resolve_backend(model_path: Path, backend: str = "auto") -> str:
     suffix = Path(model_path).suffix.lower()
     if suffix == ".engine" or suffix == ".plan":
         if backend == "onnxruntime":
-            raise GlimmerError(f"{model_path}: a TensorRT engine runs only with --backend tensorrt "
-                               "(or give the .onnx to run it in ONNX Runtime)")
+            raise GlimmerError(
+                f"{model_path}: a TensorRT engine runs only with --backend tensorrt "
+                "(or give the .onnx to run it in ONNX Runtime)"
+            )
         return "tensorrt"
     if suffix != ".onnx":
-        hint = " (a checkpoint: export it first with glimmer-export)" if suffix in (".pt", ".pth", ".ckpt") else ""
+        hint = (
+            " (a checkpoint: export it first with glimmer-export)"
+            if suffix in (".pt", ".pth", ".ckpt")
+            else ""
+        )
         raise GlimmerError(f"--model {model_path}: expected an .onnx or a TensorRT .engine{hint}")
     if backend != "auto":
         return backend
@@ -72,12 +83,21 @@ def resolve_backend(model_path: Path, backend: str = "auto") -> str:
         return "onnxruntime"
     if _installed("tensorrt"):
         return "tensorrt"
-    raise GlimmerError(f"{model_path}: neither ONNX Runtime nor TensorRT is installed: pip install "
-                       "onnxruntime, or on a Jetson use JetPack's TensorRT")
+    raise GlimmerError(
+        f"{model_path}: neither ONNX Runtime nor TensorRT is installed: pip install "
+        "onnxruntime, or on a Jetson use JetPack's TensorRT"
+    )
 
 
-def open_backend(model_path: Path, backend: str = "auto", *, cache_dir: Optional[Path] = None,
-                 threads: Optional[int] = None, int8_kernels: str = "auto", log=print) -> Backend:
+def open_backend(
+    model_path: Path,
+    backend: str = "auto",
+    *,
+    cache_dir: Optional[Path] = None,
+    threads: Optional[int] = None,
+    int8_kernels: str = "auto",
+    log=print,
+) -> Backend:
     """The backend for ``model_path``, constructed but not yet activated.
 
     Args:

@@ -3,6 +3,7 @@
 User errors (:class:`GlimmerError`) become one line on stderr and exit code 1; ``--verbose`` (or
 ``GLIMMER_VERBOSE=1``) shows the traceback; Ctrl-C exits 130 without a trace.
 """
+
 import argparse
 import os
 import sys
@@ -16,8 +17,9 @@ def add_verbose_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--verbose", action="store_true", help="show tracebacks for errors")
 
 
-def run_cli(prog: str, main: Callable[[Optional[List[str]]], int],
-            argv: Optional[List[str]] = None) -> int:
+def run_cli(
+    prog: str, main: Callable[[Optional[List[str]]], int], argv: Optional[List[str]] = None
+) -> int:
     """Run ``main(argv)`` and turn user errors into one line and a non-zero exit code."""
     args = sys.argv[1:] if argv is None else argv
     verbose = "--verbose" in args or os.environ.get("GLIMMER_VERBOSE") == "1"

@@ -8,6 +8,7 @@ into int32 and ARM's kernels widen to 16/32 bits: neither saturates. ONNX Runtim
 guide documents this and its remedies (7-bit weights, or Q/DQ left unfused):
 https://onnxruntime.ai/docs/performance/model-optimizations/quantization.html
 """
+
 import functools
 import platform
 from dataclasses import dataclass
@@ -16,7 +17,10 @@ from typing import FrozenSet, Optional, Tuple
 X86 = ("x86_64", "amd64", "i386", "i486", "i586", "i686", "x86")
 #: x86 flags of a non-saturating int8 dot product, best first, with their names for reports
 X86_INT8_DOT: Tuple[Tuple[str, str], ...] = (
-    ("amx_int8", "AMX-INT8"), ("avx512_vnni", "AVX-512 VNNI"), ("avx_vnni", "AVX-VNNI"))
+    ("amx_int8", "AMX-INT8"),
+    ("avx512_vnni", "AVX-512 VNNI"),
+    ("avx_vnni", "AVX-VNNI"),
+)
 #: x86 flags whose ONNX Runtime u8*s8 kernels sum pairs into int16 (without VNNI they saturate);
 #: older x86 CPUs get SSE2 kernels that widen to 16 bits before multiplying
 X86_PAIRWISE = (("avx512bw", "AVX-512"), ("avx2", "AVX2"))
@@ -81,7 +85,12 @@ class CpuFacts:
                 return cls(arch, "", True, f"{arch}, CPU flags unreadable: assuming {SATURATION}")
             simd: Optional[str] = next((name for flag, name in X86_PAIRWISE if flag in flags), None)
             if simd is None:
-                return cls(arch, "", False, f"{arch}, SSE without AVX2: int8 widened to 16 bits, no saturation")
+                return cls(
+                    arch,
+                    "",
+                    False,
+                    f"{arch}, SSE without AVX2: int8 widened to 16 bits, no saturation",
+                )
             return cls(arch, "", True, f"{arch}, {simd} without VNNI: {SATURATION}")
         if is_arm(arch):
             dot = "dotprod (SDOT/UDOT)" if "asimddp" in flags else ""

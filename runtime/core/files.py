@@ -3,6 +3,7 @@
 A crash or a failed step never leaves a half-written artifact, and never replaces a good file with
 a bad one (os.replace is atomic on POSIX within one filesystem).
 """
+
 import contextlib
 import hashlib
 import os
@@ -21,7 +22,9 @@ def atomic_path(target: PathLike) -> Iterator[Path]:
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix="." + target.name + ".", suffix=".tmp", dir=str(target.parent))
+    fd, tmp = tempfile.mkstemp(
+        prefix="." + target.name + ".", suffix=".tmp", dir=str(target.parent)
+    )
     os.close(fd)
     tmp_path = Path(tmp)
     try:

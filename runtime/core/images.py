@@ -3,6 +3,7 @@ flat/recursive folder of images (calibration sets, image sources).
 
 Unreadable files are returned, never silently dropped, so callers can list them in a warning.
 """
+
 from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
 
@@ -34,8 +35,9 @@ def class_folders(root: Path) -> List[str]:
     return sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
-def labelled_images(root: Path, class_names: Optional[Sequence[str]] = None
-                    ) -> Tuple[List[Path], List[int], List[str]]:
+def labelled_images(
+    root: Path, class_names: Optional[Sequence[str]] = None
+) -> Tuple[List[Path], List[int], List[str]]:
     """(paths, labels, class names) of ``root/<Class>/*``.
 
     With ``class_names`` (e.g. from a model's metadata) the folders must match them exactly;
@@ -48,8 +50,11 @@ def labelled_images(root: Path, class_names: Optional[Sequence[str]] = None
     if class_names is not None and sorted(found) != sorted(names):
         extra = sorted(set(found) - set(names))
         missing = sorted(set(names) - set(found))
-        raise GlimmerError("{}: class folders {} do not match the model's classes {} (extra: {}, missing: {})"
-                           .format(root, found, names, extra or "none", missing or "none"))
+        raise GlimmerError(
+            "{}: class folders {} do not match the model's classes {} (extra: {}, missing: {})".format(
+                root, found, names, extra or "none", missing or "none"
+            )
+        )
     paths: List[Path] = []
     labels: List[int] = []
     for index, name in enumerate(names):
@@ -57,7 +62,9 @@ def labelled_images(root: Path, class_names: Optional[Sequence[str]] = None
             paths.append(path)
             labels.append(index)
     if not paths:
-        raise GlimmerError("{}: class folders hold no images ({})".format(root, ", ".join(IMAGE_EXTS)))
+        raise GlimmerError(
+            "{}: class folders hold no images ({})".format(root, ", ".join(IMAGE_EXTS))
+        )
     return paths, labels, names
 
 

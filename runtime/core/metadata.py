@@ -5,6 +5,7 @@ sidecar JSON); the runtime, calibration and checks read it back through :meth:`M
 An ONNX made by ultralytics' own exporter (no ``glimmer`` key) is read from its ``names`` /
 ``imgsz`` / ``stride`` / ``task`` keys, with ``ast.literal_eval``, never ``eval``.
 """
+
 import ast
 import json
 from dataclasses import asdict, dataclass, field, fields
@@ -77,14 +78,17 @@ class ModelMeta:
         if not self.class_names:
             raise GlimmerError("metadata key 'class_names' is empty")
         if len(self.input_size) != 2 or min(self.input_size) <= 0:
-            raise GlimmerError(f"metadata key 'input_size' must be [height, width] > 0, got {list(self.input_size)!r}"
-                               )
+            raise GlimmerError(
+                f"metadata key 'input_size' must be [height, width] > 0, got {list(self.input_size)!r}"
+            )
         if self.channel_order not in CHANNEL_ORDERS:
-            raise GlimmerError(f"metadata key 'channel_order' must be RGB or BGR, got {self.channel_order!r}"
-                               )
+            raise GlimmerError(
+                f"metadata key 'channel_order' must be RGB or BGR, got {self.channel_order!r}"
+            )
         if self.precision not in PRECISIONS:
-            raise GlimmerError(f"metadata key 'precision' must be one of {PRECISIONS}, got {self.precision!r}"
-                               )
+            raise GlimmerError(
+                f"metadata key 'precision' must be one of {PRECISIONS}, got {self.precision!r}"
+            )
         for key in ("mean", "std"):
             value = getattr(self, key)
             if value is not None and len(value) != 3:
@@ -112,8 +116,11 @@ class ModelMeta:
             if key not in data:
                 raise GlimmerError(f"{origin}: metadata key {key!r} is missing")
         if int(data.get("schema", SCHEMA_VERSION)) > SCHEMA_VERSION:
-            raise GlimmerError("{}: metadata schema {} is newer than this runtime understands ({})"
-                               .format(origin, data["schema"], SCHEMA_VERSION))
+            raise GlimmerError(
+                "{}: metadata schema {} is newer than this runtime understands ({})".format(
+                    origin, data["schema"], SCHEMA_VERSION
+                )
+            )
         try:
             return cls(**dict(data))
         except (TypeError, ValueError) as exc:
@@ -136,8 +143,10 @@ class ModelMeta:
             return cls.from_json(props[METADATA_KEY], origin)
         if "names" in props and "imgsz" in props:
             return _from_ultralytics(props, origin)
-        raise GlimmerError(f"{origin}: no model metadata (export it with glimmer-export, which records task, "
-                           "classes and preprocessing)")
+        raise GlimmerError(
+            f"{origin}: no model metadata (export it with glimmer-export, which records task, "
+            "classes and preprocessing)"
+        )
 
 
 def _from_ultralytics(props: Mapping[str, str], origin: str) -> ModelMeta:
@@ -152,6 +161,13 @@ def _from_ultralytics(props: Mapping[str, str], origin: str) -> ModelMeta:
     if task != "detect":
         raise GlimmerError(f"{origin}: ultralytics task {task!r} is not supported (detect only)")
     class_names = [names[k] for k in sorted(names)] if isinstance(names, dict) else list(names)
-    return ModelMeta(task="detect", name=props.get("description", "ultralytics"),
-                     class_names=class_names, input_size=(int(imgsz[0]), int(imgsz[1])),
-                     channel_order="RGB", letterbox=True, stride=stride, batch=batch)
+    return ModelMeta(
+        task="detect",
+        name=props.get("description", "ultralytics"),
+        class_names=class_names,
+        input_size=(int(imgsz[0]), int(imgsz[1])),
+        channel_order="RGB",
+        letterbox=True,
+        stride=stride,
+        batch=batch,
+    )

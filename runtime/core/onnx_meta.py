@@ -5,6 +5,7 @@ keys its engine cache by it, ONNX Runtime picks its INT8 execution by it), and a
 TensorRT may have neither the onnx package nor ONNX Runtime: so the reader is ours, a few lines of
 protobuf varints, in the floor of the runtime where every backend can import it.
 """
+
 import mmap
 from pathlib import Path
 from typing import Dict, Tuple
@@ -67,8 +68,10 @@ def read_onnx_metadata(path: Path) -> Dict[str, str]:
                 for number, wire, span in _fields(buf, 0, len(buf)):
                     if number != _METADATA_PROPS or wire != 2:
                         continue
-                    entry = {n: bytes(buf[s:e]).decode("utf-8") for n, w, (s, e) in
-                             ((n, w, v) for n, w, v in _fields(buf, *span) if w == 2)}
+                    entry = {
+                        n: bytes(buf[s:e]).decode("utf-8")
+                        for n, w, (s, e) in ((n, w, v) for n, w, v in _fields(buf, *span) if w == 2)
+                    }
                     props[entry.get(1, "")] = entry.get(2, "")
                 return props
     except OSError as exc:

@@ -5,6 +5,7 @@ Frames are uint8 HxWx3 BGR (OpenCV's convention). Classification resizes straigh
 size (as the GlimmerNet recipe trains); detection letterboxes like ultralytics (aspect kept,
 centred padding of 114) and returns the transform needed to map boxes back to the frame.
 """
+
 from dataclasses import dataclass
 from typing import List, Sequence, Tuple
 
@@ -19,8 +20,10 @@ def _cv2():
     except ImportError:  # pragma: no cover - depends on the install
         from glimmer.runtime.core.errors import GlimmerError
 
-        raise GlimmerError("OpenCV (cv2) is not installed: on x86 `pip install opencv-python-headless`; "
-                           "on a Jetson use JetPack's python3-opencv") from None
+        raise GlimmerError(
+            "OpenCV (cv2) is not installed: on x86 `pip install opencv-python-headless`; "
+            "on a Jetson use JetPack's python3-opencv"
+        ) from None
     return cv2
 
 
@@ -44,8 +47,9 @@ class LetterboxTransform:
         return out
 
 
-def letterbox(image: np.ndarray, size: Tuple[int, int], pad_value: int = 114
-              ) -> Tuple[np.ndarray, LetterboxTransform]:
+def letterbox(
+    image: np.ndarray, size: Tuple[int, int], pad_value: int = 114
+) -> Tuple[np.ndarray, LetterboxTransform]:
     """Resize keeping aspect ratio into ``size`` = (height, width), padding the rest (centred)."""
     cv2 = _cv2()
     h, w = image.shape[:2]
@@ -58,8 +62,15 @@ def letterbox(image: np.ndarray, size: Tuple[int, int], pad_value: int = 114
     # The same -0.1/+0.1 rounding as ultralytics, so both put an odd padding pixel on the same side.
     top, bottom = int(round(pad_h - 0.1)), int(round(pad_h + 0.1))
     left, right = int(round(pad_w - 0.1)), int(round(pad_w + 0.1))
-    image = cv2.copyMakeBorder(image, top, bottom, left, right, cv2.BORDER_CONSTANT,
-                               value=(pad_value, pad_value, pad_value))
+    image = cv2.copyMakeBorder(
+        image,
+        top,
+        bottom,
+        left,
+        right,
+        cv2.BORDER_CONSTANT,
+        value=(pad_value, pad_value, pad_value),
+    )
     return image, LetterboxTransform(gain, gain, float(left), float(top), w, h)
 
 
@@ -79,8 +90,12 @@ class Preprocessor:
     def __init__(self, meta: ModelMeta) -> None:
         self.meta = meta
         self._scale = np.float32(meta.scale)
-        self._mean = None if meta.mean is None else np.asarray(meta.mean, np.float32).reshape(1, 1, 3)
-        self._inv_std = None if meta.std is None else (1.0 / np.asarray(meta.std, np.float32)).reshape(1, 1, 3)
+        self._mean = (
+            None if meta.mean is None else np.asarray(meta.mean, np.float32).reshape(1, 1, 3)
+        )
+        self._inv_std = (
+            None if meta.std is None else (1.0 / np.asarray(meta.std, np.float32)).reshape(1, 1, 3)
+        )
 
     def image(self, frame_bgr: np.ndarray) -> Tuple[np.ndarray, LetterboxTransform]:
         """One frame -> (CHW float32, transform back to the frame)."""
@@ -102,7 +117,9 @@ class Preprocessor:
             x *= self._inv_std
         return np.ascontiguousarray(x.transpose(2, 0, 1)), transform
 
-    def __call__(self, frames_bgr: Sequence[np.ndarray]) -> Tuple[np.ndarray, List[LetterboxTransform]]:
+    def __call__(
+        self, frames_bgr: Sequence[np.ndarray]
+    ) -> Tuple[np.ndarray, List[LetterboxTransform]]:
         """Frames -> (NCHW float32 batch, per-frame transforms)."""
         pairs = [self.image(f) for f in frames_bgr]
         return np.stack([p[0] for p in pairs]), [p[1] for p in pairs]

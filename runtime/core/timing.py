@@ -14,6 +14,7 @@ preference order then decides, so the choice is stable instead of a coin toss.
 
 Only numpy and the standard library: this ships to the drone.
 """
+
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
@@ -24,15 +25,22 @@ import numpy as np
 PERCENTILES = (50, 90, 95, 99)
 DEFAULT_ROUNDS = 7
 MIN_CALLS_PER_ROUND = 3
-REL_FLOOR = 0.02  # medians closer than 2% of the fastest are always a tie: below what timing can tell
+REL_FLOOR = (
+    0.02  # medians closer than 2% of the fastest are always a tie: below what timing can tell
+)
 SPEED = "speed"
 PREFERENCE = "preference within noise"
 
 Clock = Callable[[], float]
 
 
-def sample_ms(fn: Callable[[], Any], iters: int, warmup: int = 0, clock: Optional[Clock] = None,
-              progress: Optional[Callable[[int], None]] = None) -> List[float]:
+def sample_ms(
+    fn: Callable[[], Any],
+    iters: int,
+    warmup: int = 0,
+    clock: Optional[Clock] = None,
+    progress: Optional[Callable[[int], None]] = None,
+) -> List[float]:
     """Milliseconds of each of ``iters`` calls of ``fn()``, after ``warmup`` untimed calls.
 
     ``clock`` (seconds) is ``time.perf_counter``, looked up per call so tests can substitute a fake
@@ -59,8 +67,12 @@ def latency_stats(samples_ms: Sequence[float], digits: Optional[int] = 3) -> Dic
     values = np.asarray(samples_ms, dtype=np.float64)
     if values.size == 0:
         return {"count": 0}
-    out: Dict[str, Any] = {"count": int(values.size), "mean_ms": float(values.mean()),
-                           "min_ms": float(values.min()), "max_ms": float(values.max())}
+    out: Dict[str, Any] = {
+        "count": int(values.size),
+        "mean_ms": float(values.mean()),
+        "min_ms": float(values.min()),
+        "max_ms": float(values.max()),
+    }
     for p, v in zip(PERCENTILES, np.percentile(values, PERCENTILES)):
         out["median_ms" if p == 50 else f"p{p}_ms"] = float(v)
     if digits is None:
@@ -92,22 +104,33 @@ class Comparison:
 
     def report(self) -> Dict[str, Any]:
         """A JSON-ready record; ``timed_ms`` (candidate -> median ms) is the key older readers use."""
-        return {"timed_ms": dict(self.median_ms), "noise_ms": dict(self.noise_ms),
-                "round_medians_ms": {k: list(v) for k, v in self.round_medians_ms.items()},
-                "rounds": len(self.orders), "calls_per_round": self.calls_per_round,
-                "round_orders": [list(o) for o in self.orders], "tie_floor_relative": self.rel_floor,
-                "preference": list(self.preference), "fastest": self.fastest, "tied": list(self.tied),
-                "chosen": self.chosen, "decided_by": self.decided_by}
+        return {
+            "timed_ms": dict(self.median_ms),
+            "noise_ms": dict(self.noise_ms),
+            "round_medians_ms": {k: list(v) for k, v in self.round_medians_ms.items()},
+            "rounds": len(self.orders),
+            "calls_per_round": self.calls_per_round,
+            "round_orders": [list(o) for o in self.orders],
+            "tie_floor_relative": self.rel_floor,
+            "preference": list(self.preference),
+            "fastest": self.fastest,
+            "tied": list(self.tied),
+            "chosen": self.chosen,
+            "decided_by": self.decided_by,
+        }
 
 
-def plan_rounds(total_calls: int, rounds: int = DEFAULT_ROUNDS,
-                min_calls: int = MIN_CALLS_PER_ROUND) -> Tuple[int, int]:
+def plan_rounds(
+    total_calls: int, rounds: int = DEFAULT_ROUNDS, min_calls: int = MIN_CALLS_PER_ROUND
+) -> Tuple[int, int]:
     """(rounds, calls per round) spending at most ``total_calls`` timed calls per candidate: up to
     ``rounds`` rounds, fewer when that leaves under ``min_calls`` calls in each (a median of one or
     two calls is itself noise)."""
     if total_calls < 1 or rounds < 1 or min_calls < 1:
-        raise ValueError(f"total_calls, rounds and min_calls must be at least 1, got {total_calls}, {rounds}, "
-                         f"{min_calls}")
+        raise ValueError(
+            f"total_calls, rounds and min_calls must be at least 1, got {total_calls}, {rounds}, "
+            f"{min_calls}"
+        )
     n = max(1, min(rounds, total_calls // min_calls))
     return n, total_calls // n
 
@@ -129,9 +152,13 @@ def round_orders(names: Sequence[str], rounds: int) -> List[List[str]]:
     return orders
 
 
-def interleave(candidates: Mapping[str, Callable[[], Any]], rounds: int = DEFAULT_ROUNDS,
-               calls: int = MIN_CALLS_PER_ROUND, warmup: int = 3,
-               clock: Optional[Clock] = None) -> Tuple[Dict[str, List[float]], List[List[str]]]:
+def interleave(
+    candidates: Mapping[str, Callable[[], Any]],
+    rounds: int = DEFAULT_ROUNDS,
+    calls: int = MIN_CALLS_PER_ROUND,
+    warmup: int = 3,
+    clock: Optional[Clock] = None,
+) -> Tuple[Dict[str, List[float]], List[List[str]]]:
     """Warm every candidate up, then time it for ``calls`` calls in each of ``rounds`` rounds.
 
     Returns (candidate -> median ms of its calls in each round, the order of each round).
@@ -140,8 +167,10 @@ def interleave(candidates: Mapping[str, Callable[[], Any]], rounds: int = DEFAUL
     if not names:
         raise ValueError("no candidates to time")
     if rounds < 1 or calls < 1 or warmup < 0:
-        raise ValueError(f"rounds and calls must be at least 1 and warmup at least 0, got {rounds}, {calls}, "
-                         f"{warmup}")
+        raise ValueError(
+            f"rounds and calls must be at least 1 and warmup at least 0, got {rounds}, {calls}, "
+            f"{warmup}"
+        )
     orders = round_orders(names, rounds)
     for name in orders[0]:
         sample_ms(candidates[name], 0, warmup)
@@ -152,9 +181,13 @@ def interleave(candidates: Mapping[str, Callable[[], Any]], rounds: int = DEFAUL
     return medians, orders
 
 
-def decide(round_medians_ms: Mapping[str, Sequence[float]], preference: Sequence[str],
-           rel_floor: float = REL_FLOOR, orders: Optional[List[List[str]]] = None,
-           calls_per_round: int = 0) -> Comparison:
+def decide(
+    round_medians_ms: Mapping[str, Sequence[float]],
+    preference: Sequence[str],
+    rel_floor: float = REL_FLOOR,
+    orders: Optional[List[List[str]]] = None,
+    calls_per_round: int = 0,
+) -> Comparison:
     """Choose among measured candidates.
 
     The fastest is the lowest median of round medians. Another candidate is tied with it when the
@@ -176,22 +209,43 @@ def decide(round_medians_ms: Mapping[str, Sequence[float]], preference: Sequence
     noise = {k: float(np.median(np.abs(v - median[k]))) for k, v in values.items()}
 
     def rank(name: str) -> Tuple[int, float, str]:
-        return (preference.index(name) if name in preference else len(preference), median[name], name)
+        return (
+            preference.index(name) if name in preference else len(preference),
+            median[name],
+            name,
+        )
 
     by_speed = sorted(median, key=lambda k: (median[k], rank(k)))
     fastest = by_speed[0]
     floor = rel_floor * median[fastest]
-    tied = [k for k in by_speed if median[k] - median[fastest] <= max(noise[fastest], noise[k], floor)]
+    tied = [
+        k for k in by_speed if median[k] - median[fastest] <= max(noise[fastest], noise[k], floor)
+    ]
     chosen = min(tied, key=rank)
-    return Comparison(round_medians_ms={k: [float(x) for x in v] for k, v in values.items()}, median_ms=median,
-                      noise_ms=noise, orders=orders or [], calls_per_round=calls_per_round, preference=preference,
-                      rel_floor=rel_floor, fastest=fastest, tied=tied, chosen=chosen,
-                      decided_by=SPEED if len(tied) == 1 else PREFERENCE)
+    return Comparison(
+        round_medians_ms={k: [float(x) for x in v] for k, v in values.items()},
+        median_ms=median,
+        noise_ms=noise,
+        orders=orders or [],
+        calls_per_round=calls_per_round,
+        preference=preference,
+        rel_floor=rel_floor,
+        fastest=fastest,
+        tied=tied,
+        chosen=chosen,
+        decided_by=SPEED if len(tied) == 1 else PREFERENCE,
+    )
 
 
-def compare_latency(candidates: Mapping[str, Callable[[], Any]], preference: Sequence[str],
-                    rounds: int = DEFAULT_ROUNDS, calls: int = MIN_CALLS_PER_ROUND, warmup: int = 3,
-                    rel_floor: float = REL_FLOOR, clock: Optional[Clock] = None) -> Comparison:
+def compare_latency(
+    candidates: Mapping[str, Callable[[], Any]],
+    preference: Sequence[str],
+    rounds: int = DEFAULT_ROUNDS,
+    calls: int = MIN_CALLS_PER_ROUND,
+    warmup: int = 3,
+    rel_floor: float = REL_FLOOR,
+    clock: Optional[Clock] = None,
+) -> Comparison:
     """Time zero-argument ``candidates`` interleaved (:func:`interleave`) and choose one (:func:`decide`)."""
     medians, orders = interleave(candidates, rounds, calls, warmup, clock)
     return decide(medians, preference, rel_floor, orders, calls)

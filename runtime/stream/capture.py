@@ -3,6 +3,7 @@
 Kept apart from :mod:`glimmer.runtime.stream.sources` (what a source is and which one a URI opens)
 because this is the part that talks to OpenCV's VideoCapture and to the Jetson's camera stack.
 """
+
 import contextlib
 import glob
 import re
@@ -14,10 +15,12 @@ from glimmer.runtime.core.errors import GlimmerError
 FLIPS = ("none", "horizontal", "vertical", "rotate-180")
 # nvvidconv's flip-method: the flip happens in the ISP/VIC, not on the CPU.
 _NVVIDCONV_FLIP = {"none": 0, "rotate-180": 2, "horizontal": 4, "vertical": 6}
-CSI_PIPELINE = ("nvarguscamerasrc sensor-id={sensor} ! video/x-raw(memory:NVMM),width={cw},height={ch},"
-                "format=NV12,framerate={rate}/1 ! nvvidconv flip-method={flip} ! video/x-raw,width={w},"
-                "height={h},format=BGRx ! videoconvert ! video/x-raw,format=BGR ! appsink drop=1 "
-                "max-buffers=1 sync=false")
+CSI_PIPELINE = (
+    "nvarguscamerasrc sensor-id={sensor} ! video/x-raw(memory:NVMM),width={cw},height={ch},"
+    "format=NV12,framerate={rate}/1 ! nvvidconv flip-method={flip} ! video/x-raw,width={w},"
+    "height={h},format=BGRx ! videoconvert ! video/x-raw,format=BGR ! appsink drop=1 "
+    "max-buffers=1 sync=false"
+)
 
 
 @dataclass
@@ -84,16 +87,24 @@ def redact(uri: str) -> str:
 def csi_pipeline(sensor: int, options: SourceOptions) -> str:
     """The nvarguscamerasrc pipeline (docs/runtime.md); 1280x720 capture unless a size is asked."""
     width, height = options.width or 1280, options.height or 720
-    return CSI_PIPELINE.format(sensor=sensor, cw=width, ch=height, rate=int(options.rate or 30),
-                               flip=_NVVIDCONV_FLIP[options.flip], w=width, h=height)
+    return CSI_PIPELINE.format(
+        sensor=sensor,
+        cw=width,
+        ch=height,
+        rate=int(options.rate or 30),
+        flip=_NVVIDCONV_FLIP[options.flip],
+        w=width,
+        h=height,
+    )
 
 
 def _video_devices() -> List[str]:
     return sorted(glob.glob("/dev/video*"), key=lambda p: (len(p), p))
 
 
-def _capture_opener(target: Any, api: int, describe: str, hint: str,
-                    options: SourceOptions) -> Callable[[], Any]:
+def _capture_opener(
+    target: Any, api: int, describe: str, hint: str, options: SourceOptions
+) -> Callable[[], Any]:
     def open_capture():
         cv2 = _cv2()
         with _quiet_opencv():

@@ -6,6 +6,7 @@ class probabilities are smoothed with an exponential moving average (``s_t = a *
 "normal" one) stays at or above a threshold for K consecutive frames, the debounce that keeps one
 bright frame from paging an operator. The model outputs logits ``[B, nc]`` (GlimmerNet's head).
 """
+
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence
 
@@ -26,11 +27,11 @@ def softmax(logits: np.ndarray, axis: int = -1) -> np.ndarray:
 @dataclass
 class ClassifySettings:
     """Attributes:
-        top_k: classes listed per frame.
-        smoothing: EMA weight of the past, in [0, 1); 0 turns smoothing off.
-        normal_class: the class that never alerts (matched case-insensitively).
-        alert_threshold: smoothed probability a non-normal class must reach.
-        alert_frames: K, the consecutive frames it must hold there.
+    top_k: classes listed per frame.
+    smoothing: EMA weight of the past, in [0, 1); 0 turns smoothing off.
+    normal_class: the class that never alerts (matched case-insensitively).
+    alert_threshold: smoothed probability a non-normal class must reach.
+    alert_frames: K, the consecutive frames it must hold there.
     """
 
     top_k: int = 3
@@ -45,7 +46,9 @@ class ClassifySettings:
         if not 0.0 <= self.smoothing < 1.0:
             raise GlimmerError(f"classify smoothing must be in [0, 1), got {self.smoothing}")
         if not 0.0 < self.alert_threshold <= 1.0:
-            raise GlimmerError(f"classify alert_threshold must be in (0, 1], got {self.alert_threshold}")
+            raise GlimmerError(
+                f"classify alert_threshold must be in (0, 1], got {self.alert_threshold}"
+            )
         if self.alert_frames < 1:
             raise GlimmerError(f"classify alert_frames must be at least 1, got {self.alert_frames}")
 
@@ -62,8 +65,11 @@ class Classifier:
         lowered = [c.lower() for c in self.class_names]
         normal = self.settings.normal_class.lower()
         if normal not in lowered:
-            raise GlimmerError("classify normal_class {!r} is not one of the model's classes ({})"
-                               .format(self.settings.normal_class, ", ".join(self.class_names)))
+            raise GlimmerError(
+                "classify normal_class {!r} is not one of the model's classes ({})".format(
+                    self.settings.normal_class, ", ".join(self.class_names)
+                )
+            )
         self.normal_index = lowered.index(normal)
         self.reset()
 
@@ -84,21 +90,29 @@ class Classifier:
             self._run_class, self._run_length = None, 0
         if self._run_class is None or self._run_length < s.alert_frames:
             return None
-        return {"class": self.class_names[leader], "index": leader,
-                "score": round(float(smoothed[leader]), 4), "frames": self._run_length,
-                "new": self._run_length == s.alert_frames}
+        return {
+            "class": self.class_names[leader],
+            "index": leader,
+            "score": round(float(smoothed[leader]), 4),
+            "frames": self._run_length,
+            "new": self._run_length == s.alert_frames,
+        }
 
     def _top(self, probs: np.ndarray) -> List[Dict[str, Any]]:
         order = np.argsort(-probs, kind="stable")[: self.settings.top_k]
-        return [{"class": self.class_names[i], "index": int(i), "score": round(float(probs[i]), 4)}
-                for i in order]
+        return [
+            {"class": self.class_names[i], "index": int(i), "score": round(float(probs[i]), 4)}
+            for i in order
+        ]
 
     def frame(self, logits: np.ndarray) -> Dict[str, Any]:
         """Postprocess one frame's logits ``[nc]`` (updates the stream state)."""
         logits = np.asarray(logits).reshape(-1)
         if logits.size != len(self.class_names):
-            raise GlimmerError(f"model output has {logits.size} classes, its metadata names "
-                               f"{len(self.class_names)}")
+            raise GlimmerError(
+                f"model output has {logits.size} classes, its metadata names "
+                f"{len(self.class_names)}"
+            )
         probs = softmax(logits)
         a = self.settings.smoothing
         if self._smoothed is None or a == 0.0:
@@ -106,11 +120,18 @@ class Classifier:
         else:
             self._smoothed = (a * self._smoothed + (1.0 - a) * probs).astype(np.float32)
         top = self._top(self._smoothed)
-        return {"task": "classify", "label": top[0]["class"], "score": top[0]["score"],
-                "top": top, "raw": self._top(probs)[:1], "alert": self._update_alert(self._smoothed)}
+        return {
+            "task": "classify",
+            "label": top[0]["class"],
+            "score": top[0]["score"],
+            "top": top,
+            "raw": self._top(probs)[:1],
+            "alert": self._update_alert(self._smoothed),
+        }
 
-    def __call__(self, outputs: Sequence[np.ndarray], transforms: Sequence[Any] = ()
-                 ) -> List[Dict[str, Any]]:
+    def __call__(
+        self, outputs: Sequence[np.ndarray], transforms: Sequence[Any] = ()
+    ) -> List[Dict[str, Any]]:
         """Outputs of one batch -> one prediction per frame, in batch order."""
         logits = np.asarray(outputs[0])
         if logits.ndim == 1:
@@ -123,5 +144,7 @@ class Classifier:
         text = "{} {:.2f}".format(pred["label"], pred["score"])
         alert = pred.get("alert")
         if alert:
-            text += "  ALERT {} {:.2f} ({} frames)".format(alert["class"], alert["score"], alert["frames"])
+            text += "  ALERT {} {:.2f} ({} frames)".format(
+                alert["class"], alert["score"], alert["frames"]
+            )
         return text

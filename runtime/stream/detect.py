@@ -7,6 +7,7 @@ class suppresses only itself, done in one pass by offsetting each class's boxes 
 trick torchvision's ``batched_nms`` and ultralytics use), and mapped back through the letterbox to
 frame pixels.
 """
+
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -20,11 +21,11 @@ from glimmer.runtime.core.preprocess import LetterboxTransform
 @dataclass
 class DetectSettings:
     """Attributes:
-        conf: minimum class score kept.
-        iou: IoU above which a lower-scored box of the same class is suppressed.
-        max_det: boxes kept per frame after NMS.
-        max_candidates: highest-scoring boxes that enter NMS (bounds its quadratic cost).
-        agnostic: suppress across classes too.
+    conf: minimum class score kept.
+    iou: IoU above which a lower-scored box of the same class is suppressed.
+    max_det: boxes kept per frame after NMS.
+    max_candidates: highest-scoring boxes that enter NMS (bounds its quadratic cost).
+    agnostic: suppress across classes too.
     """
 
     conf: float = 0.25
@@ -58,7 +59,9 @@ def box_iou_one(box: np.ndarray, others: np.ndarray) -> np.ndarray:
     h = np.clip(np.minimum(box[3], others[:, 3]) - np.maximum(box[1], others[:, 1]), 0, None)
     inter = w * h
     area = max(box[2] - box[0], 0) * max(box[3] - box[1], 0)
-    areas = np.clip(others[:, 2] - others[:, 0], 0, None) * np.clip(others[:, 3] - others[:, 1], 0, None)
+    areas = np.clip(others[:, 2] - others[:, 0], 0, None) * np.clip(
+        others[:, 3] - others[:, 1], 0, None
+    )
     return inter / np.maximum(area + areas - inter, 1e-9)
 
 
@@ -75,8 +78,9 @@ def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> np.ndarr
     return np.asarray(keep, dtype=np.int64)
 
 
-def batched_nms(boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray,
-                iou_threshold: float) -> np.ndarray:
+def batched_nms(
+    boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray, iou_threshold: float
+) -> np.ndarray:
     """Class-aware NMS: boxes of different classes never suppress each other."""
     if boxes.size == 0:
         return np.zeros(0, dtype=np.int64)
@@ -104,13 +108,17 @@ class Detector:
         if out.ndim == 2:
             out = out[None]
         if out.ndim != 3:
-            raise GlimmerError(f"detection output must be [batch, 4 + classes, anchors], got shape {list(out.shape)}")
+            raise GlimmerError(
+                f"detection output must be [batch, 4 + classes, anchors], got shape {list(out.shape)}"
+            )
         if out.shape[1] == 4 + nc:
             return out
         if out.shape[2] == 4 + nc:
             return out.transpose(0, 2, 1)
-        raise GlimmerError(f"detection output shape {list(out.shape)} does not match 4 + {nc} "
-                           "classes from the metadata")
+        raise GlimmerError(
+            f"detection output shape {list(out.shape)} does not match 4 + {nc} "
+            "classes from the metadata"
+        )
 
     def decode(self, pred: np.ndarray) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
         """One frame's ``[4 + nc, N]`` -> (xyxy boxes in input pixels, scores, class ids), NMS done."""
@@ -131,20 +139,34 @@ class Detector:
         keep = keep[: s.max_det]
         return boxes[keep], score[keep], cls[keep]
 
-    def __call__(self, outputs: Sequence[np.ndarray], transforms: Sequence[LetterboxTransform]
-                 ) -> List[Dict[str, Any]]:
+    def __call__(
+        self, outputs: Sequence[np.ndarray], transforms: Sequence[LetterboxTransform]
+    ) -> List[Dict[str, Any]]:
         """Outputs of one batch -> one prediction per frame, boxes in that frame's pixels."""
         batch = self._layout(np.asarray(outputs[0]))
         if len(transforms) != batch.shape[0]:
-            raise GlimmerError(f"detection output has batch {batch.shape[0]} for {len(transforms)} frames")
+            raise GlimmerError(
+                f"detection output has batch {batch.shape[0]} for {len(transforms)} frames"
+            )
         results = []
         for pred, transform in zip(batch, transforms):
             boxes, scores, classes = self.decode(pred)
             boxes = transform.to_frame(boxes)
-            results.append({"task": "detect", "count": int(len(scores)), "detections": [
-                {"class": self.class_names[int(c)], "index": int(c), "score": round(float(p), 4),
-                 "box": [round(float(v), 2) for v in b]}
-                for b, p, c in zip(boxes, scores, classes)]})
+            results.append(
+                {
+                    "task": "detect",
+                    "count": int(len(scores)),
+                    "detections": [
+                        {
+                            "class": self.class_names[int(c)],
+                            "index": int(c),
+                            "score": round(float(p), 4),
+                            "box": [round(float(v), 2) for v in b],
+                        }
+                        for b, p, c in zip(boxes, scores, classes)
+                    ],
+                }
+            )
         return results
 
     @staticmethod
@@ -152,5 +174,7 @@ class Detector:
         counts: Dict[str, int] = {}
         for det in pred["detections"]:
             counts[det["class"]] = counts.get(det["class"], 0) + 1
-        parts = ", ".join(f"{n} {name}" for name, n in sorted(counts.items(), key=lambda kv: -kv[1]))
+        parts = ", ".join(
+            f"{n} {name}" for name, n in sorted(counts.items(), key=lambda kv: -kv[1])
+        )
         return "{} detections{}".format(pred["count"], ": " + parts if parts else "")

@@ -7,6 +7,7 @@ the same for the camera pipeline's stages and say what each figure includes (``S
 Samples live in fixed-size ring buffers allocated up front, so a run of days uses the same memory
 as a run of seconds: means and counts cover the whole run, percentiles the last ``window`` frames.
 """
+
 import time
 from typing import Any, Dict, List, Optional
 
@@ -17,14 +18,14 @@ from glimmer.runtime.core.timing import latency_stats
 #: stage -> what its figure includes
 STAGES = {
     "capture": "waiting for and decoding the next frame in the source (for live sources: the wait "
-               "for a fresh frame from the grabber thread)",
+    "for a fresh frame from the grabber thread)",
     "preprocess": "resize or letterbox, channel order, scaling and normalisation, HWC->NCHW",
     "inference": "the backend's infer call: ONNX Runtime session.run, or TensorRT host->device "
-                 "copy + enqueue + device->host copy + synchronize",
+    "copy + enqueue + device->host copy + synchronize",
     "postprocess": "softmax, smoothing and alert, or decode + NMS + rescale to frame pixels",
     "output": "writing the sinks: JSON line, annotated video frame, window, console",
     "end_to_end": "from the frame leaving the source to its results written, including time "
-                  "spent waiting in the pipeline's queues",
+    "spent waiting in the pipeline's queues",
 }
 
 
@@ -53,7 +54,12 @@ class StageStats:
             return {"count": 0}
         # percentiles over the recent window; count, mean, min and max over every sample
         out = latency_stats(self.recent(), digits=None)
-        out.update(count=self.count, mean_ms=self.total / self.count, min_ms=self.minimum, max_ms=self.maximum)
+        out.update(
+            count=self.count,
+            mean_ms=self.total / self.count,
+            min_ms=self.minimum,
+            max_ms=self.maximum,
+        )
         return {k: (round(v, 3) if isinstance(v, float) else v) for k, v in out.items()}
 
 
@@ -113,24 +119,40 @@ class Meter:
             "wall_s": round(self.wall_s, 3),
             "fps": round(self.fps, 2),
             "fps_includes": "frames finished / wall time from the first frame read to the last "
-                            "frame's results written (throughput, as trtexec's qps)",
-            "stages": {name: dict(stats.summary(), includes=STAGES[name])
-                       for name, stats in self.stages.items()},
+            "frame's results written (throughput, as trtexec's qps)",
+            "stages": {
+                name: dict(stats.summary(), includes=STAGES[name])
+                for name, stats in self.stages.items()
+            },
         }
 
 
 def format_report(report: Dict[str, Any]) -> str:
     """The report as a fixed-width table with a legend of what each stage includes."""
-    lines = ["{:<12} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}".format(
-        "stage (ms)", "mean", "median", "p90", "p99", "min", "max")]
+    lines = [
+        "{:<12} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}".format(
+            "stage (ms)", "mean", "median", "p90", "p99", "min", "max"
+        )
+    ]
     for name, stats in report["stages"].items():
         if not stats.get("count"):
             continue
-        lines.append("{:<12} {:>9.2f} {:>9.2f} {:>9.2f} {:>9.2f} {:>9.2f} {:>9.2f}".format(
-            name, stats["mean_ms"], stats["median_ms"], stats["p90_ms"], stats["p99_ms"],
-            stats["min_ms"], stats["max_ms"]))
-    lines.append("frames {}  dropped {}  wall {:.2f} s  throughput {:.1f} FPS".format(
-        report["frames"], report["frames_dropped"], report["wall_s"], report["fps"]))
+        lines.append(
+            "{:<12} {:>9.2f} {:>9.2f} {:>9.2f} {:>9.2f} {:>9.2f} {:>9.2f}".format(
+                name,
+                stats["mean_ms"],
+                stats["median_ms"],
+                stats["p90_ms"],
+                stats["p99_ms"],
+                stats["min_ms"],
+                stats["max_ms"],
+            )
+        )
+    lines.append(
+        "frames {}  dropped {}  wall {:.2f} s  throughput {:.1f} FPS".format(
+            report["frames"], report["frames_dropped"], report["wall_s"], report["fps"]
+        )
+    )
     lines.append("")
     for name, stats in report["stages"].items():
         if stats.get("count"):

@@ -20,6 +20,7 @@ with fewer intra-op threads than cores) gets that many inference threads: a smal
 cores is too short to spread over both cores inside one run, but two frames in flight keep both
 busy.
 """
+
 import queue
 import threading
 import time
@@ -42,8 +43,11 @@ from glimmer.runtime.stream.task import Task
 _END = object()
 
 
-def build_task(meta: ModelMeta, classify: Optional[ClassifySettings] = None,
-               detect: Optional[DetectSettings] = None) -> Task:
+def build_task(
+    meta: ModelMeta,
+    classify: Optional[ClassifySettings] = None,
+    detect: Optional[DetectSettings] = None,
+) -> Task:
     """The :class:`Task` the model's metadata asks for (never a flag)."""
     if meta.task == "classify":
         return Classifier(meta, classify)
@@ -79,10 +83,18 @@ class Pipeline:
         workers: inference threads (default: ``backend.concurrency``, else 1).
     """
 
-    def __init__(self, source: Source, backend: Backend, task: Task, sinks: Sequence[Sink] = (),
-                 max_frames: Optional[int] = None, duration: Optional[float] = None,
-                 queue_size: Optional[int] = None, meter: Optional[Meter] = None,
-                 workers: Optional[int] = None) -> None:
+    def __init__(
+        self,
+        source: Source,
+        backend: Backend,
+        task: Task,
+        sinks: Sequence[Sink] = (),
+        max_frames: Optional[int] = None,
+        duration: Optional[float] = None,
+        queue_size: Optional[int] = None,
+        meter: Optional[Meter] = None,
+        workers: Optional[int] = None,
+    ) -> None:
         self.source = source
         self.backend = backend
         self.task = task
@@ -103,9 +115,11 @@ class Pipeline:
         self.preprocess = Preprocessor(backend.meta)
         spec = backend.inputs[0]
         if isinstance(spec.shape[0], int) and spec.shape[0] > 1:
-            raise GlimmerError(f"the model's input {spec.name!r} has a fixed batch of {spec.shape[0]}; "
-                               "the camera runtime feeds one frame at a time (export with batch 1 "
-                               "or a dynamic batch)")
+            raise GlimmerError(
+                f"the model's input {spec.name!r} has a fixed batch of {spec.shape[0]}; "
+                "the camera runtime feeds one frame at a time (export with batch 1 "
+                "or a dynamic batch)"
+            )
         self._dtype = np.dtype(spec.dtype)
         self.interrupted = False
 
@@ -161,7 +175,9 @@ class Pipeline:
                 if self._abort.is_set():
                     return _END
 
-    def _stage(self, work: Callable[[_Item], None], q_in: "queue.Queue", q_out: "queue.Queue") -> None:
+    def _stage(
+        self, work: Callable[[_Item], None], q_in: "queue.Queue", q_out: "queue.Queue"
+    ) -> None:
         try:
             while True:
                 item = self._get(q_in)
@@ -199,8 +215,14 @@ class Pipeline:
         t1 = time.perf_counter()
         item.latency["postprocess"] = (t1 - t0) * 1e3
         item.latency["end_to_end"] = (t1 - item.captured) * 1e3
-        result = FrameResult(item.index, item.timestamp, prediction, dict(item.latency),
-                             item.frame, self.meter.recent_fps)
+        result = FrameResult(
+            item.index,
+            item.timestamp,
+            prediction,
+            dict(item.latency),
+            item.frame,
+            self.meter.recent_fps,
+        )
         for sink in self.sinks:
             sink.write(result)
             if sink.stop_requested:
@@ -237,8 +259,15 @@ class Pipeline:
         """Process until the end, a limit, a stop key or Ctrl-C; returns the report."""
         q0, q1 = self._queues
         threads = [threading.Thread(target=self._capture, name="glimmer-capture", daemon=True)]
-        threads += [threading.Thread(target=self._stage, args=(self._do_infer, q0, q1),
-                                     name=f"glimmer-infer-{i}", daemon=True) for i in range(self.workers)]
+        threads += [
+            threading.Thread(
+                target=self._stage,
+                args=(self._do_infer, q0, q1),
+                name=f"glimmer-infer-{i}",
+                daemon=True,
+            )
+            for i in range(self.workers)
+        ]
         for thread in threads:
             thread.start()
         complete = False

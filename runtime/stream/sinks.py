@@ -9,6 +9,7 @@
   (display code that fails headless is a common complaint with such tools).
 - Console: predictions at most every ``interval`` seconds (alerts always), a live status line.
 """
+
 import json
 import os
 import sys
@@ -73,9 +74,12 @@ class JsonLinesSink(Sink):
         self.lines = 0
 
     def write(self, result: FrameResult) -> None:
-        record = {"index": result.index, "timestamp": round(result.timestamp, 6),
-                  "latency_ms": {k: round(v, 3) for k, v in result.latency_ms.items()},
-                  "predictions": result.prediction}
+        record = {
+            "index": result.index,
+            "timestamp": round(result.timestamp, 6),
+            "latency_ms": {k: round(v, 3) for k, v in result.latency_ms.items()},
+            "predictions": result.prediction,
+        }
         self._fh.write(json.dumps(record) + "\n")
         self._fh.flush()
         self.lines += 1
@@ -97,8 +101,16 @@ def annotate(frame: np.ndarray, pred: Dict[str, Any], fps: float = 0.0) -> np.nd
         (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, 0.6 * scale, thick)
         y = max(y, th + base)
         cv2.rectangle(out, (x, y - th - base), (x + tw + 4, y + 2), colour, -1)
-        cv2.putText(out, text, (x + 2, y - base // 2), cv2.FONT_HERSHEY_SIMPLEX, 0.6 * scale,
-                    _BLACK if colour != _RED else _WHITE, thick, cv2.LINE_AA)
+        cv2.putText(
+            out,
+            text,
+            (x + 2, y - base // 2),
+            cv2.FONT_HERSHEY_SIMPLEX,
+            0.6 * scale,
+            _BLACK if colour != _RED else _WHITE,
+            thick,
+            cv2.LINE_AA,
+        )
 
     if pred.get("task") == "classify":
         alert = pred.get("alert")
@@ -126,14 +138,18 @@ class VideoSink(Sink):
         self.path = Path(path)
         suffix = self.path.suffix.lower()
         if suffix not in FOURCC:
-            raise GlimmerError("--save {}: unsupported video type {!r} (use {})".format(
-                self.path, suffix or "none", ", ".join(sorted(FOURCC))))
+            raise GlimmerError(
+                "--save {}: unsupported video type {!r} (use {})".format(
+                    self.path, suffix or "none", ", ".join(sorted(FOURCC))
+                )
+            )
         self.fps = fps if fps and fps > 0 else 30.0
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             # The temporary keeps the suffix: OpenCV picks the container from it.
-            fd, tmp = tempfile.mkstemp(prefix=f".{self.path.stem}.", suffix=f".partial{suffix}",
-                                       dir=str(self.path.parent))
+            fd, tmp = tempfile.mkstemp(
+                prefix=f".{self.path.stem}.", suffix=f".partial{suffix}", dir=str(self.path.parent)
+            )
             os.close(fd)
         except OSError as exc:
             raise GlimmerError(f"--save {self.path}: cannot write there: {exc.strerror}") from None
@@ -171,7 +187,9 @@ class VideoSink(Sink):
 
 def display_available() -> Optional[str]:
     """None when a window can open, else the reason it cannot."""
-    if sys.platform.startswith("linux") and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
+    if sys.platform.startswith("linux") and not (
+        os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")
+    ):
         return "no display (DISPLAY is not set: over SSH use ssh -X, or run without --show)"
     info = _cv2().getBuildInformation()
     gui = [line for line in info.splitlines() if line.strip().startswith("GUI:")]
@@ -201,7 +219,9 @@ class DisplaySink(Sink):
             self._opened = True
             key = cv2.waitKey(1) & 0xFF
         except cv2.error as exc:
-            raise GlimmerError(f"--show: cannot open a window: {str(exc).strip().splitlines()[-1]}") from None
+            raise GlimmerError(
+                f"--show: cannot open a window: {str(exc).strip().splitlines()[-1]}"
+            ) from None
         if key in (ord("q"), 27):
             self.stop_requested = True
 
@@ -215,8 +235,9 @@ class ConsoleSink(Sink):
     """Predictions on stdout when the label changes, an alert starts, or ``interval_s`` has passed;
     a live status line on a terminal's stderr."""
 
-    def __init__(self, summarize, interval_s: float = 1.0, stream=None,
-                 status: Optional[StatusLine] = None) -> None:
+    def __init__(
+        self, summarize, interval_s: float = 1.0, stream=None, status: Optional[StatusLine] = None
+    ) -> None:
         self.summarize = summarize
         self.interval_s = interval_s
         self.stream = stream if stream is not None else sys.stdout
@@ -230,18 +251,26 @@ class ConsoleSink(Sink):
         now = time.monotonic()
         alert = result.prediction.get("alert")
         label = result.prediction.get("label")
-        if (alert and alert.get("new")) or label != self._last_label or \
-                now - self._last_print >= self.interval_s:
+        if (
+            (alert and alert.get("new"))
+            or label != self._last_label
+            or now - self._last_print >= self.interval_s
+        ):
             self._last_print, self._last_label = now, label
             self.status.close()
-            self.stream.write(f"frame {result.index:>6}  t={result.timestamp:8.2f}s  {self.summarize(result.prediction)}\n")
+            self.stream.write(
+                f"frame {result.index:>6}  t={result.timestamp:8.2f}s  {self.summarize(result.prediction)}\n"
+            )
             self.stream.flush()
             self.printed.append(result.index)
         if now - self._last_status >= 0.2:
             self._last_status = now
             lat = result.latency_ms
-            self.status.update("frame {}  {:.1f} FPS  inference {:.2f} ms  end-to-end {:.2f} ms".format(
-                result.index, result.fps, lat.get("inference", 0.0), lat.get("end_to_end", 0.0)))
+            self.status.update(
+                "frame {}  {:.1f} FPS  inference {:.2f} ms  end-to-end {:.2f} ms".format(
+                    result.index, result.fps, lat.get("inference", 0.0), lat.get("end_to_end", 0.0)
+                )
+            )
 
     def close(self, complete: bool = True) -> None:
         self.status.close()

@@ -14,6 +14,7 @@ that keeps only the newest frame and counts the ones it overwrote, because buffe
 what makes latency grow on live streams (docs/runtime.md, "Recurring problems"). A live stream
 that stops delivering is reopened with bounded exponential back-off, then ends with a clear error.
 """
+
 import abc
 import re
 import sys
@@ -113,8 +114,10 @@ class VideoFileSource(Source):
         with _quiet_opencv():
             cap = cv2.VideoCapture(str(self.path))
         if not cap.isOpened():
-            raise GlimmerError(f"{self.path}: OpenCV cannot decode this video (codec or container "
-                               "not supported by this OpenCV build, or the file is damaged)")
+            raise GlimmerError(
+                f"{self.path}: OpenCV cannot decode this video (codec or container "
+                "not supported by this OpenCV build, or the file is damaged)"
+            )
         return cap
 
     @property
@@ -152,8 +155,9 @@ class VideoFileSource(Source):
 class ImageListSource(Source):
     """One image or a sorted folder of images; undecodable files are skipped with a warning."""
 
-    def __init__(self, paths: List[Path], description: str,
-                 options: Optional[SourceOptions] = None) -> None:
+    def __init__(
+        self, paths: List[Path], description: str, options: Optional[SourceOptions] = None
+    ) -> None:
         super().__init__(description)
         if not paths:
             raise GlimmerError(f"{description}: no images found")
@@ -192,8 +196,13 @@ class LiveSource(Source):
 
     live = True
 
-    def __init__(self, opener: Callable[[], Any], description: str,
-                 options: Optional[SourceOptions] = None, post_flip: bool = True) -> None:
+    def __init__(
+        self,
+        opener: Callable[[], Any],
+        description: str,
+        options: Optional[SourceOptions] = None,
+        post_flip: bool = True,
+    ) -> None:
         super().__init__(description)
         self.options = options or SourceOptions()
         self._opener = opener
@@ -254,7 +263,8 @@ class LiveSource(Source):
         with self._cond:
             self._error = GlimmerError(
                 f"{self.description}: the stream stopped delivering frames and {opts.retries} "
-                f"reconnect attempts over {waited:.1f} s failed (last: {reason})")
+                f"reconnect attempts over {waited:.1f} s failed (last: {reason})"
+            )
             self._cond.notify_all()
         return False
 
@@ -285,6 +295,7 @@ class LiveSource(Source):
 
 # -- URI parsing and opening ---------------------------------------------------------------------
 
+
 def parse_uri(uri: str) -> Tuple[str, str]:
     """``(kind, target)`` with kind one of csi, v4l2, network, video, image, folder.
 
@@ -294,12 +305,12 @@ def parse_uri(uri: str) -> Tuple[str, str]:
     if text.isdigit():
         return "v4l2", text
     if text.startswith("csi://"):
-        sensor = text[len("csi://"):]
+        sensor = text[len("csi://") :]
         if not sensor.isdigit():
             raise GlimmerError(f"source {text!r}: expected csi://N with N the sensor id")
         return "csi", sensor
     if text.startswith("v4l2://"):
-        device = text[len("v4l2://"):]
+        device = text[len("v4l2://") :]
         if not device:
             raise GlimmerError(f"source {text!r}: expected v4l2:///dev/videoN")
         return "v4l2", device
@@ -308,13 +319,15 @@ def parse_uri(uri: str) -> Tuple[str, str]:
     if text.lower().startswith(NETWORK_SCHEMES):
         return "network", text
     if text.startswith("file://"):
-        text = text[len("file://"):]
+        text = text[len("file://") :]
     path = Path(text).expanduser()
     if path.is_dir():
         return "folder", str(path)
     if not path.exists():
-        raise GlimmerError(f"source {text}: no such file or folder (cameras: --camera N, csi://N, "
-                           "v4l2:///dev/videoN; streams: rtsp://...)")
+        raise GlimmerError(
+            f"source {text}: no such file or folder (cameras: --camera N, csi://N, "
+            "v4l2:///dev/videoN; streams: rtsp://...)"
+        )
     if is_image(path):
         return "image", str(path)
     return "video", str(path)
@@ -338,24 +351,34 @@ def open_source(uri: str, options: Optional[SourceOptions] = None) -> Source:
                 f"csi://{target} needs OpenCV built with GStreamer, and the installed OpenCV "
                 f"({cv2.__version__}, {Path(cv2.__file__).parent}) has none: on a Jetson use JetPack's "
                 "OpenCV (apt install python3-opencv, or the l4t-jetpack container) and remove the pip "
-                "wheels (pip uninstall opencv-python opencv-python-headless)")
-        hint = ("failed to create capture session: check the ribbon cable and sensor-id, that no "
-                "other process holds the camera, restart nvargus-daemon (sudo systemctl restart "
-                "nvargus-daemon); in a container mount /tmp/argus_socket")
-        opener = _capture_opener(csi_pipeline(int(target), options), cv2.CAP_GSTREAMER,
-                                 f"csi://{target}", hint, options)
+                "wheels (pip uninstall opencv-python opencv-python-headless)"
+            )
+        hint = (
+            "failed to create capture session: check the ribbon cable and sensor-id, that no "
+            "other process holds the camera, restart nvargus-daemon (sudo systemctl restart "
+            "nvargus-daemon); in a container mount /tmp/argus_socket"
+        )
+        opener = _capture_opener(
+            csi_pipeline(int(target), options), cv2.CAP_GSTREAMER, f"csi://{target}", hint, options
+        )
         return LiveSource(opener, f"csi://{target}", options, post_flip=False)
     if kind == "v4l2":
         device = f"/dev/video{target}" if target.isdigit() else target
         present = _video_devices()
-        hint = "cannot open the camera ({}; cameras present: {}); check the cable, permissions " \
-               "(group video) and that no other process holds it; in a container pass --device {}" \
-            .format("no such device" if linux and not Path(device).exists() else "it did not start",
-                    ", ".join(present) or "none", device)
+        hint = (
+            "cannot open the camera ({}; cameras present: {}); check the cable, permissions "
+            "(group video) and that no other process holds it; in a container pass --device {}".format(
+                "no such device" if linux and not Path(device).exists() else "it did not start",
+                ", ".join(present) or "none",
+                device,
+            )
+        )
         capture_target: Any = int(target) if target.isdigit() else device
         api = cv2.CAP_V4L2 if linux else cv2.CAP_ANY
         name = f"camera {target}" if target.isdigit() else device
         return LiveSource(_capture_opener(capture_target, api, name, hint, options), name, options)
     shown = redact(target)
-    hint = "cannot open the stream (check the address, credentials, and that the camera is reachable)"
+    hint = (
+        "cannot open the stream (check the address, credentials, and that the camera is reachable)"
+    )
     return LiveSource(_capture_opener(target, cv2.CAP_FFMPEG, shown, hint, options), shown, options)

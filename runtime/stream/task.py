@@ -7,6 +7,7 @@ prints a prediction as one line. :class:`~glimmer.runtime.stream.classify.Classi
 (:func:`glimmer.runtime.stream.pipeline.build_task`), never a flag. A new task (say, segmentation)
 is a new class with these three methods and one line in ``build_task``.
 """
+
 from typing import (  # 3.8+, the runtime's floor
     Any,
     Dict,
@@ -23,7 +24,9 @@ import numpy as np
 class Task(Protocol):
     """Postprocessing of one model's outputs, frame by frame."""
 
-    def __call__(self, outputs: Sequence[np.ndarray], transforms: Sequence[Any] = ()) -> List[Dict[str, Any]]:
+    def __call__(
+        self, outputs: Sequence[np.ndarray], transforms: Sequence[Any] = ()
+    ) -> List[Dict[str, Any]]:
         """Outputs of one batch (and each frame's letterbox transform) -> one prediction per frame."""
 
     def reset(self) -> None:

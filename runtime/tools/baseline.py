@@ -11,6 +11,7 @@ The file is edited with tomlkit, which round-trips TOML: comments, blank lines, 
 the formatting of every untouched value stay byte-for-byte; the result is written atomically.
 tomlkit is imported only here (the ``check`` extra).
 """
+
 import math
 from pathlib import Path
 from typing import Dict, List
@@ -46,12 +47,16 @@ def _set(table, key: str, value) -> None:
         table[key] = value
 
 
-def update_baseline(path: Path, results: List[CheckResult], margin: float, device: str) -> Dict[str, Dict[str, float]]:
+def update_baseline(
+    path: Path, results: List[CheckResult], margin: float, device: str
+) -> Dict[str, Dict[str, float]]:
     """Write new bounds for every measured check; returns {check: {key: new value}}."""
     try:
         import tomlkit
     except ImportError:
-        raise GlimmerError("--update-baseline needs tomlkit (pip install 'glimmer-edge[check]')") from None
+        raise GlimmerError(
+            "--update-baseline needs tomlkit (pip install 'glimmer-edge[check]')"
+        ) from None
     if not 0.0 <= margin < 1.0:
         raise GlimmerError(f"--margin must be in [0, 1), got {margin}")
     text = Path(path).read_text(encoding="utf-8")

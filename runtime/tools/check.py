@@ -8,6 +8,7 @@ when any check cannot run (missing model or data, an unreadable set): an error i
 ``--update-baseline`` writes the measured values, loosened by ``--margin``, back into the file for
 this device (baseline.py) and exits 0 unless a check could not run.
 """
+
 import argparse
 import difflib
 import json
@@ -26,13 +27,28 @@ EXIT_FAIL, EXIT_ERROR = 1, 2
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="glimmer-check", description=__doc__.strip().splitlines()[0])
-    p.add_argument("--config", type=Path, default=Path("deploy.toml"), metavar="TOML",
-                   help="the deployment profile holding [checks.NAME] tables (default: ./deploy.toml)")
-    p.add_argument("--only", action="append", metavar="NAME", help="run this check only (repeatable)")
-    p.add_argument("--update-baseline", action="store_true",
-                   help="write the measured values into the file as the new bounds for this device")
-    p.add_argument("--margin", type=float, default=0.1, metavar="F",
-                   help="slack of --update-baseline in the safe direction (default 0.1 = 10%%)")
+    p.add_argument(
+        "--config",
+        type=Path,
+        default=Path("deploy.toml"),
+        metavar="TOML",
+        help="the deployment profile holding [checks.NAME] tables (default: ./deploy.toml)",
+    )
+    p.add_argument(
+        "--only", action="append", metavar="NAME", help="run this check only (repeatable)"
+    )
+    p.add_argument(
+        "--update-baseline",
+        action="store_true",
+        help="write the measured values into the file as the new bounds for this device",
+    )
+    p.add_argument(
+        "--margin",
+        type=float,
+        default=0.1,
+        metavar="F",
+        help="slack of --update-baseline in the safe direction (default 0.1 = 10%%)",
+    )
     p.add_argument("--json", type=Path, metavar="FILE", help="write every result as JSON")
     add_verbose_flag(p)
     return p
@@ -57,9 +73,21 @@ def format_table(results: List[CheckResult]) -> str:
     notes = []
     for result in results:
         for row in result.rows:
-            op = "" if row.bound_key is None else (">= " if row.bound_key.startswith("min") else "<= ")
-            rows.append((row.check, row.metric, op + _fmt(row.baseline), _fmt(row.measured), _margin(row),
-                         row.status))
+            op = (
+                ""
+                if row.bound_key is None
+                else (">= " if row.bound_key.startswith("min") else "<= ")
+            )
+            rows.append(
+                (
+                    row.check,
+                    row.metric,
+                    op + _fmt(row.baseline),
+                    _fmt(row.measured),
+                    _margin(row),
+                    row.status,
+                )
+            )
             if row.note:
                 notes.append(f"  {row.check}: {row.status}: {row.note}")
     widths = [max(len(r[i]) for r in rows) for i in range(6)]
@@ -67,10 +95,14 @@ def format_table(results: List[CheckResult]) -> str:
     lines.insert(1, "  ".join("-" * w for w in widths))
     for result in results:
         for role, how in result.details.get("int8_execution", {}).items():
-            notes.append(f"  {result.check.name}: {'' if role == 'model' else role + ' '}INT8 {how}")
+            notes.append(
+                f"  {result.check.name}: {'' if role == 'model' else role + ' '}INT8 {how}"
+            )
         per_class = result.details.get("accuracy", {}).get("per_class")
         if per_class:
-            parts = ", ".join(f"{n} F1 {v['f1']:.3f} (n={v['support']})" for n, v in per_class.items())
+            parts = ", ".join(
+                f"{n} F1 {v['f1']:.3f} (n={v['support']})" for n, v in per_class.items()
+            )
             notes.append(f"  {result.check.name}: per class: {parts}")
     return "\n".join(lines + ([""] + notes if notes else []))
 
@@ -83,17 +115,41 @@ def _select(checks, only: Optional[List[str]], origin: str):
         if name not in names:
             close = difflib.get_close_matches(name, names, n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise GlimmerError(f"--only {name}: no [checks.{name}] in {origin}{hint}; checks: {', '.join(names)}")
+            raise GlimmerError(
+                f"--only {name}: no [checks.{name}] in {origin}{hint}; checks: {', '.join(names)}"
+            )
     return [c for c in checks if c.name in only]
 
 
 def _as_json(results: List[CheckResult], device: str) -> Dict[str, Any]:
-    return {"tool": "glimmer-check", "device": device, "checks": [
-        {"name": r.check.name, "kind": r.check.kind, "status": r.status, "model": str(r.check.model),
-         "data": r.check.data, "measured": r.measured, "details": r.details,
-         "rows": [{"metric": row.metric, "bound": row.bound_key, "baseline": row.baseline,
-                   "measured": row.measured, "margin": row.margin, "status": row.status,
-                   "note": row.note} for row in r.rows]} for r in results]}
+    return {
+        "tool": "glimmer-check",
+        "device": device,
+        "checks": [
+            {
+                "name": r.check.name,
+                "kind": r.check.kind,
+                "status": r.status,
+                "model": str(r.check.model),
+                "data": r.check.data,
+                "measured": r.measured,
+                "details": r.details,
+                "rows": [
+                    {
+                        "metric": row.metric,
+                        "bound": row.bound_key,
+                        "baseline": row.baseline,
+                        "measured": row.measured,
+                        "margin": row.margin,
+                        "status": row.status,
+                        "note": row.note,
+                    }
+                    for row in r.rows
+                ],
+            }
+            for r in results
+        ],
+    }
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -104,17 +160,23 @@ def main(argv: Optional[List[str]] = None) -> int:
         raise GlimmerError(f"--json {args.json}: is a folder, give a file name")
     config = load_config(args.config)  # validates the rest of the profile too
     origin = str(args.config)
-    checks = _select(parse_checks(config.checks, origin, args.config.resolve().parent), args.only, origin)
+    checks = _select(
+        parse_checks(config.checks, origin, args.config.resolve().parent), args.only, origin
+    )
     from glimmer.runtime.tools.bench import this_device
 
     device = this_device()
     print(f"device: {device}")
     sys.stdout.flush()
-    results = [run_check(c, device, log=lambda line: print(line, file=sys.stderr, flush=True))
-               for c in checks]
+    results = [
+        run_check(c, device, log=lambda line: print(line, file=sys.stderr, flush=True))
+        for c in checks
+    ]
     print(format_table(results))
     if args.json:
-        atomic_write_text(args.json, json.dumps(_as_json(results, device), indent=2, default=str) + "\n")
+        atomic_write_text(
+            args.json, json.dumps(_as_json(results, device), indent=2, default=str) + "\n"
+        )
         print(f"results written to {args.json}")
     errors = any(r.status == "ERROR" for r in results)
     if args.update_baseline:

@@ -14,6 +14,7 @@ suggestion for a misspelling (difflib), as ultralytics' ``check_dict_alignment``
 paths are relative to the file's folder, so a profile works from any working directory. Reads with
 ``tomllib`` (Python 3.11+) or ``tomli`` (3.8-3.10, the same parser).
 """
+
 import difflib
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,26 +39,49 @@ class Key:
 
 
 SCHEMA: Dict[str, Dict[str, Key]] = {
-    "model": {"path": Key("path"), "backend": Key("str", "auto", BACKENDS),
-              "cache_dir": Key("path"), "threads": Key("int", None, minimum=1),
-              "int8_kernels": Key("str", "auto", INT8_KERNELS)},
-    "runtime": {"source": Key("source"), "width": Key("int", None, minimum=1),
-                "height": Key("int", None, minimum=1), "rate": Key("float", None, minimum=0.1),
-                "loop": Key("int", 1, minimum=0), "flip": Key("str", "none", FLIPS),
-                "max_frames": Key("int", None, minimum=1), "duration": Key("float", None, minimum=0.0),
-                "show": Key("bool", False), "print_interval": Key("float", 1.0, minimum=0.0)},
+    "model": {
+        "path": Key("path"),
+        "backend": Key("str", "auto", BACKENDS),
+        "cache_dir": Key("path"),
+        "threads": Key("int", None, minimum=1),
+        "int8_kernels": Key("str", "auto", INT8_KERNELS),
+    },
+    "runtime": {
+        "source": Key("source"),
+        "width": Key("int", None, minimum=1),
+        "height": Key("int", None, minimum=1),
+        "rate": Key("float", None, minimum=0.1),
+        "loop": Key("int", 1, minimum=0),
+        "flip": Key("str", "none", FLIPS),
+        "max_frames": Key("int", None, minimum=1),
+        "duration": Key("float", None, minimum=0.0),
+        "show": Key("bool", False),
+        "print_interval": Key("float", 1.0, minimum=0.0),
+    },
     "outputs": {"jsonl": Key("path"), "video": Key("path"), "report": Key("path")},
-    "classify": {"top_k": Key("int", 3, minimum=1), "smoothing": Key("float", 0.6, minimum=0.0, maximum=0.99),
-                 "normal_class": Key("str", "Normal"),
-                 "alert_threshold": Key("float", 0.7, minimum=0.0, maximum=1.0),
-                 "alert_frames": Key("int", 5, minimum=1)},
-    "detect": {"conf": Key("float", 0.25, minimum=0.0, maximum=1.0),
-               "iou": Key("float", 0.45, minimum=0.0, maximum=1.0),
-               "max_det": Key("int", 300, minimum=1), "agnostic": Key("bool", False)},
+    "classify": {
+        "top_k": Key("int", 3, minimum=1),
+        "smoothing": Key("float", 0.6, minimum=0.0, maximum=0.99),
+        "normal_class": Key("str", "Normal"),
+        "alert_threshold": Key("float", 0.7, minimum=0.0, maximum=1.0),
+        "alert_frames": Key("int", 5, minimum=1),
+    },
+    "detect": {
+        "conf": Key("float", 0.25, minimum=0.0, maximum=1.0),
+        "iou": Key("float", 0.45, minimum=0.0, maximum=1.0),
+        "max_det": Key("int", 300, minimum=1),
+        "agnostic": Key("bool", False),
+    },
 }
 RESERVED = ("checks",)
-_KIND_NAMES = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a string",
-               "path": "a path string", "source": "a source URI string or a camera index"}
+_KIND_NAMES = {
+    "int": "an integer",
+    "float": "a number",
+    "bool": "true or false",
+    "str": "a string",
+    "path": "a path string",
+    "source": "a source URI string or a camera index",
+}
 
 
 def _did_you_mean(name: str, known) -> str:
@@ -66,30 +90,47 @@ def _did_you_mean(name: str, known) -> str:
 
 
 def _type_name(value: Any) -> str:
-    return {bool: "boolean", int: "integer", float: "number", str: "string", list: "array",
-            dict: "table"}.get(type(value), type(value).__name__)
+    return {
+        bool: "boolean",
+        int: "integer",
+        float: "number",
+        str: "string",
+        list: "array",
+        dict: "table",
+    }.get(type(value), type(value).__name__)
 
 
 def check_value(dotted: str, key: Key, value: Any, origin: str, base: Optional[Path] = None) -> Any:
     """``value`` converted to the key's type, or an error naming ``dotted``."""
-    ok = {"int": isinstance(value, int) and not isinstance(value, bool),
-          "float": isinstance(value, (int, float)) and not isinstance(value, bool),
-          "bool": isinstance(value, bool),
-          "str": isinstance(value, str), "path": isinstance(value, str),
-          "source": isinstance(value, str) or (isinstance(value, int) and not isinstance(value, bool))
-          }[key.kind]
+    ok = {
+        "int": isinstance(value, int) and not isinstance(value, bool),
+        "float": isinstance(value, (int, float)) and not isinstance(value, bool),
+        "bool": isinstance(value, bool),
+        "str": isinstance(value, str),
+        "path": isinstance(value, str),
+        "source": isinstance(value, str)
+        or (isinstance(value, int) and not isinstance(value, bool)),
+    }[key.kind]
     if not ok:
-        raise GlimmerError(f"{origin}: key {dotted!r} must be {_KIND_NAMES[key.kind]}, got "
-                           f"{_type_name(value)} {value!r}")
+        raise GlimmerError(
+            f"{origin}: key {dotted!r} must be {_KIND_NAMES[key.kind]}, got "
+            f"{_type_name(value)} {value!r}"
+        )
     if key.kind == "float":
         value = float(value)
     if key.choices is not None and value not in key.choices:
-        raise GlimmerError(f"{origin}: key {dotted!r} must be one of {', '.join(key.choices)}, got "
-                           f"{value!r}{_did_you_mean(str(value), key.choices)}")
+        raise GlimmerError(
+            f"{origin}: key {dotted!r} must be one of {', '.join(key.choices)}, got "
+            f"{value!r}{_did_you_mean(str(value), key.choices)}"
+        )
     if key.minimum is not None and value < key.minimum:
-        raise GlimmerError(f"{origin}: key {dotted!r} must be at least {key.minimum:g}, got {value!r}")
+        raise GlimmerError(
+            f"{origin}: key {dotted!r} must be at least {key.minimum:g}, got {value!r}"
+        )
     if key.maximum is not None and value > key.maximum:
-        raise GlimmerError(f"{origin}: key {dotted!r} must be at most {key.maximum:g}, got {value!r}")
+        raise GlimmerError(
+            f"{origin}: key {dotted!r} must be at most {key.maximum:g}, got {value!r}"
+        )
     if key.kind == "path" and base is not None:
         path = Path(value).expanduser()
         return path if path.is_absolute() else base / path
@@ -101,10 +142,16 @@ def check_value(dotted: str, key: Key, value: Any, origin: str, base: Optional[P
 class DeployConfig:
     """Validated settings: ``config["classify.alert_frames"]``; ``checks`` holds [checks] as read."""
 
-    def __init__(self, values: Optional[Dict[str, Dict[str, Any]]] = None,
-                 checks: Any = None, path: Optional[Path] = None) -> None:
-        self.values = {section: {name: key.default for name, key in keys.items()}
-                       for section, keys in SCHEMA.items()}
+    def __init__(
+        self,
+        values: Optional[Dict[str, Dict[str, Any]]] = None,
+        checks: Any = None,
+        path: Optional[Path] = None,
+    ) -> None:
+        self.values = {
+            section: {name: key.default for name, key in keys.items()}
+            for section, keys in SCHEMA.items()
+        }
         for section, items in (values or {}).items():
             self.values[section].update(items)
         self.checks = checks
@@ -132,8 +179,9 @@ def _read_toml(path: Path) -> Dict[str, Any]:
         try:
             import tomli as tomllib  # type: ignore[no-redef]
         except ImportError:
-            raise GlimmerError(f"{path}: reading TOML on Python < 3.11 needs tomli "
-                               "(pip install tomli)") from None
+            raise GlimmerError(
+                f"{path}: reading TOML on Python < 3.11 needs tomli (pip install tomli)"
+            ) from None
     try:
         with open(str(path), "rb") as fh:
             return tomllib.load(fh)
@@ -155,11 +203,14 @@ def load_config(path: Path) -> DeployConfig:
         if section in RESERVED:
             continue
         if section not in SCHEMA:
-            raise GlimmerError(f"{origin}: unknown key {section!r}"
-                               f"{_did_you_mean(section, list(SCHEMA) + list(RESERVED))}")
+            raise GlimmerError(
+                f"{origin}: unknown key {section!r}"
+                f"{_did_you_mean(section, list(SCHEMA) + list(RESERVED))}"
+            )
         if not isinstance(table, dict):
-            raise GlimmerError(f"{origin}: key {section!r} must be a table ([{section}]), got "
-                               f"{_type_name(table)}")
+            raise GlimmerError(
+                f"{origin}: key {section!r} must be a table ([{section}]), got {_type_name(table)}"
+            )
         keys = SCHEMA[section]
         values[section] = {}
         for name, value in table.items():

@@ -17,6 +17,7 @@ data has a few, and one bad file should not stop an accuracy figure; the report 
 
 faster-coco-eval and PyYAML are imported only when a detector is evaluated.
 """
+
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
@@ -70,7 +71,9 @@ class LabelledSet:
     skipped: List[Path] = field(default_factory=list)
 
 
-def _labelled(meta: ModelMeta, root: Path, option: Optional[str]) -> Tuple[List[Path], List[int], List[str]]:
+def _labelled(
+    meta: ModelMeta, root: Path, option: Optional[str]
+) -> Tuple[List[Path], List[int], List[str]]:
     try:
         return labelled_images(Path(root), meta.class_names)
     except GlimmerError as exc:
@@ -79,8 +82,9 @@ def _labelled(meta: ModelMeta, root: Path, option: Optional[str]) -> Tuple[List[
         raise
 
 
-def _preprocessed(meta: ModelMeta, paths: List[Path], labels: List[int],
-                  skipped: List[Path]) -> Iterator[Tuple[np.ndarray, int]]:
+def _preprocessed(
+    meta: ModelMeta, paths: List[Path], labels: List[int], skipped: List[Path]
+) -> Iterator[Tuple[np.ndarray, int]]:
     pre, label_of = Preprocessor(meta), dict(zip(paths, labels))
     for path, image in readable(paths, skipped):
         yield pre.image(image)[0], label_of[path]
@@ -98,7 +102,9 @@ def load_labelled(meta: ModelMeta, root: Path, option: Optional[str] = None) -> 
     pairs = list(_preprocessed(meta, paths, labels, skipped))
     if not pairs:
         raise _no_images(root, option)
-    return LabelledSet(np.stack([x for x, _ in pairs]), [y for _, y in pairs], names, len(skipped), skipped)
+    return LabelledSet(
+        np.stack([x for x, _ in pairs]), [y for _, y in pairs], names, len(skipped), skipped
+    )
 
 
 def _runner(model: Any) -> Tuple[Callable[[np.ndarray], Any], int, bool]:
@@ -107,14 +113,24 @@ def _runner(model: Any) -> Tuple[Callable[[np.ndarray], Any], int, bool]:
     if isinstance(model, Backend):
         spec = model.inputs[0]
         dtype, fixed = np.dtype(spec.dtype), spec.shape[0]
-        return (lambda x: model.infer(x.astype(dtype, copy=False))[0]), fixed or 1, fixed is not None
+        return (
+            (lambda x: model.infer(x.astype(dtype, copy=False))[0]),
+            fixed or 1,
+            fixed is not None,
+        )
     if hasattr(model, "get_inputs") and hasattr(model, "run"):
         spec = model.get_inputs()[0]
         fixed = spec.shape[0] if isinstance(spec.shape[0], int) and spec.shape[0] > 0 else None
-        return (lambda x: model.run(None, {spec.name: x})[0]), fixed or DEFAULT_BATCH, fixed is not None
+        return (
+            (lambda x: model.run(None, {spec.name: x})[0]),
+            fixed or DEFAULT_BATCH,
+            fixed is not None,
+        )
     if callable(model):
         return model, DEFAULT_BATCH, False
-    raise TypeError(f"cannot score a {type(model).__name__}: give a Backend, a session or a callable")
+    raise TypeError(
+        f"cannot score a {type(model).__name__}: give a Backend, a session or a callable"
+    )
 
 
 def classify(model: Any, pairs: Iterable[Tuple[np.ndarray, int]]) -> Tuple[List[int], List[int]]:
@@ -151,8 +167,11 @@ def score(model: Any, data: LabelledSet) -> Dict[str, Any]:
     """Weighted F1, accuracy and per-class F1 of one model on a set read once."""
     truth, predicted = classify(model, zip(data.inputs, data.truth))
     report = classification_report(truth, predicted, data.names)
-    return {"f1_weighted": report["f1_weighted"], "accuracy": report["accuracy"],
-            "per_class_f1": {k: v["f1"] for k, v in report["per_class"].items()}}
+    return {
+        "f1_weighted": report["f1_weighted"],
+        "accuracy": report["accuracy"],
+        "per_class_f1": {k: v["f1"] for k, v in report["per_class"].items()},
+    }
 
 
 def evaluate_classifier(backend: Backend, root: Path) -> Dict[str, Any]:
@@ -216,7 +235,9 @@ def yolo_val_set(data: Path) -> Tuple[List[Path], Optional[List[str]]]:
     if data.is_dir():
         folder = data / "images" if (data / "images").is_dir() else data
         if not (data / "labels").is_dir() and folder == data:
-            raise GlimmerError(f"{data}: not a YOLO val set (expected data.yaml, or images/ and labels/)")
+            raise GlimmerError(
+                f"{data}: not a YOLO val set (expected data.yaml, or images/ and labels/)"
+            )
         return list_images(folder), None
     raise GlimmerError(f"{data}: no such file or folder")
 
@@ -233,18 +254,34 @@ def read_labels(path: Path, width: int, height: int, num_classes: int) -> Ground
         try:
             cls, cx, cy, w, h = int(fields[0]), *(float(v) for v in fields[1:5])
         except (ValueError, TypeError):
-            raise GlimmerError(f"{path}:{number}: expected 'class cx cy w h', got {line!r}") from None
+            raise GlimmerError(
+                f"{path}:{number}: expected 'class cx cy w h', got {line!r}"
+            ) from None
         if not 0 <= cls < num_classes:
-            raise GlimmerError(f"{path}:{number}: class {cls} is outside the model's {num_classes} classes")
-        boxes.append((cls, [(cx - w / 2) * width, (cy - h / 2) * height,
-                            (cx + w / 2) * width, (cy + h / 2) * height]))
+            raise GlimmerError(
+                f"{path}:{number}: class {cls} is outside the model's {num_classes} classes"
+            )
+        boxes.append(
+            (
+                cls,
+                [
+                    (cx - w / 2) * width,
+                    (cy - h / 2) * height,
+                    (cx + w / 2) * width,
+                    (cy + h / 2) * height,
+                ],
+            )
+        )
     return boxes
 
 
 # -- COCO mAP -------------------------------------------------------------------------------------
-def coco_map(ground_truth: Sequence[GroundTruth], detections: Sequence[Detections],
-             class_names: Sequence[str], sizes: Optional[Sequence[Tuple[int, int]]] = None
-             ) -> Dict[str, Any]:
+def coco_map(
+    ground_truth: Sequence[GroundTruth],
+    detections: Sequence[Detections],
+    class_names: Sequence[str],
+    sizes: Optional[Sequence[Tuple[int, int]]] = None,
+) -> Dict[str, Any]:
     """mAP50 and mAP50-95 (COCO rules, faster-coco-eval) of per-image boxes in xyxy pixels.
 
     Args:
@@ -254,7 +291,9 @@ def coco_map(ground_truth: Sequence[GroundTruth], detections: Sequence[Detection
     try:
         from faster_coco_eval import COCO, COCOeval_faster
     except ImportError:
-        raise GlimmerError("detector mAP needs faster-coco-eval (pip install 'glimmer-edge[check]')") from None
+        raise GlimmerError(
+            "detector mAP needs faster-coco-eval (pip install 'glimmer-edge[check]')"
+        ) from None
     if len(ground_truth) != len(detections):
         raise ValueError("ground_truth and detections must have one entry per image")
     images, annotations, results = [], [], []
@@ -262,26 +301,49 @@ def coco_map(ground_truth: Sequence[GroundTruth], detections: Sequence[Detection
         h, w = sizes[i - 1] if sizes else (1, 1)
         images.append({"id": i, "height": int(h), "width": int(w)})
         for cls, (x1, y1, x2, y2) in gts:
-            annotations.append({"id": len(annotations) + 1, "image_id": i, "category_id": int(cls),
-                                "bbox": [x1, y1, x2 - x1, y2 - y1], "area": (x2 - x1) * (y2 - y1),
-                                "iscrowd": 0})
+            annotations.append(
+                {
+                    "id": len(annotations) + 1,
+                    "image_id": i,
+                    "category_id": int(cls),
+                    "bbox": [x1, y1, x2 - x1, y2 - y1],
+                    "area": (x2 - x1) * (y2 - y1),
+                    "iscrowd": 0,
+                }
+            )
         for cls, score, (x1, y1, x2, y2) in dets:
-            results.append({"image_id": i, "category_id": int(cls), "score": float(score),
-                            "bbox": [x1, y1, x2 - x1, y2 - y1]})
-    out: Dict[str, Any] = {"images": len(images), "objects": len(annotations),
-                           "detections": len(results)}
+            results.append(
+                {
+                    "image_id": i,
+                    "category_id": int(cls),
+                    "score": float(score),
+                    "bbox": [x1, y1, x2 - x1, y2 - y1],
+                }
+            )
+    out: Dict[str, Any] = {
+        "images": len(images),
+        "objects": len(annotations),
+        "detections": len(results),
+    }
     if not annotations:
         raise GlimmerError("the val set has no labelled objects: mAP is undefined")
     if not results:
         return dict(out, map50=0.0, map50_95=0.0)
     quiet = lambda *a, **k: None  # noqa: E731 - the evaluator's progress chatter
-    gt = COCO({"images": images, "annotations": annotations,
-               "categories": [{"id": i, "name": n} for i, n in enumerate(class_names)]},
-              print_function=quiet)
+    gt = COCO(
+        {
+            "images": images,
+            "annotations": annotations,
+            "categories": [{"id": i, "name": n} for i, n in enumerate(class_names)],
+        },
+        print_function=quiet,
+    )
     evaluator = COCOeval_faster(gt, gt.loadRes(results), "bbox", print_function=quiet)
     evaluator.run()
     # stats[0]: AP@[.50:.95], stats[1]: AP@.50 (all areas, 100 detections); -1 means undefined
-    return dict(out, map50=max(float(evaluator.stats[1]), 0.0), map50_95=max(float(evaluator.stats[0]), 0.0))
+    return dict(
+        out, map50=max(float(evaluator.stats[1]), 0.0), map50_95=max(float(evaluator.stats[0]), 0.0)
+    )
 
 
 def evaluate_detector(backend: Backend, data: Path) -> Dict[str, Any]:

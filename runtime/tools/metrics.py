@@ -3,6 +3,7 @@
 Weighted F1 is the GlimmerNet paper's metric: per-class F1 averaged with class-support weights.
 Definitions match scikit-learn's ``precision_recall_fscore_support`` (zero where undefined).
 """
+
 from typing import Any, Dict, Sequence
 
 import numpy as np
@@ -25,8 +26,9 @@ def _safe_div(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return out
 
 
-def classification_report(y_true: Sequence[int], y_pred: Sequence[int],
-                          class_names: Sequence[str]) -> Dict[str, Any]:
+def classification_report(
+    y_true: Sequence[int], y_pred: Sequence[int], class_names: Sequence[str]
+) -> Dict[str, Any]:
     """accuracy, f1_weighted, f1_macro, per-class precision/recall/f1/support, confusion matrix."""
     n = len(class_names)
     cm = confusion_matrix(y_true, y_pred, n)
@@ -43,8 +45,12 @@ def classification_report(y_true: Sequence[int], y_pred: Sequence[int],
         "f1_macro": float(f1.mean()) if n else 0.0,
         "num_samples": int(total),
         "per_class": {
-            name: {"precision": float(precision[i]), "recall": float(recall[i]), "f1": float(f1[i]),
-                   "support": int(support[i])}
+            name: {
+                "precision": float(precision[i]),
+                "recall": float(recall[i]),
+                "f1": float(f1[i]),
+                "support": int(support[i]),
+            }
             for i, name in enumerate(class_names)
         },
         "confusion_matrix": cm.tolist(),

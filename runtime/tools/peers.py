@@ -8,6 +8,7 @@ are only imported when named. As in Polygraphy's tool registry, a peer whose dep
 missing still registers: it reports ``unavailable: <reason>`` in the table instead of crashing
 the run. ``onnx-naive`` needs nothing but ONNX Runtime and lives here.
 """
+
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -131,13 +132,19 @@ def discover() -> Dict[str, Callable[[Optional[str]], Peer]]:
     """Every known peer factory: the built-ins and the entry-point group (entry points win)."""
     peers: Dict[str, Callable[[Optional[str]], Peer]] = dict(BUILTIN)
     for name, ep in _entry_points().items():
+
         def factory(arg: Optional[str], ep=ep, name=name) -> Peer:
             try:
                 cls = ep.load()  # type: ignore[attr-defined]
             except Exception as exc:  # an ImportError deep inside torch is still just a reason
-                return _Unloadable(name, f"cannot import {ep.value}: "  # type: ignore[attr-defined]
-                                   f"{type(exc).__name__}: {exc}", arg)
+                return _Unloadable(
+                    name,
+                    f"cannot import {ep.value}: "  # type: ignore[attr-defined]
+                    f"{type(exc).__name__}: {exc}",
+                    arg,
+                )
             return cls(arg)
+
         peers[name] = factory
     return peers
 
@@ -152,7 +159,9 @@ def parse_compare(text: str) -> List[Tuple[str, Optional[str]]]:
         name, _, arg = part.partition("=")
         items.append((name.strip(), arg.strip() or None))
     if not items:
-        raise GlimmerError("--compare: give peer names separated by commas, e.g. torch,onnx-naive=PATH")
+        raise GlimmerError(
+            "--compare: give peer names separated by commas, e.g. torch,onnx-naive=PATH"
+        )
     return items
 
 
@@ -167,13 +176,21 @@ def make_peers(requested: List[Tuple[str, Optional[str]]]) -> List[Peer]:
         if name in registry:
             peers.append(registry[name](arg))
         elif name in KNOWN:
-            peers.append(_Unloadable(name, f"not registered: install glimmer-edge with its export "
-                                           f"extra (entry-point group {GROUP})", arg))
+            peers.append(
+                _Unloadable(
+                    name,
+                    f"not registered: install glimmer-edge with its export "
+                    f"extra (entry-point group {GROUP})",
+                    arg,
+                )
+            )
         else:
             close = difflib.get_close_matches(name, sorted(set(registry) | set(KNOWN)), n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise GlimmerError(f"--compare: unknown peer {name!r}{hint}; known: "
-                               f"{', '.join(sorted(set(registry) | set(KNOWN)))}")
+            raise GlimmerError(
+                f"--compare: unknown peer {name!r}{hint}; known: "
+                f"{', '.join(sorted(set(registry) | set(KNOWN)))}"
+            )
     return peers
 
 

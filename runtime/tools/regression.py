@@ -18,6 +18,7 @@ can lose accuracy where u8*s8 pair sums saturate (x86 without VNNI). FP32 models
 other machine the check is SKIPPED with the reason, never passed. A check whose model or data is
 missing, or that cannot run, is an ERROR. Unknown keys are errors naming the key, with did-you-mean.
 """
+
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional
@@ -33,11 +34,17 @@ CLASSIFY_BOUNDS = ("min_accuracy", "min_f1_weighted")
 DETECT_BOUNDS = ("min_map50", "min_map50_95")
 
 SCHEMA: Dict[str, Key] = {
-    "model": Key("path"), "data": Key("source"), "reference": Key("path"), "device": Key("str"),
-    "backend": Key("str", "auto", BACKENDS), "threads": Key("int", None, minimum=1),
+    "model": Key("path"),
+    "data": Key("source"),
+    "reference": Key("path"),
+    "device": Key("str"),
+    "backend": Key("str", "auto", BACKENDS),
+    "threads": Key("int", None, minimum=1),
     "int8_kernels": Key("str", "auto", INT8_KERNELS),
-    "frames": Key("int", 200, minimum=1), "warmup": Key("int", 20, minimum=0),
-    "min_fps": Key("float", None, minimum=0.0), "max_p99_ms": Key("float", None, minimum=0.0),
+    "frames": Key("int", 200, minimum=1),
+    "warmup": Key("int", 20, minimum=0),
+    "min_fps": Key("float", None, minimum=0.0),
+    "max_p99_ms": Key("float", None, minimum=0.0),
     "min_accuracy": Key("float", None, minimum=0.0, maximum=1.0),
     "min_f1_weighted": Key("float", None, minimum=0.0, maximum=1.0),
     "min_map50": Key("float", None, minimum=0.0, maximum=1.0),
@@ -45,9 +52,15 @@ SCHEMA: Dict[str, Key] = {
     "max_drop": Key("float", None, minimum=0.0, maximum=1.0),
 }
 #: bound -> (measured metric, direction): "min" bounds must be met from above, "max" from below
-METRIC = {"min_fps": ("fps", "min"), "max_p99_ms": ("p99_ms", "max"),
-          "min_accuracy": ("accuracy", "min"), "min_f1_weighted": ("f1_weighted", "min"),
-          "min_map50": ("map50", "min"), "min_map50_95": ("map50_95", "min"), "max_drop": ("drop", "max")}
+METRIC = {
+    "min_fps": ("fps", "min"),
+    "max_p99_ms": ("p99_ms", "max"),
+    "min_accuracy": ("accuracy", "min"),
+    "min_f1_weighted": ("f1_weighted", "min"),
+    "min_map50": ("map50", "min"),
+    "min_map50_95": ("map50_95", "min"),
+    "max_drop": ("drop", "max"),
+}
 HEADLINE = {"classify": "f1_weighted", "detect": "map50_95"}
 
 
@@ -83,7 +96,9 @@ def _data_path(value: str, base: Path) -> str:
 def parse_check(name: str, table: Any, origin: str, base: Path) -> Check:
     prefix = f"checks.{name}"
     if not isinstance(table, dict):
-        raise GlimmerError(f"{origin}: key {prefix!r} must be a table ([{prefix}]), got {_type_name(table)}")
+        raise GlimmerError(
+            f"{origin}: key {prefix!r} must be a table ([{prefix}]), got {_type_name(table)}"
+        )
     values: Dict[str, Any] = {}
     for key, value in table.items():
         dotted = f"{prefix}.{key}"
@@ -96,23 +111,37 @@ def parse_check(name: str, table: Any, origin: str, base: Path) -> Check:
             raise GlimmerError(f"{origin}: key '{prefix}.{required}' is missing")
     bounds = {k: float(values.pop(k)) for k in BOUNDS if k in values}
     if not bounds:
-        raise GlimmerError(f"{origin}: [{prefix}] sets no bound: give at least one of {', '.join(BOUNDS)} "
-                           "(placeholders such as min_fps = 0.0 are filled in by --update-baseline)")
+        raise GlimmerError(
+            f"{origin}: [{prefix}] sets no bound: give at least one of {', '.join(BOUNDS)} "
+            "(placeholders such as min_fps = 0.0 are filled in by --update-baseline)"
+        )
     speed = [b for b in bounds if b in SPEED_BOUNDS]
     accuracy = [b for b in bounds if b not in SPEED_BOUNDS]
     if speed and accuracy:
-        raise GlimmerError(f"{origin}: [{prefix}] mixes speed bounds ({', '.join(speed)}) with accuracy "
-                           f"bounds ({', '.join(accuracy)}); their data differ (a source vs a labelled "
-                           "set): split it into two checks")
+        raise GlimmerError(
+            f"{origin}: [{prefix}] mixes speed bounds ({', '.join(speed)}) with accuracy "
+            f"bounds ({', '.join(accuracy)}); their data differ (a source vs a labelled "
+            "set): split it into two checks"
+        )
     if ("max_drop" in bounds) != ("reference" in values):
         missing = "reference" if "max_drop" in bounds else "max_drop"
-        raise GlimmerError(f"{origin}: key '{prefix}.{missing}' is missing (max_drop bounds the drop "
-                           "from a reference model: give both)")
-    return Check(name=name, model=values["model"], data=_data_path(str(values["data"]), base),
-                 bounds=bounds, reference=values.get("reference"), device=values.get("device"),
-                 backend=values.get("backend", "auto"), threads=values.get("threads"),
-                 int8_kernels=values.get("int8_kernels", "auto"),
-                 frames=values.get("frames", 200), warmup=values.get("warmup", 20))
+        raise GlimmerError(
+            f"{origin}: key '{prefix}.{missing}' is missing (max_drop bounds the drop "
+            "from a reference model: give both)"
+        )
+    return Check(
+        name=name,
+        model=values["model"],
+        data=_data_path(str(values["data"]), base),
+        bounds=bounds,
+        reference=values.get("reference"),
+        device=values.get("device"),
+        backend=values.get("backend", "auto"),
+        threads=values.get("threads"),
+        int8_kernels=values.get("int8_kernels", "auto"),
+        frames=values.get("frames", 200),
+        warmup=values.get("warmup", 20),
+    )
 
 
 def parse_checks(raw: Any, origin: str, base: Path) -> List[Check]:
@@ -146,7 +175,9 @@ class Row:
         if self.baseline is None or self.measured is None or self.bound_key is None:
             return None
         direction = METRIC[self.bound_key][1]
-        diff = self.measured - self.baseline if direction == "min" else self.baseline - self.measured
+        diff = (
+            self.measured - self.baseline if direction == "min" else self.baseline - self.measured
+        )
         if self.bound_key == "max_drop" or self.baseline == 0:
             return diff
         return diff / abs(self.baseline)
@@ -183,8 +214,13 @@ def judge(check: Check, measured: Dict[str, float]) -> List[Row]:
 def _open(model: Path, check: Check):
     from glimmer.runtime.backends.factory import open_backend
 
-    return open_backend(model, check.backend, threads=check.threads, int8_kernels=check.int8_kernels,
-                        log=lambda line: None)
+    return open_backend(
+        model,
+        check.backend,
+        threads=check.threads,
+        int8_kernels=check.int8_kernels,
+        log=lambda line: None,
+    )
 
 
 def _note_int8(backend, role: str, details: Dict[str, Any]) -> None:
@@ -205,12 +241,18 @@ def _speed(check: Check, details: Dict[str, Any]) -> Dict[str, float]:
         batch = batch.astype(backend.inputs[0].dtype, copy=False)
         for _ in range(check.warmup):  # first calls allocate and tune: not what a baseline means
             backend.infer(batch)
-        report = end_to_end(backend, open_bench_source(check.data, check.frames),
-                            build_task(backend.meta), check.frames)
+        report = end_to_end(
+            backend,
+            open_bench_source(check.data, check.frames),
+            build_task(backend.meta),
+            check.frames,
+        )
     report.pop("samples_ms", None)
     details["speed"] = report
-    return {"fps": float(report["throughput_fps"]),
-            "p99_ms": float(report["stages"]["inference"]["p99_ms"])}
+    return {
+        "fps": float(report["throughput_fps"]),
+        "p99_ms": float(report["stages"]["inference"]["p99_ms"]),
+    }
 
 
 def _accuracy(check: Check, details: Dict[str, Any]) -> Dict[str, float]:
@@ -219,18 +261,26 @@ def _accuracy(check: Check, details: Dict[str, Any]) -> Dict[str, float]:
     with _open(check.model, check) as backend:
         _note_int8(backend, "model", details)
         task = backend.meta.task
-        wrong = [b for b in check.bounds if b in (DETECT_BOUNDS if task == "classify" else CLASSIFY_BOUNDS)]
+        wrong = [
+            b
+            for b in check.bounds
+            if b in (DETECT_BOUNDS if task == "classify" else CLASSIFY_BOUNDS)
+        ]
         if wrong:
             raise GlimmerError(f"{wrong[0]} does not apply to a {task} model ({check.model.name})")
         report = evaluate(backend, Path(check.data))
     details["accuracy"] = report
-    measured = {k: float(report[k]) for k in ("accuracy", "f1_weighted", "map50", "map50_95") if k in report}
+    measured = {
+        k: float(report[k]) for k in ("accuracy", "f1_weighted", "map50", "map50_95") if k in report
+    }
     if check.reference is not None:
         with _open(check.reference, check) as ref_backend:
             _note_int8(ref_backend, "reference", details)
             if ref_backend.meta.task != task:
-                raise GlimmerError(f"reference {check.reference.name} is a {ref_backend.meta.task} model, "
-                                   f"{check.model.name} a {task} model")
+                raise GlimmerError(
+                    f"reference {check.reference.name} is a {ref_backend.meta.task} model, "
+                    f"{check.model.name} a {task} model"
+                )
             ref = evaluate(ref_backend, Path(check.data))
         headline = HEADLINE[task]
         details["reference"] = ref
@@ -245,16 +295,32 @@ def _missing(check: Check) -> Optional[str]:
         if path is not None and not Path(path).is_file():
             return f"{what} {path}: no such file"
     data = check.data
-    if "://" not in data and not data.isdigit() and not data.startswith("/dev/") and not Path(data).exists():
+    if (
+        "://" not in data
+        and not data.isdigit()
+        and not data.startswith("/dev/")
+        and not Path(data).exists()
+    ):
         return f"data {data}: no such file or folder"
     return None
 
 
-def run_check(check: Check, device: str, log: Callable[[str], None] = lambda line: None) -> CheckResult:
+def run_check(
+    check: Check, device: str, log: Callable[[str], None] = lambda line: None
+) -> CheckResult:
     """Measure one check on this machine: PASS / FAIL rows, or one SKIPPED / ERROR row."""
     if check.device is not None and check.device != device:
-        return CheckResult(check, [Row(check.name, "-", "SKIPPED", note=f"baseline belongs to device "
-                                       f"{check.device!r}; this machine is {device!r}")])
+        return CheckResult(
+            check,
+            [
+                Row(
+                    check.name,
+                    "-",
+                    "SKIPPED",
+                    note=f"baseline belongs to device {check.device!r}; this machine is {device!r}",
+                )
+            ],
+        )
     problem = _missing(check)
     if problem:
         return CheckResult(check, [Row(check.name, "-", "ERROR", note=problem)])

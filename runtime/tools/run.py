@@ -9,6 +9,7 @@ The task (classification or detection) and the preprocessing come from the model
 override deploy.toml, which overrides the built-in defaults. Ctrl-C stops cleanly and still prints
 (and writes) the report.
 """
+
 import argparse
 import contextlib
 import json
@@ -42,25 +43,48 @@ _UNTRAINED_WORDS = ("synthetic", "random", "untrained", "demo")
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="glimmer-run", description=__doc__.strip().splitlines()[0],
+        prog="glimmer-run",
+        description=__doc__.strip().splitlines()[0],
         epilog="Sources: csi://N, v4l2:///dev/videoN, /dev/videoN, rtsp://..., a video file "
-               "(file:// too), an image, a folder of images.")
-    parser.add_argument("--model", type=Path, metavar="PATH", help=".onnx with metadata, or .engine with its sidecar")
+        "(file:// too), an image, a folder of images.",
+    )
+    parser.add_argument(
+        "--model",
+        type=Path,
+        metavar="PATH",
+        help=".onnx with metadata, or .engine with its sidecar",
+    )
     where = parser.add_mutually_exclusive_group()
     where.add_argument("--camera", type=int, metavar="N", help="V4L2 / USB camera index")
-    where.add_argument("--source", metavar="URI", help="camera, stream, video file, image or folder")
+    where.add_argument(
+        "--source", metavar="URI", help="camera, stream, video file, image or folder"
+    )
     parser.add_argument("--backend", choices=BACKENDS, help="inference backend (default: auto)")
-    parser.add_argument("--cache-dir", type=Path, metavar="DIR", help="TensorRT engine cache folder")
+    parser.add_argument(
+        "--cache-dir", type=Path, metavar="DIR", help="TensorRT engine cache folder"
+    )
     parser.add_argument("--threads", type=int, metavar="N", help="ONNX Runtime intra-op threads")
     # Checked like the deploy.toml key (one error line), so no argparse choices.
-    parser.add_argument("--int8-kernels", metavar="{auto,fused,simulated}",
-                        help="INT8 on ONNX Runtime's CPU: fused integer kernels, or Q/DQ simulated in "
-                             "float (auto: simulated where fused u8*s8 kernels saturate, x86 without VNNI)")
-    parser.add_argument("--output", type=Path, metavar="FILE", help="per-frame results as JSON lines")
-    parser.add_argument("--save", type=Path, metavar="VIDEO", help="annotated video (.mp4, .avi, .mkv)")
+    parser.add_argument(
+        "--int8-kernels",
+        metavar="{auto,fused,simulated}",
+        help="INT8 on ONNX Runtime's CPU: fused integer kernels, or Q/DQ simulated in "
+        "float (auto: simulated where fused u8*s8 kernels saturate, x86 without VNNI)",
+    )
+    parser.add_argument(
+        "--output", type=Path, metavar="FILE", help="per-frame results as JSON lines"
+    )
+    parser.add_argument(
+        "--save", type=Path, metavar="VIDEO", help="annotated video (.mp4, .avi, .mkv)"
+    )
     window = parser.add_mutually_exclusive_group()
-    window.add_argument("--show", dest="show", action="store_true", default=None,
-                        help="open a window (needs a display)")
+    window.add_argument(
+        "--show",
+        dest="show",
+        action="store_true",
+        default=None,
+        help="open a window (needs a display)",
+    )
     window.add_argument("--headless", dest="show", action="store_false", help="never open a window")
     parser.add_argument("--max-frames", type=int, metavar="N", help="stop after N frames")
     parser.add_argument("--duration", type=float, metavar="S", help="stop after S seconds")
@@ -76,21 +100,29 @@ def settings_from(args: argparse.Namespace) -> DeployConfig:
     config = load_config(args.config) if args.config else DeployConfig()
     source = str(args.camera) if args.camera is not None else args.source
     for dotted, value, flag in (
-            ("model.path", args.model, "--model"), ("model.backend", args.backend, "--backend"),
-            ("model.cache_dir", args.cache_dir, "--cache-dir"), ("model.threads", args.threads, "--threads"),
-            ("model.int8_kernels", args.int8_kernels, "--int8-kernels"),
-            ("runtime.source", source, "--camera" if args.camera is not None else "--source"),
-            ("runtime.max_frames", args.max_frames, "--max-frames"),
-            ("runtime.duration", args.duration, "--duration"), ("runtime.loop", args.loop, "--loop"),
-            ("runtime.show", args.show, "--show"), ("outputs.jsonl", args.output, "--output"),
-            ("outputs.video", args.save, "--save"), ("outputs.report", args.report, "--report")):
+        ("model.path", args.model, "--model"),
+        ("model.backend", args.backend, "--backend"),
+        ("model.cache_dir", args.cache_dir, "--cache-dir"),
+        ("model.threads", args.threads, "--threads"),
+        ("model.int8_kernels", args.int8_kernels, "--int8-kernels"),
+        ("runtime.source", source, "--camera" if args.camera is not None else "--source"),
+        ("runtime.max_frames", args.max_frames, "--max-frames"),
+        ("runtime.duration", args.duration, "--duration"),
+        ("runtime.loop", args.loop, "--loop"),
+        ("runtime.show", args.show, "--show"),
+        ("outputs.jsonl", args.output, "--output"),
+        ("outputs.video", args.save, "--save"),
+        ("outputs.report", args.report, "--report"),
+    ):
         if isinstance(value, Path):
             value = str(value)
         config.override(dotted, value, origin=flag)
     if config["model.path"] is None:
         raise GlimmerError("no model: give --model PATH (or [model] path in deploy.toml)")
     if config["runtime.source"] is None:
-        raise GlimmerError("no source: give --camera N or --source URI (or [runtime] source in deploy.toml)")
+        raise GlimmerError(
+            "no source: give --camera N or --source URI (or [runtime] source in deploy.toml)"
+        )
     return config
 
 
@@ -103,8 +135,10 @@ def weights_note(meta: ModelMeta) -> Optional[str]:
         fields.update({f"provenance.{k}": provenance.get(k) for k in ("dataset", "weights")})
     for key, value in fields.items():
         if isinstance(value, str) and any(w in value.lower() for w in _UNTRAINED_WORDS):
-            return (f"these weights were not trained on real aerial imagery ({key}: {value}): the "
-                    "predictions show the plumbing works, not what the scene is")
+            return (
+                f"these weights were not trained on real aerial imagery ({key}: {value}): the "
+                "predictions show the plumbing works, not what the scene is"
+            )
     return None
 
 
@@ -130,9 +164,13 @@ def make_sinks(config: DeployConfig, task: Any, fps: Optional[float]) -> List[Si
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     config = settings_from(args)
-    options = SourceOptions(width=config["runtime.width"], height=config["runtime.height"],
-                            rate=config["runtime.rate"], loop=config["runtime.loop"],
-                            flip=config["runtime.flip"])
+    options = SourceOptions(
+        width=config["runtime.width"],
+        height=config["runtime.height"],
+        rate=config["runtime.rate"],
+        loop=config["runtime.loop"],
+        flip=config["runtime.flip"],
+    )
     classify = ClassifySettings(**config.section("classify"))
     detect = DetectSettings(**config.section("detect"))
     model = Path(config["model.path"])
@@ -142,30 +180,52 @@ def main(argv: Optional[List[str]] = None) -> int:
             raise GlimmerError(f"--show: {reason}")
     with contextlib.ExitStack() as stack:
         source = stack.enter_context(open_source(config["runtime.source"], options))
-        backend = open_backend(model, config["model.backend"], cache_dir=config["model.cache_dir"],
-                               threads=config["model.threads"], int8_kernels=config["model.int8_kernels"],
-                               log=lambda line: print(line, file=sys.stderr))
+        backend = open_backend(
+            model,
+            config["model.backend"],
+            cache_dir=config["model.cache_dir"],
+            threads=config["model.threads"],
+            int8_kernels=config["model.int8_kernels"],
+            log=lambda line: print(line, file=sys.stderr),
+        )
         stack.enter_context(backend)
         meta = backend.meta
         task = build_task(meta, classify, detect)
         note = weights_note(meta)
-        print(f"model   {model} ({meta.name}, {meta.task}, {meta.num_classes} classes, input "
-              f"{meta.input_size[0]}x{meta.input_size[1]}, {meta.precision})")
+        print(
+            f"model   {model} ({meta.name}, {meta.task}, {meta.num_classes} classes, input "
+            f"{meta.input_size[0]}x{meta.input_size[1]}, {meta.precision})"
+        )
         print(f"backend {backend.describe()}")
         int8 = int8_note(backend)
         if int8:
             print(f"int8    {int8}")
-        print(f"source  {source.description} ({'live: newest frame only' if source.live else 'every frame'})")
+        print(
+            f"source  {source.description} ({'live: newest frame only' if source.live else 'every frame'})"
+        )
         if note:
             print(f"note    {note}")
         sys.stdout.flush()
         sinks = make_sinks(config, task, source.fps)
-        pipeline = Pipeline(source, backend, task, sinks, max_frames=config["runtime.max_frames"],
-                            duration=config["runtime.duration"])
+        pipeline = Pipeline(
+            source,
+            backend,
+            task,
+            sinks,
+            max_frames=config["runtime.max_frames"],
+            duration=config["runtime.duration"],
+        )
         report = pipeline.run()
-        report.update({"model": str(model), "model_name": meta.name, "task": meta.task,
-                       "backend": backend.describe(), "source": source.description,
-                       "notes": [note] if note else []})
+        report.update(
+            {
+                "model": str(model),
+                "model_name": meta.name,
+                "task": meta.task,
+                "backend": backend.describe(),
+                "source": source.description,
+                "notes": [note] if note else [],
+            }
+        )
         if int8:
             report["int8_execution"] = int8
     print("")

@@ -1,5 +1,6 @@
 """Calibration images: found recursively, read and preprocessed exactly like deployment, and a clear
 error when too few are usable."""
+
 import dataclasses
 from pathlib import Path
 
@@ -25,8 +26,15 @@ def write_images(root: Path, per_folder: int, folders=("A", "B/deeper")) -> list
     return paths
 
 
-META = ModelMeta(task="classify", name="t", class_names=["x", "y"], input_size=(16, 24), scale=1 / 255.0,
-                 mean=(0.5, 0.4, 0.3), std=(0.2, 0.25, 0.3))
+META = ModelMeta(
+    task="classify",
+    name="t",
+    class_names=["x", "y"],
+    input_size=(16, 24),
+    scale=1 / 255.0,
+    mean=(0.5, 0.4, 0.3),
+    std=(0.2, 0.25, 0.3),
+)
 
 
 def test_finds_images_recursively_and_preprocesses_like_the_runtime(tmp_path):
@@ -48,7 +56,9 @@ def test_undecodable_files_are_skipped_and_counted(tmp_path):
     assert calib.data.shape == (2, 3, 16, 24)
     assert [p.name for p in calib.skipped] in ([], ["broken.png"])  # read only until 2 are usable
     calib = CalibrationSet(tmp_path, META, count=3)
-    with pytest.raises(GlimmerError, match=r"only 2 usable images \(3 found, 1 unreadable\), 3 needed"):
+    with pytest.raises(
+        GlimmerError, match=r"only 2 usable images \(3 found, 1 unreadable\), 3 needed"
+    ):
         calib.data  # noqa: B018
 
 

@@ -4,6 +4,7 @@ The fake builder drives the calibrator the way TensorRT 8.x/10.x does (cache rea
 get_batch until None, cache write) and sums what it finds in the device buffers it is handed, so
 these tests check our feeding and cache bookkeeping. No real calibration or engine build happens.
 """
+
 import numpy as np
 import pytest
 from fake_tensorrt import (
@@ -31,25 +32,36 @@ def batches(sizes, seed=0):
 def build_int8(tmp_path, calibrator, name="tiny", batch=None):
     """A dynamic-batch network by default: the calibrator gets a calibration profile of its own."""
     onnx_path = write_tiny_onnx(tmp_path / "tiny.onnx", batch=batch)
-    return trt_build.build_engine(onnx_path, tmp_path / f"{name}.int8.engine", "int8", meta=tiny_meta(batch),
-                                  calibrator=calibrator, log=quiet)
+    return trt_build.build_engine(
+        onnx_path,
+        tmp_path / f"{name}.int8.engine",
+        "int8",
+        meta=tiny_meta(batch),
+        calibrator=calibrator,
+        log=quiet,
+    )
 
 
 @pytest.mark.parametrize("generation", ["8.4", "10.3"])
-def test_calibrator_feeds_batches_and_writes_its_cache_with_fake_tensorrt(generation, tmp_path, monkeypatch,
-                                                                          fake_cuda):
+def test_calibrator_feeds_batches_and_writes_its_cache_with_fake_tensorrt(
+    generation, tmp_path, monkeypatch, fake_cuda
+):
     trt = install_fake_tensorrt(monkeypatch, generation, fake_cuda)
     data = batches([2, 2, 2, 1])  # the short last batch cannot be used at a fixed batch size
     cache = tmp_path / "calib.cache"
     calibrator = make_entropy_calibrator(data, cache, log=quiet, batch_size=2)
     sidecar = build_int8(tmp_path, calibrator)
-    assert sidecar["shapes"]["profile"]["calibration"] == {"batch": [2]}  # one profile for calibration
+    assert sidecar["shapes"]["profile"]["calibration"] == {
+        "batch": [2]
+    }  # one profile for calibration
     assert sidecar["builder_options"]["flags"] == ["FP16", "INT8"]
     assert sidecar["builder_options"]["calibrator"] is True
     assert trt.stats["calibration_batches"] == 3
     assert (calibrator.batches_fed, calibrator.batches_skipped) == (3, 1)
     # What the builder read from device memory is exactly the three full batches.
-    assert trt.stats["calibration_sum"] == pytest.approx(float(sum(b.sum() for b in data[:3])), rel=1e-5)
+    assert trt.stats["calibration_sum"] == pytest.approx(
+        float(sum(b.sum() for b in data[:3])), rel=1e-5
+    )
     assert cache.read_bytes() == b"fake-calibration-table"
     calibrator.close()
     assert fake_cuda.allocs == {}
@@ -73,18 +85,34 @@ def test_calibration_cache_skips_the_images_with_fake_tensorrt(tmp_path, monkeyp
 
 def test_calibration_batch_must_match_the_network(tmp_path, monkeypatch, fake_cuda):
     trt = install_fake_tensorrt(monkeypatch, "8.6", fake_cuda)
-    with pytest.raises(GlimmerError, match="could not build"):  # a static batch-1 network, batches of 2
-        build_int8(tmp_path, make_entropy_calibrator(batches([2]), tmp_path / "a.cache", log=quiet), batch=1)
+    with pytest.raises(
+        GlimmerError, match="could not build"
+    ):  # a static batch-1 network, batches of 2
+        build_int8(
+            tmp_path,
+            make_entropy_calibrator(batches([2]), tmp_path / "a.cache", log=quiet),
+            batch=1,
+        )
     assert "Calibration batch 2 does not match the network's batch 1." in trt.log
-    sidecar = build_int8(tmp_path, make_entropy_calibrator(batches([1, 1]), tmp_path / "b.cache", log=quiet),
-                         batch=1, name="static")
-    assert trt.stats["calibration_batches"] == 2 and "calibration" not in sidecar["shapes"]["profile"]
+    sidecar = build_int8(
+        tmp_path,
+        make_entropy_calibrator(batches([1, 1]), tmp_path / "b.cache", log=quiet),
+        batch=1,
+        name="static",
+    )
+    assert (
+        trt.stats["calibration_batches"] == 2 and "calibration" not in sidecar["shapes"]["profile"]
+    )
 
 
-def test_calibrator_errors_surface_from_the_build_with_fake_tensorrt(tmp_path, monkeypatch, fake_cuda):
+def test_calibrator_errors_surface_from_the_build_with_fake_tensorrt(
+    tmp_path, monkeypatch, fake_cuda
+):
     install_fake_tensorrt(monkeypatch, "10.3", fake_cuda)
     bad = [np.zeros((2, 3, 8, 8), np.uint8)]
-    with pytest.raises(GlimmerError, match="INT8 calibration failed: calibration batches must be NCHW float32"):
+    with pytest.raises(
+        GlimmerError, match="INT8 calibration failed: calibration batches must be NCHW float32"
+    ):
         build_int8(tmp_path, make_entropy_calibrator(bad, tmp_path / "a.cache", log=quiet))
     with pytest.raises(GlimmerError, match="no usable calibration images"):
         build_int8(tmp_path, make_entropy_calibrator([], tmp_path / "b.cache", log=quiet))
@@ -102,6 +130,7 @@ def test_tensorrt_11_points_at_the_qdq_path_with_fake_tensorrt(tmp_path, monkeyp
 
 def test_missing_tensorrt_is_one_clear_error(tmp_path, monkeypatch):
     import sys
+
     monkeypatch.setitem(sys.modules, "tensorrt", None)
     with pytest.raises(GlimmerError, match="^TensorRT is not installed"):
         make_entropy_calibrator([], tmp_path / "c.cache")
@@ -111,7 +140,9 @@ def test_pascal_calibrator_path(tmp_path, monkeypatch):
     rt = FakeCudaRuntime(name="NVIDIA GeForce GTX 1080", cc=(6, 1))
     install_fake_cuda(monkeypatch, rt)
     install_fake_tensorrt(monkeypatch, "8.6", rt)
-    sidecar = build_int8(tmp_path, make_entropy_calibrator(batches([1, 1]), tmp_path / "c.cache", log=quiet))
+    sidecar = build_int8(
+        tmp_path, make_entropy_calibrator(batches([1, 1]), tmp_path / "c.cache", log=quiet)
+    )
     assert sidecar["builder_options"]["flags"] == ["INT8"]  # DP4A INT8 without slow-rate FP16
 
 
@@ -130,5 +161,11 @@ def test_calibration_set_from_an_image_folder_with_fake_tensorrt(tmp_path, monke
     assert trt.stats["calibration_batches"] == 2
     assert trt.stats["calibration_sum"] == pytest.approx(float(calib.data.sum()), rel=1e-5)
     too_many = dataset.CalibrationSet(tmp_path / "calib", tiny_meta(), count=6, batch_size=2)
-    with pytest.raises(GlimmerError, match="INT8 calibration failed: --calib .*only 4 usable images"):
-        build_int8(tmp_path, make_entropy_calibrator(too_many, tmp_path / "d.cache", log=quiet), name="more")
+    with pytest.raises(
+        GlimmerError, match="INT8 calibration failed: --calib .*only 4 usable images"
+    ):
+        build_int8(
+            tmp_path,
+            make_entropy_calibrator(too_many, tmp_path / "d.cache", log=quiet),
+            name="more",
+        )

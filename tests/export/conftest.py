@@ -1,4 +1,5 @@
 """Fixtures the export tests share."""
+
 import pytest
 import torch
 from random_weights import randomise

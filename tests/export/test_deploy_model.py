@@ -2,6 +2,7 @@
 ``tests/export/test_rewrite_<name>.py``): the exact op histogram of the default GlimmerNet's export
 form, FP32 parity with PyTorch through ONNX Runtime, the streams every stage runs on, and the
 assembly by module type (a variant with other attribute names exports alike)."""
+
 import onnx
 import pytest
 import torch
@@ -21,18 +22,47 @@ from glimmer.models.glimmernet import GlimmerNet, Head, Refiner, Stage, Stem, Ta
 from glimmer.runtime.core.metadata import ModelMeta
 
 # Default GlimmerNet (4,4,4,1) blocks, 4 stages: stem 2 convs + 13 GDBlocks + 4 Aggregators + Refiner.
-_STREAMED = {"Add": 50, "AveragePool": 1, "Clip": 49, "Concat": 9, "Conv": 60, "Div": 4, "Flatten": 1, "Gemm": 1,
-             "GlobalAveragePool": 5, "MaxPool": 3, "Mul": 12, "ReduceMean": 4, "Reshape": 12, "Split": 3, "Sqrt": 4,
-             "Transpose": 4}
+_STREAMED = {
+    "Add": 50,
+    "AveragePool": 1,
+    "Clip": 49,
+    "Concat": 9,
+    "Conv": 60,
+    "Div": 4,
+    "Flatten": 1,
+    "Gemm": 1,
+    "GlobalAveragePool": 5,
+    "MaxPool": 3,
+    "Mul": 12,
+    "ReduceMean": 4,
+    "Reshape": 12,
+    "Split": 3,
+    "Sqrt": 4,
+    "Transpose": 4,
+}
 # split/aligned: 3 streams per stage. Conv: stem 2x3 + 13 blocks x 3 + 4 Aggregators + GRN unit convs
 # (3 + 3 + 3 + 1) + Refiner = 60; Add: 39 residuals + 2 per GRN + the 3 stage inputs (x*s + beta).
 # embed: one stream. Conv: 2 + 13 + 4 + 4 + 1 = 24; Add: 13 + 2 per GRN = 21.
 EXPECTED = {
     "split": _STREAMED,
     "aligned": _STREAMED,
-    "embed": {"Add": 21, "AveragePool": 1, "Clip": 19, "Concat": 4, "Conv": 24, "Div": 4, "Flatten": 1,
-              "Gemm": 1, "GlobalAveragePool": 5, "MaxPool": 3, "Mul": 12, "ReduceMean": 4, "Reshape": 12,
-              "Sqrt": 4, "Transpose": 4},
+    "embed": {
+        "Add": 21,
+        "AveragePool": 1,
+        "Clip": 19,
+        "Concat": 4,
+        "Conv": 24,
+        "Div": 4,
+        "Flatten": 1,
+        "Gemm": 1,
+        "GlobalAveragePool": 5,
+        "MaxPool": 3,
+        "Mul": 12,
+        "ReduceMean": 4,
+        "Reshape": 12,
+        "Sqrt": 4,
+        "Transpose": 4,
+    },
 }
 
 
@@ -45,8 +75,12 @@ def default_glimmernet():
 @pytest.mark.parametrize("mode", ["split", "aligned", "embed"])
 @pytest.mark.parametrize("dynamic", [False, True])
 def test_default_glimmernet_op_histogram_is_exact(default_glimmernet, mode, dynamic):
-    model = export_onnx(deploy_form(default_glimmernet, mode, (224, 224)), torch.zeros(1, 3, 224, 224),
-                        dynamic_batch=dynamic, output_names=("logits",))
+    model = export_onnx(
+        deploy_form(default_glimmernet, mode, (224, 224)),
+        torch.zeros(1, 3, 224, 224),
+        dynamic_batch=dynamic,
+        output_names=("logits",),
+    )
     hist = op_histogram(model)
     assert hist == EXPECTED[mode]
     assert not any(op in hist for op in CRUFT_OPS + ("BatchNormalization", "Constant", "Identity"))
@@ -62,10 +96,20 @@ def test_fp32_onnx_matches_pytorch_within_1e_4(arch, mode):
     torch.manual_seed(1)
     net = randomise(GlimmerNet() if arch == "glimmernet" else TakuNet(), seed=3)
     size = 96
-    model = export_onnx(deploy_form(net, mode, (size, size)), torch.zeros(1, 3, size, size),
-                        dynamic_batch=True, output_names=("logits",))
-    check = compare(net, ort_session(model.SerializeToString()), ModelMeta(
-        task="classify", name="t", class_names=list("abcd"), input_size=(size, size), batch=None), count=4)
+    model = export_onnx(
+        deploy_form(net, mode, (size, size)),
+        torch.zeros(1, 3, size, size),
+        dynamic_batch=True,
+        output_names=("logits",),
+    )
+    check = compare(
+        net,
+        ort_session(model.SerializeToString()),
+        ModelMeta(
+            task="classify", name="t", class_names=list("abcd"), input_size=(size, size), batch=None
+        ),
+        count=4,
+    )
     assert check["max_abs_diff_random"] <= 1e-4
     assert check["max_abs_diff_image_like"] <= 1e-4
     assert check["top1_agreement"] == 1.0
@@ -75,14 +119,24 @@ def test_fp32_onnx_matches_pytorch_within_1e_4(arch, mode):
 def test_streams_run_from_stage_input_to_aggregator(default_glimmernet):
     """Per stage, the streams each GDBlock convolves: split at runs of equal dilation, aligned at
     multiples of 4 channels with the outer streams' foreign channels embedded, embed all at once."""
-    shapes = {mode: [[(c.in_channels, c.kernel_size[0], c.dilation[0]) for c in stage.blocks[0].convs]
-                     for stage in deploy_form(default_glimmernet, mode, (224, 224)).stages]
-              for mode in ("split", "aligned", "embed")}
+    shapes = {
+        mode: [
+            [(c.in_channels, c.kernel_size[0], c.dilation[0]) for c in stage.blocks[0].convs]
+            for stage in deploy_form(default_glimmernet, mode, (224, 224)).stages
+        ]
+        for mode in ("split", "aligned", "embed")
+    }
     assert shapes["split"][0] == [(10, 3, 1), (20, 3, 2), (10, 3, 3)]
     assert shapes["aligned"][0] == [(12, 5, 1), (16, 3, 2), (12, 7, 1)]
-    assert shapes["split"][1:] == shapes["aligned"][1:] == [[(20, 3, 1), (40, 3, 2), (20, 3, 3)],
-                                                            [(40, 3, 1), (80, 3, 2), (40, 3, 3)],
-                                                            [(60, 3, 1), (120, 3, 2), (60, 3, 3)]]
+    assert (
+        shapes["split"][1:]
+        == shapes["aligned"][1:]
+        == [
+            [(20, 3, 1), (40, 3, 2), (20, 3, 3)],
+            [(40, 3, 1), (80, 3, 2), (40, 3, 3)],
+            [(60, 3, 1), (120, 3, 2), (60, 3, 3)],
+        ]
+    )
     assert shapes["embed"] == [[(40, 7, 1)], [(80, 7, 1)], [(160, 7, 1)], [(240, 7, 1)]]
 
 
@@ -92,7 +146,9 @@ class Variant(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.entry = Stem(16)
-        self.body = nn.ModuleList([Stage(16, 24, 1, (1, 3), "max", True, 4), Stage(24, 24, 2, (1, 3), "avg", True, 4)])
+        self.body = nn.ModuleList(
+            [Stage(16, 24, 1, (1, 3), "max", True, 4), Stage(24, 24, 2, (1, 3), "avg", True, 4)]
+        )
         self.tail = nn.Sequential(Refiner(24), Head(24, 3, dropout=0.2))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -106,16 +162,27 @@ class Variant(nn.Module):
 def test_assembly_dispatches_on_module_type_not_attribute_paths(mode):
     torch.manual_seed(2)
     variant = randomise(Variant(), seed=4)
-    same = GlimmerNet(num_classes=3, depths=(1, 2), widths=(16, 24), dilations=(1, 3), poolings=("max", "avg"),
-                      pw_group_inputs=4)
+    same = GlimmerNet(
+        num_classes=3,
+        depths=(1, 2),
+        widths=(16, 24),
+        dilations=(1, 3),
+        poolings=("max", "avg"),
+        pw_group_inputs=4,
+    )
     deployed, reference = deploy_form(variant, mode, (64, 64)), deploy_form(same, mode, (64, 64))
     assert list(deployed.state_dict()) == list(reference.state_dict())  # the deploy form's names
-    assert "stages.1.grn.shifts.0.weight" in deployed.state_dict() and "refiner.conv.weight" in deployed.state_dict()
+    assert (
+        "stages.1.grn.shifts.0.weight" in deployed.state_dict()
+        and "refiner.conv.weight" in deployed.state_dict()
+    )
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         torch.testing.assert_close(deployed(x), variant(x), atol=1e-4, rtol=1e-4)
     example = torch.zeros(1, 3, 64, 64)
-    assert op_histogram(export_onnx(deployed, example)) == op_histogram(export_onnx(reference, example))
+    assert op_histogram(export_onnx(deployed, example)) == op_histogram(
+        export_onnx(reference, example)
+    )
 
 
 def test_rules_cover_subclasses():

@@ -1,5 +1,6 @@
 """INT8 in glimmer-export: layer groups, the accuracy budget's fallback, calibration choice, the
 report's two accuracy figures, and flags that are refused before anything is written."""
+
 import json
 
 import numpy as np
@@ -17,11 +18,19 @@ from glimmer.models.glimmernet import GlimmerNet
 from glimmer.runtime.core.metadata import ModelMeta
 
 
-@pytest.mark.parametrize("layer, group", [
-    ("stem.parts.0.0.conv", "stem.conv"), ("stem.parts.2.1.conv", "stem.dw"),
-    ("stages.0.blocks.1.convs.2", "stages.0.blocks.1"), ("stages.3.aggregator.pw.conv", "stages.3.aggregator"),
-    ("refiner.conv", "refiner"), ("fc", "fc"), ("model.12.cv1.conv", "model.12"), ("model.22.dfl.conv", "model.22"),
-])
+@pytest.mark.parametrize(
+    "layer, group",
+    [
+        ("stem.parts.0.0.conv", "stem.conv"),
+        ("stem.parts.2.1.conv", "stem.dw"),
+        ("stages.0.blocks.1.convs.2", "stages.0.blocks.1"),
+        ("stages.3.aggregator.pw.conv", "stages.3.aggregator"),
+        ("refiner.conv", "refiner"),
+        ("fc", "fc"),
+        ("model.12.cv1.conv", "model.12"),
+        ("model.22.dfl.conv", "model.22"),
+    ],
+)
 def test_layer_groups(layer, group):
     assert layer_group(layer) == group
 
@@ -41,7 +50,9 @@ def test_tensorrt_int8_support_follows_its_grouped_conv_rules():
 def tiny_fp32():
     torch.manual_seed(0)
     net = randomise(GlimmerNet(widths=(8, 16, 32, 48), depths=(1, 1, 1, 1)))
-    return export_onnx(deploy_form(net, "embed", (64, 64)), torch.zeros(1, 3, 64, 64), output_names=("logits",))
+    return export_onnx(
+        deploy_form(net, "embed", (64, 64)), torch.zeros(1, 3, 64, 64), output_names=("logits",)
+    )
 
 
 COST = {"stem.conv": 0.002, "stages.1.blocks.0": 0.03, "refiner": 0.012, "fc": 0.004}
@@ -64,17 +75,24 @@ def test_budget_leaves_the_most_sensitive_groups_float_until_it_holds(tiny_fp32)
     assert record["float_groups"] == ["stages.1.blocks.0", "refiner"]
     assert record["drop_simulated"] == pytest.approx(0.006) and record["budget_met"]
     model = builder.quantize(amax, record["float_groups"])
-    assert {layer_group(t) for t in qdq_layers(model)} == {layer_group(t.layer) for t in builder.targets} - {
-        "stages.1.blocks.0", "refiner"}
+    assert {layer_group(t) for t in qdq_layers(model)} == {
+        layer_group(t.layer) for t in builder.targets
+    } - {"stages.1.blocks.0", "refiner"}
     assert builder.fit_budget(amax, max_drop=0.05)["float_groups"] == []
-    assert builder.fit_budget(amax, max_drop=0.0)["float_groups"] == ["stages.1.blocks.0", "refiner", "fc",
-                                                                     "stem.conv"]
+    assert builder.fit_budget(amax, max_drop=0.0)["float_groups"] == [
+        "stages.1.blocks.0",
+        "refiner",
+        "fc",
+        "stem.conv",
+    ]
 
 
 def test_the_calibration_method_that_loses_least_is_kept(tiny_fp32, monkeypatch):
     builder = Int8Builder(tiny_fp32, lambda model, simulated: 0.0)
     scores = iter([0.90, 0.95, 0.95])  # percentile and entropy tie: the earlier one wins
-    monkeypatch.setattr(builder, "amax", lambda calib, method: {t.activation: 1.0 for t in builder.targets})
+    monkeypatch.setattr(
+        builder, "amax", lambda calib, method: {t.activation: 1.0 for t in builder.targets}
+    )
     monkeypatch.setattr(builder, "score", lambda model, simulated: next(scores))
     chosen = builder.choose_method(None, ["minmax", "percentile", "entropy"])
     assert chosen["method"] == "percentile"
@@ -84,37 +102,88 @@ def test_the_calibration_method_that_loses_least_is_kept(tiny_fp32, monkeypatch)
 @pytest.mark.slow
 def test_export_report_states_how_int8_accuracy_was_computed(workdir, tmp_path):
     out = tmp_path / "out"
-    assert export([workdir / "tiny.pt", "--out", out, "--int8", "--calib", workdir / "data" / "Train",
-                   "--calib-count", 12, "--val", workdir / "data" / "Val", "--latency-runs", 3,
-                   "--dilation-mode", "aligned", "--int8-max-drop", 0.0]) == 0
+    assert (
+        export(
+            [
+                workdir / "tiny.pt",
+                "--out",
+                out,
+                "--int8",
+                "--calib",
+                workdir / "data" / "Train",
+                "--calib-count",
+                12,
+                "--val",
+                workdir / "data" / "Val",
+                "--latency-runs",
+                3,
+                "--dilation-mode",
+                "aligned",
+                "--int8-max-drop",
+                0.0,
+            ]
+        )
+        == 0
+    )
     report = json.loads((out / "export-report.json").read_text())
     int8 = report["int8"]
     assert set(int8["calibration"]["f1_simulated_by_method"]) == {"minmax", "percentile", "entropy"}
     acc = int8["accuracy"]
     assert "what TensorRT computes" in acc["int8_simulated"]["how"]
-    assert acc["int8_onnxruntime_cpu"]["integer_kernels"] == 0 and acc["int8_onnxruntime_cpu"]["cpu"]
+    assert (
+        acc["int8_onnxruntime_cpu"]["integer_kernels"] == 0 and acc["int8_onnxruntime_cpu"]["cpu"]
+    )
     assert "reduce_range" in acc["int8_reduce_range_simulated"]["how"]
     # a zero budget: every group that costs anything stays float, so INT8 equals FP32 on --val
     assert int8["budget"]["budget_met"] and int8["budget"]["drop_simulated"] <= 0.0
-    assert acc["int8_simulated"]["f1_weighted"] == pytest.approx(acc["fp32"]["f1_weighted"]
-                                                                 if isinstance(acc["fp32"], dict) else acc["fp32"])
-    meta = ModelMeta.from_props({p.key: p.value for p in onnx.load(str(out / "tiny.int8.onnx")).metadata_props})
+    assert acc["int8_simulated"]["f1_weighted"] == pytest.approx(
+        acc["fp32"]["f1_weighted"] if isinstance(acc["fp32"], dict) else acc["fp32"]
+    )
+    meta = ModelMeta.from_props(
+        {p.key: p.value for p in onnx.load(str(out / "tiny.int8.onnx")).metadata_props}
+    )
     assert meta.precision == "int8" and meta.extra["int8"]["weight_bits"] == 8
     assert meta.extra["int8"]["placement"].startswith("tensorrt")
     assert meta.extra["int8"]["float_groups"] == int8["budget"]["float_groups"]
     rows = int8["layers"]
-    assert {r["precision"] for r in rows if r["group"] in int8["budget"]["float_groups"]} <= {"float"}
+    assert {r["precision"] for r in rows if r["group"] in int8["budget"]["float_groups"]} <= {
+        "float"
+    }
     assert int8["tensorrt_int8_layers"]["of"] == len(rows)
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--int8", "--calib", "{root}/data/Train", "--int8-max-drop", "1.5"], "--int8-max-drop must be between 0 and 1"),
-    (["--int8", "--calib", "{root}/data/Train", "--calib-count", "12", "--val", "{root}/wrong"], "--val {root}/wrong: class folders"),
-    (["--int8", "--calib", "{root}/data/Train", "--batch", "4", "--calib-count", "3"],
-     "--calib-count 3 is smaller than the model's batch 4"),
-    (["--int8", "--calib", "{root}/data/Train", "--calib-method", "kl"], "invalid choice: 'kl'"),
-])
-def test_bad_int8_input_is_refused_before_anything_is_written(workdir, tmp_path, capsys, argv, message):
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (
+            ["--int8", "--calib", "{root}/data/Train", "--int8-max-drop", "1.5"],
+            "--int8-max-drop must be between 0 and 1",
+        ),
+        (
+            [
+                "--int8",
+                "--calib",
+                "{root}/data/Train",
+                "--calib-count",
+                "12",
+                "--val",
+                "{root}/wrong",
+            ],
+            "--val {root}/wrong: class folders",
+        ),
+        (
+            ["--int8", "--calib", "{root}/data/Train", "--batch", "4", "--calib-count", "3"],
+            "--calib-count 3 is smaller than the model's batch 4",
+        ),
+        (
+            ["--int8", "--calib", "{root}/data/Train", "--calib-method", "kl"],
+            "invalid choice: 'kl'",
+        ),
+    ],
+)
+def test_bad_int8_input_is_refused_before_anything_is_written(
+    workdir, tmp_path, capsys, argv, message
+):
     wrong = workdir / "wrong"
     for name in ("Cat", "Dog"):
         (wrong / name).mkdir(parents=True, exist_ok=True)
@@ -123,8 +192,16 @@ def test_bad_int8_input_is_refused_before_anything_is_written(workdir, tmp_path,
     out.mkdir()
     (out / "tiny.onnx").write_bytes(b"an earlier export")
     try:
-        code = export([workdir / "tiny.pt", "--out", out, "--dilation-mode", "split",
-                       *[a.format(root=workdir) for a in argv]])
+        code = export(
+            [
+                workdir / "tiny.pt",
+                "--out",
+                out,
+                "--dilation-mode",
+                "split",
+                *[a.format(root=workdir) for a in argv],
+            ]
+        )
     except SystemExit as exc:  # argparse's own refusal of a bad choice
         code = exc.code
     assert code != 0

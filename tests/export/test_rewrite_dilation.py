@@ -1,6 +1,7 @@
 """dilation: the grouped dilated depthwise conv (and the GDBlock around it) against its lowering to
 one depthwise conv per stream, in every mode, in PyTorch and ONNX Runtime, parameterised over the
 dilation pattern, the width and the BatchNorm."""
+
 import numpy as np
 import pytest
 import torch
@@ -32,11 +33,18 @@ def test_merge_runs_joins_equal_neighbours_only():
 
 
 def test_aligned_sizes_round_each_run_boundary_the_cheaper_way():
-    assert aligned_sizes([10] * 4, [1, 2, 2, 3]) == [12, 16, 12]  # GlimmerNet's stage 1 (40 channels)
+    assert aligned_sizes([10] * 4, [1, 2, 2, 3]) == [
+        12,
+        16,
+        12,
+    ]  # GlimmerNet's stage 1 (40 channels)
     assert aligned_sizes([20] * 4, [1, 2, 2, 3]) == [20, 40, 20]  # already multiples of 4: split
     assert aligned_sizes([6, 10], [1, 3]) == [8, 8]  # up: 8x49 + 8x9 taps beats 4x9 + 12x49
     assert aligned_sizes([10, 6], [1, 3]) == [8, 8]  # down, for the same reason
-    assert aligned_sizes([2] * 4, [1, 2, 2, 3]) == [4, 4]  # boundaries that meet merge their streams
+    assert aligned_sizes([2] * 4, [1, 2, 2, 3]) == [
+        4,
+        4,
+    ]  # boundaries that meet merge their streams
     assert aligned_sizes([40], [1]) == [40]
 
 
@@ -87,8 +95,12 @@ def test_dilation_lowering_matches_grouped_dilated_conv(with_bn, dilations, widt
         lowered = export_onnx(Streams(convs), x)
         for node in lowered.graph.node:
             assert all(a.name != "auto_pad" for a in node.attribute)
-        np.testing.assert_allclose(ort_session(lowered.SerializeToString()).run(None, {"images": x.numpy()})[0],
-                                   want, atol=1e-5, err_msg=mode)
+        np.testing.assert_allclose(
+            ort_session(lowered.SerializeToString()).run(None, {"images": x.numpy()})[0],
+            want,
+            atol=1e-5,
+            err_msg=mode,
+        )
         with torch.no_grad():
             np.testing.assert_allclose(Streams(convs)(x).numpy(), want, atol=1e-5, err_msg=mode)
 

@@ -1,5 +1,6 @@
 """fold_bn: conv -> BN (-> ReLU6) against its folded conv (-> Clip), in PyTorch and ONNX Runtime,
 parameterised over bias, groups, dilation and stride."""
+
 import numpy as np
 import pytest
 import torch
@@ -17,8 +18,16 @@ CASES = [(1, 1, 1), (1, 2, 2), (8, 1, 1), (8, 3, 1)]
 
 
 def conv_and_bn(bias, groups, dilation, stride):
-    conv = nn.Conv2d(8, 8 if groups == 8 else 16, 3, stride=stride, padding=dilation, dilation=dilation,
-                     groups=groups, bias=bias)
+    conv = nn.Conv2d(
+        8,
+        8 if groups == 8 else 16,
+        3,
+        stride=stride,
+        padding=dilation,
+        dilation=dilation,
+        groups=groups,
+        bias=bias,
+    )
     bn = nn.BatchNorm2d(conv.out_channels)
     return conv, bn
 
@@ -48,7 +57,9 @@ def test_fold_bn_matches_conv_then_bn_in_pytorch(bias, groups, dilation, stride,
     x = torch.randn(2, 8, 13, 13)
     with torch.no_grad():
         torch.testing.assert_close(folded(x), original(x), atol=1e-5, rtol=1e-5)
-    assert all(torch.equal(v, before[k]) for k, v in original.state_dict().items())  # originals untouched
+    assert all(
+        torch.equal(v, before[k]) for k, v in original.state_dict().items()
+    )  # originals untouched
 
 
 def test_bn_scale_shift_is_bn_in_eval_mode():
@@ -56,19 +67,23 @@ def test_bn_scale_shift_is_bn_in_eval_mode():
     scale, shift = bn_scale_shift(bn)
     y = torch.randn(3, 6, 4, 4)
     with torch.no_grad():
-        torch.testing.assert_close((y * scale[:, None, None] + shift[:, None, None]).float(), bn(y),
-                                   atol=1e-6, rtol=1e-6)
+        torch.testing.assert_close(
+            (y * scale[:, None, None] + shift[:, None, None]).float(), bn(y), atol=1e-6, rtol=1e-6
+        )
     bn.running_var = None
     with pytest.raises(ValueError, match="running statistics"):
         bn_scale_shift(bn)
 
 
-@pytest.mark.parametrize("module,clip", [
-    (conv_bn_act(8, 16, 3, stride=2, padding=2, dilation=2), True),
-    (conv_bn_act(8, 8, 3, padding=1, groups=8), True),
-    (conv_bn_act(8, 16, 1, groups=4, act=False), False),
-    (Refiner(8), False),
-])
+@pytest.mark.parametrize(
+    "module,clip",
+    [
+        (conv_bn_act(8, 16, 3, stride=2, padding=2, dilation=2), True),
+        (conv_bn_act(8, 8, 3, padding=1, groups=8), True),
+        (conv_bn_act(8, 16, 1, groups=4, act=False), False),
+        (Refiner(8), False),
+    ],
+)
 def test_conv_bn_act_becomes_conv_clip(module, clip):
     original = randomise(module)
     rewritten = fold_conv_bn_act(original)
@@ -82,9 +97,14 @@ def test_conv_bn_act_becomes_conv_clip(module, clip):
     np.testing.assert_allclose(out, plain_onnx(original, x), atol=1e-5)
 
 
-@pytest.mark.parametrize("module", [nn.Sequential(nn.BatchNorm2d(4), nn.Conv2d(4, 4, 1)),
-                                    nn.Sequential(nn.Conv2d(4, 4, 1), nn.BatchNorm2d(4), nn.ReLU()),
-                                    nn.Sequential(nn.Conv2d(4, 4, 1))])
+@pytest.mark.parametrize(
+    "module",
+    [
+        nn.Sequential(nn.BatchNorm2d(4), nn.Conv2d(4, 4, 1)),
+        nn.Sequential(nn.Conv2d(4, 4, 1), nn.BatchNorm2d(4), nn.ReLU()),
+        nn.Sequential(nn.Conv2d(4, 4, 1)),
+    ],
+)
 def test_fold_conv_bn_act_rejects_other_layouts(module):
     with pytest.raises(ValueError, match="conv -> BatchNorm"):
         fold_conv_bn_act(module)

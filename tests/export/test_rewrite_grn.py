@@ -1,6 +1,7 @@
 """grn: GRN against DeployGRN (``x * (gamma * N + 1) + beta`` through GlobalAveragePool, ``+ beta`` as
 unit 1x1 depthwise convs per stream), in PyTorch and ONNX Runtime, parameterised over the streams,
 the spatial size and the input scale (eps only matters for small inputs)."""
+
 import numpy as np
 import pytest
 import torch
@@ -35,7 +36,9 @@ def test_deploy_grn_matches_grn(sizes, spatial, scale):
 
     (onnx_y, *onnx_streams), hist = onnx_outputs(deployed, [x])
     np.testing.assert_allclose(onnx_y, want.numpy(), atol=1e-6 * scale, rtol=1e-5)
-    np.testing.assert_allclose(np.concatenate(onnx_streams, axis=1), want.numpy(), atol=1e-6 * scale, rtol=1e-5)
+    np.testing.assert_allclose(
+        np.concatenate(onnx_streams, axis=1), want.numpy(), atol=1e-6 * scale, rtol=1e-5
+    )
     # GlobalAveragePool, not ReduceL2; one unit conv per stream, one Split only with several streams
     assert "ReduceL2" not in hist and hist["GlobalAveragePool"] == 1 and hist["Sqrt"] == 1
     assert hist["Conv"] == len(sizes) and hist.get("Split", 0) == (len(sizes) > 1)
@@ -47,7 +50,9 @@ def test_shifts_are_unit_depthwise_convs_carrying_beta():
     assert [s.in_channels for s in deployed.shifts] == [2, 4, 2]
     for shift, part in zip(deployed.shifts, torch.split(beta, [2, 4, 2])):
         assert shift.groups == shift.in_channels and shift.kernel_size == (1, 1)
-        assert torch.equal(shift.weight, torch.ones_like(shift.weight)) and torch.equal(shift.bias, part)
+        assert torch.equal(shift.weight, torch.ones_like(shift.weight)) and torch.equal(
+            shift.bias, part
+        )
 
 
 def test_eps_is_scaled_for_the_spatial_size():

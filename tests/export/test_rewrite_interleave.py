@@ -1,6 +1,7 @@
 """interleave: FeatureMapsRecomb + interleave (and the Aggregator around them) against the constant
 Reshape/Transpose/Concat chain, in PyTorch and ONNX Runtime with a dynamic batch, parameterised over
 channels, groups, recombination on/off and the spatial size."""
+
 import numpy as np
 import pytest
 import torch
@@ -38,16 +39,23 @@ def test_recomb_interleave_matches_recomb_then_mixed_concat(channels, groups, re
 @pytest.mark.parametrize("channels,groups,recombine", CASES)
 @pytest.mark.parametrize("pw_group_inputs", [2, 4])
 def test_deploy_aggregator_matches_aggregator(channels, groups, recombine, pw_group_inputs):
-    agg = randomise(Aggregator(channels, 2 * channels, groups, recombine, pw_group_inputs), seed=channels)
+    agg = randomise(
+        Aggregator(channels, 2 * channels, groups, recombine, pw_group_inputs), seed=channels
+    )
     spatial = (6, 5)
     deployed = DeployAggregator(agg, spatial).eval()
     assert deployed.mix.recombine == (recombine and groups > 1)
     x, dense = 3 * torch.randn(1, channels, *spatial), 3 * torch.randn(1, channels, *spatial)
-    batch_x, batch_dense = 3 * torch.randn(3, channels, *spatial), 3 * torch.randn(3, channels, *spatial)
+    batch_x, batch_dense = (
+        3 * torch.randn(3, channels, *spatial),
+        3 * torch.randn(3, channels, *spatial),
+    )
     with torch.no_grad():
         want = agg(batch_x, batch_dense)
         torch.testing.assert_close(deployed(batch_x, batch_dense), want, atol=1e-5, rtol=1e-5)
-    (out,), hist = onnx_outputs(deployed, [x, dense], dynamic_batch=True, run_on=[batch_x, batch_dense])
+    (out,), hist = onnx_outputs(
+        deployed, [x, dense], dynamic_batch=True, run_on=[batch_x, batch_dense]
+    )
     np.testing.assert_allclose(out, want.numpy(), atol=1e-5)
     assert hist["Conv"] == 1 and hist["Clip"] == 1 and "BatchNormalization" not in hist
     assert not any(op in hist for op in CRUFT_OPS)

@@ -1,6 +1,7 @@
 """output_slice: a conv's output channels as a conv of their own, and the stem cut that way into
 streams, against the original conv / Stem, in PyTorch and ONNX Runtime, parameterised over dense or
 depthwise, bias, stride, dilation and the stream sizes."""
+
 import numpy as np
 import pytest
 import torch
@@ -17,8 +18,16 @@ from glimmer.models.glimmernet import Stem
 @pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize("stride,dilation", [(1, 1), (2, 1), (1, 2), (2, 2)])
 def test_output_slices_concatenate_to_the_conv(depthwise, bias, stride, dilation):
-    conv = nn.Conv2d(12 if depthwise else 5, 12, 3, stride=stride, padding=dilation, dilation=dilation,
-                     groups=12 if depthwise else 1, bias=bias).eval()
+    conv = nn.Conv2d(
+        12 if depthwise else 5,
+        12,
+        3,
+        stride=stride,
+        padding=dilation,
+        dilation=dilation,
+        groups=12 if depthwise else 1,
+        bias=bias,
+    ).eval()
     bounds = stream_bounds([3, 5, 4])
     slices = [output_slice(conv, a, b) for a, b in zip(bounds, bounds[1:])]
     assert [s.out_channels for s in slices] == [3, 5, 4]
@@ -40,7 +49,9 @@ def test_deploy_stem_matches_stem(sizes):
     stem = randomise(Stem(16), seed=len(sizes))
     deployed = DeployStem(stem, sizes).eval()
     assert [part[0].conv.out_channels for part in deployed.parts] == sizes
-    assert all(part[1].conv.groups == part[1].conv.in_channels for part in deployed.parts)  # depthwise slices
+    assert all(
+        part[1].conv.groups == part[1].conv.in_channels for part in deployed.parts
+    )  # depthwise slices
     x = 2 * torch.randn(1, 3, 48, 40)
     with torch.no_grad():
         want = stem(x)
@@ -54,8 +65,11 @@ def test_deploy_stem_matches_stem(sizes):
     np.testing.assert_allclose(onnx_y, want.numpy(), atol=1e-5)
     np.testing.assert_allclose(np.concatenate(onnx_streams, axis=1), want.numpy(), atol=1e-5)
     # no Split: every stream starts as a conv output
-    assert hist == ({"Clip": 2, "Conv": 2} if len(sizes) == 1 else
-                    {"Clip": 2 * len(sizes), "Concat": 1, "Conv": 2 * len(sizes)})
+    assert hist == (
+        {"Clip": 2, "Conv": 2}
+        if len(sizes) == 1
+        else {"Clip": 2 * len(sizes), "Concat": 1, "Conv": 2 * len(sizes)}
+    )
 
 
 @pytest.mark.parametrize("sizes", [[8, 4], [20]])

@@ -1,4 +1,5 @@
 """Running glimmer-export and glimmer-train in this process, and reading their one error line."""
+
 import io
 from contextlib import redirect_stderr, redirect_stdout
 from typing import Sequence, Tuple
@@ -18,7 +19,9 @@ def one_error_line(capsys) -> str:
     """glimmer-export's one error line (progress lines may precede it; never a traceback)."""
     err = capsys.readouterr().err.strip().splitlines()
     errors = [line for line in err if line.startswith(EXPORT_ERROR)]
-    assert len(errors) == 1 and err[-1] == errors[0] and not any("Traceback" in line for line in err), err
+    assert (
+        len(errors) == 1 and err[-1] == errors[0] and not any("Traceback" in line for line in err)
+    ), err
     return errors[0]
 
 

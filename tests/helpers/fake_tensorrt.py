@@ -13,6 +13,7 @@ bookkeeping numerically. It proves nothing about real engines.
 first). Its "device" memory is host memory from ctypes, so copies really move bytes; stream capture
 records work and graph launches replay it, as CUDA does.
 """
+
 import ctypes
 import enum
 import json
@@ -23,23 +24,67 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 import numpy as np
 
 #: the surface features a generation may have; each one below lists those it has, and lacks the rest
-FEATURES = ("explicit_flag", "explicit_required", "max_workspace", "precision_flags", "calibrator", "names_api",
-            "bindings_api", "legacy_build", "strongly_typed_flag", "opt_level")
+FEATURES = (
+    "explicit_flag",
+    "explicit_required",
+    "max_workspace",
+    "precision_flags",
+    "calibrator",
+    "names_api",
+    "bindings_api",
+    "legacy_build",
+    "strongly_typed_flag",
+    "opt_level",
+)
 _HAS = {
-    "8.4": ("8.4.1.5", {"explicit_flag", "explicit_required", "max_workspace", "precision_flags", "calibrator",
-                        "bindings_api", "legacy_build"}),
-    "8.6": ("8.6.2.3", {"explicit_flag", "explicit_required", "max_workspace", "precision_flags", "calibrator",
-                        "names_api", "bindings_api", "legacy_build", "opt_level"}),
-    "10.3": ("10.3.0.30", {"explicit_flag", "precision_flags", "calibrator", "names_api", "strongly_typed_flag",
-                           "opt_level"}),
+    "8.4": (
+        "8.4.1.5",
+        {
+            "explicit_flag",
+            "explicit_required",
+            "max_workspace",
+            "precision_flags",
+            "calibrator",
+            "bindings_api",
+            "legacy_build",
+        },
+    ),
+    "8.6": (
+        "8.6.2.3",
+        {
+            "explicit_flag",
+            "explicit_required",
+            "max_workspace",
+            "precision_flags",
+            "calibrator",
+            "names_api",
+            "bindings_api",
+            "legacy_build",
+            "opt_level",
+        },
+    ),
+    "10.3": (
+        "10.3.0.30",
+        {
+            "explicit_flag",
+            "precision_flags",
+            "calibrator",
+            "names_api",
+            "strongly_typed_flag",
+            "opt_level",
+        },
+    ),
     "11.4": ("11.4.1.2", {"names_api", "strongly_typed_flag", "opt_level"}),
 }
-GENERATIONS = {generation: dict(version=version, **{f: f in has for f in FEATURES})
-               for generation, (version, has) in _HAS.items()}
+GENERATIONS = {
+    generation: dict(version=version, **{f: f in has for f in FEATURES})
+    for generation, (version, has) in _HAS.items()
+}
 PLAN_MAGIC = b"FAKETRT\0"
 
 
 # ================================================================ fake CUDA runtime (cuda-python)
+
 
 class cudaError_t(enum.IntEnum):  # noqa: N801 - the name cuda-python uses
     cudaSuccess = 0
@@ -71,7 +116,9 @@ class FakeCudaRuntime:
     cudaStreamCaptureMode = cudaStreamCaptureMode
     cudaStreamNonBlocking = 1
 
-    def __init__(self, devices: int = 1, name: str = "Orin (fake)", cc: Tuple[int, int] = (8, 7)) -> None:
+    def __init__(
+        self, devices: int = 1, name: str = "Orin (fake)", cc: Tuple[int, int] = (8, 7)
+    ) -> None:
         self.devices = devices
         self.name = name
         self.cc = cc
@@ -100,7 +147,9 @@ class FakeCudaRuntime:
         return (_OK,) if device < self.devices else (cudaError_t.cudaErrorInvalidValue,)
 
     def cudaGetDeviceProperties(self, device):  # noqa: N802
-        props = types.SimpleNamespace(name=self.name.encode() + b"\0" * 8, major=self.cc[0], minor=self.cc[1])
+        props = types.SimpleNamespace(
+            name=self.name.encode() + b"\0" * 8, major=self.cc[0], minor=self.cc[1]
+        )
         return (_OK, props)
 
     def cudaGetErrorString(self, err):  # noqa: N802
@@ -228,14 +277,19 @@ def install_fake_cuda(monkeypatch, rt: FakeCudaRuntime, layout: str = "bindings"
         modules = {"cuda": cuda_pkg, "cuda.bindings": bindings, "cuda.bindings.runtime": rt}
     else:
         cuda_pkg.cudart = rt
-        modules = {"cuda": cuda_pkg, "cuda.bindings": None, "cuda.bindings.runtime": None,
-                   "cuda.cudart": rt}
+        modules = {
+            "cuda": cuda_pkg,
+            "cuda.bindings": None,
+            "cuda.bindings.runtime": None,
+            "cuda.cudart": rt,
+        }
     for name, module in modules.items():
         monkeypatch.setitem(sys.modules, name, module)
     monkeypatch.setenv("GLIMMER_CUDA", "cuda-python")
 
 
 # ================================================================ fake tensorrt
+
 
 class DataType(enum.Enum):
     FLOAT = "float32"
@@ -246,8 +300,14 @@ class DataType(enum.Enum):
     BOOL = "bool"
 
 
-_ONNX_TYPES = {1: DataType.FLOAT, 10: DataType.HALF, 3: DataType.INT8, 6: DataType.INT32,
-               7: DataType.INT64, 9: DataType.BOOL}
+_ONNX_TYPES = {
+    1: DataType.FLOAT,
+    10: DataType.HALF,
+    3: DataType.INT8,
+    6: DataType.INT32,
+    7: DataType.INT64,
+    9: DataType.BOOL,
+}
 
 
 def nptype(dtype: DataType):
@@ -264,9 +324,14 @@ class LayerType(enum.Enum):
     ELEMENTWISE = 7
 
 
-_LAYER_TYPES = {"Conv": LayerType.CONVOLUTION, "GlobalAveragePool": LayerType.POOLING,
-                "Flatten": LayerType.SHUFFLE, "QuantizeLinear": LayerType.QUANTIZE,
-                "DequantizeLinear": LayerType.DEQUANTIZE, "Cast": LayerType.CAST}
+_LAYER_TYPES = {
+    "Conv": LayerType.CONVOLUTION,
+    "GlobalAveragePool": LayerType.POOLING,
+    "Flatten": LayerType.SHUFFLE,
+    "QuantizeLinear": LayerType.QUANTIZE,
+    "DequantizeLinear": LayerType.DEQUANTIZE,
+    "Cast": LayerType.CAST,
+}
 SUPPORTED_OPS = set(_LAYER_TYPES) | {"Relu", "Add", "Mul", "Clip"}
 
 
@@ -334,15 +399,24 @@ class OnnxParser:
 
     def parse(self, data: bytes) -> bool:
         import onnx
+
         try:
             model = onnx.shape_inference.infer_shapes(onnx.load_from_string(bytes(data)))
         except Exception:  # noqa: BLE001 - the real parser reports, never raises
-            self.errors.append(ParserError(-1, "parseGraph", "INVALID_GRAPH", "Failed to parse ONNX model"))
+            self.errors.append(
+                ParserError(-1, "parseGraph", "INVALID_GRAPH", "Failed to parse ONNX model")
+            )
             return False
         if self.network.implicit_batch:
-            self.errors.append(ParserError(-1, "parseGraph", "INVALID_GRAPH",
-                                           "This version of the ONNX parser only supports TensorRT "
-                                           "INetworkDefinitions with an explicit batch dimension."))
+            self.errors.append(
+                ParserError(
+                    -1,
+                    "parseGraph",
+                    "INVALID_GRAPH",
+                    "This version of the ONNX parser only supports TensorRT "
+                    "INetworkDefinitions with an explicit batch dimension.",
+                )
+            )
             return False
         graph = model.graph
         kinds: Dict[str, DataType] = {}
@@ -350,17 +424,30 @@ class OnnxParser:
             kinds[vi.name] = _ONNX_TYPES.get(vi.type.tensor_type.elem_type, DataType.FLOAT)
         for i, node in enumerate(graph.node):
             if node.op_type not in SUPPORTED_OPS:
-                self.errors.append(ParserError(i, node.name or node.op_type, "UNSUPPORTED_NODE",
-                                               f"No importer registered for op: {node.op_type}"))
+                self.errors.append(
+                    ParserError(
+                        i,
+                        node.name or node.op_type,
+                        "UNSUPPORTED_NODE",
+                        f"No importer registered for op: {node.op_type}",
+                    )
+                )
                 continue
             outs = [Tensor(o, (), kinds.get(o, DataType.FLOAT)) for o in node.output]
-            self.network.layers.append(Layer(_LAYER_TYPES.get(node.op_type, LayerType.ELEMENTWISE), outs))
+            self.network.layers.append(
+                Layer(_LAYER_TYPES.get(node.op_type, LayerType.ELEMENTWISE), outs)
+            )
         inits = {t.name for t in graph.initializer}
 
         def dims(vi):
-            return tuple(d.dim_value if d.HasField("dim_value") else -1
-                         for d in vi.type.tensor_type.shape.dim)
-        self.network.inputs = [Tensor(v.name, dims(v), kinds[v.name]) for v in graph.input if v.name not in inits]
+            return tuple(
+                d.dim_value if d.HasField("dim_value") else -1
+                for d in vi.type.tensor_type.shape.dim
+            )
+
+        self.network.inputs = [
+            Tensor(v.name, dims(v), kinds[v.name]) for v in graph.input if v.name not in inits
+        ]
         self.network.outputs = [Tensor(v.name, dims(v), kinds[v.name]) for v in graph.output]
         return not self.errors
 
@@ -383,8 +470,9 @@ class OptimizationProfile:
         self.shapes[name] = (tuple(min), tuple(opt), tuple(max))
 
 
-def make_fake_tensorrt(generation: str, cuda: FakeCudaRuntime, fail_under_capture: bool = False
-                       ) -> types.ModuleType:
+def make_fake_tensorrt(
+    generation: str, cuda: FakeCudaRuntime, fail_under_capture: bool = False
+) -> types.ModuleType:
     """A fresh ``tensorrt`` module mimicking ``generation`` (a key of GENERATIONS)."""
     feat = GENERATIONS[generation]
     trt = types.ModuleType("tensorrt")
@@ -399,13 +487,17 @@ def make_fake_tensorrt(generation: str, cuda: FakeCudaRuntime, fail_under_captur
 
         def __init__(self, severity=2):
             self.severity = severity
+
     trt.Logger = Logger
 
     flag_members = {"EXPLICIT_BATCH": 0} if feat["explicit_flag"] else {}
     if feat["strongly_typed_flag"]:
         flag_members["STRONGLY_TYPED"] = 1
-    trt.NetworkDefinitionCreationFlag = enum.IntEnum("NetworkDefinitionCreationFlag", flag_members) \
-        if flag_members else types.SimpleNamespace()
+    trt.NetworkDefinitionCreationFlag = (
+        enum.IntEnum("NetworkDefinitionCreationFlag", flag_members)
+        if flag_members
+        else types.SimpleNamespace()
+    )
     builder_flags = {"TF32": 10, "REFIT": 11}
     if feat["precision_flags"]:
         builder_flags.update(FP16=0, INT8=1)
@@ -420,9 +512,11 @@ def make_fake_tensorrt(generation: str, cuda: FakeCudaRuntime, fail_under_captur
 
     # -- calibrator base ---------------------------------------------------------------------
     if feat["calibrator"]:
+
         class IInt8EntropyCalibrator2:
             def __init__(self):
                 self._base_initialised = True
+
         trt.IInt8EntropyCalibrator2 = IInt8EntropyCalibrator2
 
     # -- builder config: only the attributes this generation has can be set -----------------
@@ -472,8 +566,10 @@ def make_fake_tensorrt(generation: str, cuda: FakeCudaRuntime, fail_under_captur
             return self._cache
 
     if feat["calibrator"]:
+
         def set_calibration_profile(self, profile):
             self._calib_profile = profile
+
         BuilderConfig.set_calibration_profile = set_calibration_profile
 
     # -- builder -----------------------------------------------------------------------------
@@ -494,16 +590,22 @@ def make_fake_tensorrt(generation: str, cuda: FakeCudaRuntime, fail_under_captur
             dynamic = [t for t in network.inputs if -1 in t.shape]
             shapes = config._profiles[0].shapes if config._profiles else {}
             if any(t.name not in shapes for t in dynamic):
-                trt.log.append("Network has dynamic or shape inputs, but no optimization profile has been defined.")
+                trt.log.append(
+                    "Network has dynamic or shape inputs, but no optimization profile has been defined."
+                )
                 return None
             calibrator = getattr(config, "int8_calibrator", None)
             if "INT8" in config._flags and calibrator is not None:
                 network_shapes = {t.name: t.shape for t in network.inputs}
                 if dynamic:  # TensorRT calibrates at the calibration profile's OPT shape
                     if config._calib_profile is None:
-                        trt.log.append("Calibration profile not set for a network with dynamic shapes.")
+                        trt.log.append(
+                            "Calibration profile not set for a network with dynamic shapes."
+                        )
                         return None
-                    network_shapes = {t.name: config._calib_profile.shapes[t.name][1] for t in dynamic}
+                    network_shapes = {
+                        t.name: config._calib_profile.shapes[t.name][1] for t in dynamic
+                    }
                 if not _calibrate(calibrator, [t.name for t in network.inputs], network_shapes):
                     return None
             key = f"{[t.shape for t in network.inputs]}-{len(network.layers)}"
@@ -511,21 +613,28 @@ def make_fake_tensorrt(generation: str, cuda: FakeCudaRuntime, fail_under_captur
                 trt.stats["timing_cache_hits"] += int(key in config._cache.entries)
                 config._cache.entries[key] = 1
             trt.stats["builds"] += 1
-            plan = {"version": trt.__version__, "cc": list(cuda.cc),
-                    "inputs": [[t.name, list(t.shape), t.dtype.name] for t in network.inputs],
-                    "outputs": [[t.name, list(t.shape), t.dtype.name] for t in network.outputs],
-                    "profile": {k: [list(s) for s in v] for k, v in shapes.items()},
-                    "flags": sorted(config._flags)}
+            plan = {
+                "version": trt.__version__,
+                "cc": list(cuda.cc),
+                "inputs": [[t.name, list(t.shape), t.dtype.name] for t in network.inputs],
+                "outputs": [[t.name, list(t.shape), t.dtype.name] for t in network.outputs],
+                "profile": {k: [list(s) for s in v] for k, v in shapes.items()},
+                "flags": sorted(config._flags),
+            }
             return memoryview(PLAN_MAGIC + json.dumps(plan).encode())
 
     def _calibrate(calibrator, names, network_shapes):
-        assert getattr(calibrator, "_base_initialised", False), "IInt8EntropyCalibrator2.__init__ not called"
+        assert getattr(calibrator, "_base_initialised", False), (
+            "IInt8EntropyCalibrator2.__init__ not called"
+        )
         cached = calibrator.read_calibration_cache()
         if not cached:
             size = calibrator.get_batch_size()
             want = network_shapes[names[0]][0]
             if want >= 0 and size != want:  # a static batch, or the calibration profile's OPT batch
-                trt.log.append(f"Calibration batch {size} does not match the network's batch {want}.")
+                trt.log.append(
+                    f"Calibration batch {size} does not match the network's batch {want}."
+                )
                 return False
             shape = (size,) + tuple(network_shapes[names[0]][1:])
             while True:
@@ -534,22 +643,26 @@ def make_fake_tensorrt(generation: str, cuda: FakeCudaRuntime, fail_under_captur
                     break
                 trt.stats["calibration_batches"] += 1
                 trt.stats["calibration_sum"] = trt.stats.get("calibration_sum", 0.0) + float(
-                    cuda.view(int(ptrs[0]), shape, np.float32).sum())
+                    cuda.view(int(ptrs[0]), shape, np.float32).sum()
+                )
             calibrator.write_calibration_cache(b"fake-calibration-table")
         return True
 
     if feat["legacy_build"]:
         Builder.build_engine = lambda self, network, config: None
     if feat["precision_flags"]:
-        Builder.platform_has_fast_fp16 = property(lambda self: cuda.cc >= (5, 3) and cuda.cc != (6, 1))
+        Builder.platform_has_fast_fp16 = property(
+            lambda self: cuda.cc >= (5, 3) and cuda.cc != (6, 1)
+        )
     trt.Builder = Builder
 
     # -- runtime, engine, context ------------------------------------------------------------
     class Engine:
         def __init__(self, plan):
             self.plan = plan
-            io = [(n, s, d, True) for n, s, d in plan["inputs"]] + \
-                 [(n, s, d, False) for n, s, d in plan["outputs"]]
+            io = [(n, s, d, True) for n, s, d in plan["inputs"]] + [
+                (n, s, d, False) for n, s, d in plan["outputs"]
+            ]
             self.io = [(n, tuple(s), DataType[d], is_in) for n, s, d, is_in in io]
 
         def create_execution_context(self):
@@ -599,8 +712,10 @@ def make_fake_tensorrt(generation: str, cuda: FakeCudaRuntime, fail_under_captur
             def kernel():
                 x = cuda.view(self.addresses[name], shape, nptype(dtype)).astype(np.float32)
                 for out_name, out_shape, out_dtype in out_specs:
-                    cuda.view(self.addresses[out_name], out_shape, nptype(out_dtype))[...] = \
+                    cuda.view(self.addresses[out_name], out_shape, nptype(out_dtype))[...] = (
                         reference_output(x, out_shape)
+                    )
+
             cuda.enqueue(stream, kernel)
             return True
 
@@ -610,8 +725,11 @@ def make_fake_tensorrt(generation: str, cuda: FakeCudaRuntime, fail_under_captur
     if feat["names_api"]:
         Engine.num_io_tensors = property(lambda self: len(self.io))
         Engine.get_tensor_name = lambda self, i: self.io[i][0]
-        Engine.get_tensor_mode = lambda self, name: TensorIOMode.INPUT if dict(
-            (n, i) for n, _, _, i in self.io)[name] else TensorIOMode.OUTPUT
+        Engine.get_tensor_mode = lambda self, name: (
+            TensorIOMode.INPUT
+            if dict((n, i) for n, _, _, i in self.io)[name]
+            else TensorIOMode.OUTPUT
+        )
         Engine.get_tensor_shape = lambda self, name: dict((n, s) for n, s, _, _ in self.io)[name]
         Engine.get_tensor_dtype = lambda self, name: dict((n, d) for n, _, d, _ in self.io)[name]
         Engine.get_tensor_profile_shape = lambda self, name, profile: self._profile(name)
@@ -621,6 +739,7 @@ def make_fake_tensorrt(generation: str, cuda: FakeCudaRuntime, fail_under_captur
         def set_tensor_address(self, name, ptr):
             self.addresses[name] = int(ptr)
             return True
+
         Context.set_tensor_address = set_tensor_address
         Context.execute_async_v3 = lambda self, stream_handle: self._run(stream_handle)
     if feat["bindings_api"]:
@@ -630,15 +749,19 @@ def make_fake_tensorrt(generation: str, cuda: FakeCudaRuntime, fail_under_captur
         Engine.get_binding_shape = lambda self, i: self.io[i][1]
         Engine.get_binding_dtype = lambda self, i: self.io[i][2]
         Engine.get_profile_shape = lambda self, profile, i: self._profile(self.io[i][0])
-        Context.set_binding_shape = lambda self, i, shape: self._set_shape(self.engine.io[i][0], shape)
-        Context.get_binding_shape = lambda self, i: (self.shapes.get(self.engine.io[i][0])
-                                                     or self._out_shape(self.engine.io[i][0]))
+        Context.set_binding_shape = lambda self, i, shape: self._set_shape(
+            self.engine.io[i][0], shape
+        )
+        Context.get_binding_shape = lambda self, i: (
+            self.shapes.get(self.engine.io[i][0]) or self._out_shape(self.engine.io[i][0])
+        )
 
         def execute_async_v2(self, bindings, stream_handle):
             for (name, _, _, _), ptr in zip(self.engine.io, bindings):
                 if ptr:
                     self.addresses[name] = int(ptr)
             return self._run(stream_handle)
+
         Context.execute_async_v2 = execute_async_v2
 
     class Runtime:
@@ -648,13 +771,18 @@ def make_fake_tensorrt(generation: str, cuda: FakeCudaRuntime, fail_under_captur
         def deserialize_cuda_engine(self, data):
             data = bytes(data)
             if not data.startswith(PLAN_MAGIC):
-                trt.log.append("Error Code 1: Serialization (Serialization assertion magicTagRead failed)")
+                trt.log.append(
+                    "Error Code 1: Serialization (Serialization assertion magicTagRead failed)"
+                )
                 return None
-            plan = json.loads(data[len(PLAN_MAGIC):])
+            plan = json.loads(data[len(PLAN_MAGIC) :])
             if plan["version"] != trt.__version__ or tuple(plan["cc"]) != cuda.cc:
-                trt.log.append("The engine plan file is not compatible with this version of TensorRT")
+                trt.log.append(
+                    "The engine plan file is not compatible with this version of TensorRT"
+                )
                 return None
             return Engine(plan)
+
     trt.Runtime = Runtime
     return trt
 
@@ -668,7 +796,9 @@ def reference_output(x: np.ndarray, out_shape) -> np.ndarray:
     return (means[:, j % channels] * (j + 1)).reshape(out_shape)
 
 
-def install_fake_tensorrt(monkeypatch, generation: str, cuda: FakeCudaRuntime, **kwargs) -> types.ModuleType:
+def install_fake_tensorrt(
+    monkeypatch, generation: str, cuda: FakeCudaRuntime, **kwargs
+) -> types.ModuleType:
     trt = make_fake_tensorrt(generation, cuda, **kwargs)
     monkeypatch.setitem(sys.modules, "tensorrt", trt)
     return trt
@@ -681,7 +811,10 @@ CLASSES = ["Earthquake", "Fire", "Flood", "Normal"]
 
 def tiny_meta(batch: Optional[int] = 1):
     from glimmer.runtime.core.metadata import ModelMeta
-    return ModelMeta(task="classify", name="tiny", class_names=CLASSES, input_size=(8, 8), batch=batch)
+
+    return ModelMeta(
+        task="classify", name="tiny", class_names=CLASSES, input_size=(8, 8), batch=batch
+    )
 
 
 def write_tiny_onnx(path, batch: Optional[int] = 1, variant: str = "plain", meta: bool = True):
@@ -697,24 +830,36 @@ def write_tiny_onnx(path, batch: Optional[int] = 1, variant: str = "plain", meta
     x = "images"
     nodes, inits = [], [numpy_helper.from_array(np.full((4, 3, 1, 1), 0.5, np.float32), "w")]
     if variant == "qdq":
-        inits += [numpy_helper.from_array(np.array(0.02, np.float32), "s"),
-                  numpy_helper.from_array(np.array(0, np.int8), "z")]
-        nodes += [helper.make_node("QuantizeLinear", [x, "s", "z"], ["xq"]),
-                  helper.make_node("DequantizeLinear", ["xq", "s", "z"], ["xdq"])]
+        inits += [
+            numpy_helper.from_array(np.array(0.02, np.float32), "s"),
+            numpy_helper.from_array(np.array(0, np.int8), "z"),
+        ]
+        nodes += [
+            helper.make_node("QuantizeLinear", [x, "s", "z"], ["xq"]),
+            helper.make_node("DequantizeLinear", ["xq", "s", "z"], ["xdq"]),
+        ]
         x = "xdq"
     if variant == "fp16":
-        nodes += [helper.make_node("Cast", [x], ["xh"], to=TensorProto.FLOAT16),
-                  helper.make_node("Cast", ["xh"], ["xf"], to=TensorProto.FLOAT)]
+        nodes += [
+            helper.make_node("Cast", [x], ["xh"], to=TensorProto.FLOAT16),
+            helper.make_node("Cast", ["xh"], ["xf"], to=TensorProto.FLOAT),
+        ]
         x = "xf"
     if variant == "unsupported":
         nodes.append(helper.make_node("FancyOp", [x], ["xc"], domain="com.example"))
         x = "xc"
-    nodes += [helper.make_node("Conv", [x, "w"], ["c"]),
-              helper.make_node("GlobalAveragePool", ["c"], ["p"]),
-              helper.make_node("Flatten", ["p"], ["logits"])]
+    nodes += [
+        helper.make_node("Conv", [x, "w"], ["c"]),
+        helper.make_node("GlobalAveragePool", ["c"], ["p"]),
+        helper.make_node("Flatten", ["p"], ["logits"]),
+    ]
     graph = helper.make_graph(
-        nodes, "tiny", [helper.make_tensor_value_info("images", TensorProto.FLOAT, [n, 3, 8, 8])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [n, 4])], inits)
+        nodes,
+        "tiny",
+        [helper.make_tensor_value_info("images", TensorProto.FLOAT, [n, 3, 8, 8])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [n, 4])],
+        inits,
+    )
     opsets = [helper.make_opsetid("", 17)]
     if variant == "unsupported":
         opsets.append(helper.make_opsetid("com.example", 1))

@@ -1,4 +1,5 @@
 """Helpers the rewrite parity tests share: run a module through ONNX Runtime, original or rewritten."""
+
 import io
 import warnings
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -16,11 +17,17 @@ def plain_onnx(module: nn.Module, x: torch.Tensor) -> np.ndarray:
     """The original module, exported as is (BatchNormalization node kept)."""
     buf = io.BytesIO()
     torch.onnx.export(module.eval(), (x,), buf, dynamo=False, opset_version=17, input_names=["x"])
-    return ort.InferenceSession(buf.getvalue(), providers=["CPUExecutionProvider"]).run(None, {"x": x.numpy()})[0]
+    return ort.InferenceSession(buf.getvalue(), providers=["CPUExecutionProvider"]).run(
+        None, {"x": x.numpy()}
+    )[0]
 
 
-def onnx_outputs(module: nn.Module, inputs: Sequence[torch.Tensor], dynamic_batch: bool = False,
-                 run_on: Optional[Sequence[torch.Tensor]] = None) -> Tuple[List[np.ndarray], Dict[str, int]]:
+def onnx_outputs(
+    module: nn.Module,
+    inputs: Sequence[torch.Tensor],
+    dynamic_batch: bool = False,
+    run_on: Optional[Sequence[torch.Tensor]] = None,
+) -> Tuple[List[np.ndarray], Dict[str, int]]:
     """(every output, op histogram) of ``module`` traced on ``inputs`` and run in ONNX Runtime on
     ``run_on`` (default: the same inputs; another batch needs ``dynamic_batch``)."""
     names = [f"in{i}" for i in range(len(inputs))]
@@ -28,8 +35,16 @@ def onnx_outputs(module: nn.Module, inputs: Sequence[torch.Tensor], dynamic_batc
     buf = io.BytesIO()
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # TracerWarnings and the dynamo=False deprecation notice
-        torch.onnx.export(module.eval(), tuple(inputs), buf, dynamo=False, opset_version=17,
-                          input_names=names, dynamic_axes=axes, do_constant_folding=True)
+        torch.onnx.export(
+            module.eval(),
+            tuple(inputs),
+            buf,
+            dynamo=False,
+            opset_version=17,
+            input_names=names,
+            dynamic_axes=axes,
+            do_constant_folding=True,
+        )
     model = onnx.load_from_string(buf.getvalue())
     constants_to_initializers(model)
     session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])

@@ -1,4 +1,5 @@
 """Checkpoints: our format round-trips, the reference Lightning layout loads, bad files fail clearly."""
+
 import pytest
 import torch
 
@@ -28,16 +29,27 @@ def _randomised(model):
 def test_round_trip_keeps_weights_config_and_provenance(tmp_path):
     model = _randomised(GlimmerNet(num_classes=3, depths=(2, 1, 1, 1)))
     path = tmp_path / "m.pt"
-    save_checkpoint(path, model, "glimmernet", ["a", "b", "c"], (96, 96), {"dataset": "x", "epoch": 7})
+    save_checkpoint(
+        path, model, "glimmernet", ["a", "b", "c"], (96, 96), {"dataset": "x", "epoch": 7}
+    )
     ck = load_checkpoint(path)
-    assert (ck.kind, ck.arch, ck.class_names, ck.input_size) == ("glimmer", "glimmernet", ["a", "b", "c"], (96, 96))
+    assert (ck.kind, ck.arch, ck.class_names, ck.input_size) == (
+        "glimmer",
+        "glimmernet",
+        ["a", "b", "c"],
+        (96, 96),
+    )
     assert ck.provenance == {"dataset": "x", "epoch": 7}
     assert ck.model.config == model.config
     x = torch.rand(2, 3, 96, 96)
     with torch.no_grad():
         torch.testing.assert_close(ck.model(x), model(x), rtol=0, atol=0)
     meta = ck.meta()
-    assert meta.task == "classify" and meta.class_names == ["a", "b", "c"] and meta.scale == pytest.approx(1 / 255)
+    assert (
+        meta.task == "classify"
+        and meta.class_names == ["a", "b", "c"]
+        and meta.scale == pytest.approx(1 / 255)
+    )
     assert meta.source_sha256 == ck.sha256 and len(ck.sha256) == 64
     assert sniff_kind(path) == "glimmer"
     assert not list(tmp_path.glob(".*.tmp")), "atomic save left a temp file"
@@ -55,7 +67,10 @@ def test_reference_lightning_checkpoint_loads(tmp_path, prefix, arch):
     assert prefix + "backbone.4.aggregate_downsample.grn.gamma" in state
     assert prefix + "classifier.2.weight" in state
     path = tmp_path / "ref.ckpt"
-    torch.save({"epoch": 41, "global_step": 9, "state_dict": state, "hyper_parameters": {"lr": 1e-3}}, str(path))
+    torch.save(
+        {"epoch": 41, "global_step": 9, "state_dict": state, "hyper_parameters": {"lr": 1e-3}},
+        str(path),
+    )
     assert sniff_kind(path) == "reference"
     ck = load_checkpoint(path)
     assert ck.kind == "reference" and ck.arch == arch and ck.provenance["epoch"] == 41
@@ -102,10 +117,12 @@ def test_truncated_and_foreign_files_give_one_line_errors(tmp_path):
     text.write_text("hello")
     other = tmp_path / "other.pt"
     torch.save({"weights": torch.ones(2)}, str(other))
-    for path, pattern in [(truncated, "not a PyTorch checkpoint|not a readable checkpoint"),
-                          (text, "not a PyTorch checkpoint"),
-                          (other, "not a GlimmerNet checkpoint"),
-                          (tmp_path / "absent.pt", "no such file")]:
+    for path, pattern in [
+        (truncated, "not a PyTorch checkpoint|not a readable checkpoint"),
+        (text, "not a PyTorch checkpoint"),
+        (other, "not a GlimmerNet checkpoint"),
+        (tmp_path / "absent.pt", "no such file"),
+    ]:
         with pytest.raises(GlimmerError, match=pattern) as info:
             load_checkpoint(path)
         assert "\n" not in str(info.value)

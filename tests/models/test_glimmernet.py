@@ -1,4 +1,5 @@
 """GlimmerNet / TakuNet: exact parameter counts, true MACs, shapes, and the blocks' defining maths."""
+
 import pytest
 import torch
 
@@ -15,12 +16,15 @@ from glimmer.models.layers import GRN, GroupedDilatedConv2d
 from glimmer.models.macs import count_macs, paper_compatible_flops
 
 
-@pytest.mark.parametrize("depths, params", [
-    ((4, 4, 4, 1), 31_204),
-    ((4, 3, 2, 1), 26_404),
-    ((4, 2, 2, 1), 25_444),
-    ((1, 1, 1, 1), 21_124),
-])
+@pytest.mark.parametrize(
+    "depths, params",
+    [
+        ((4, 4, 4, 1), 31_204),
+        ((4, 3, 2, 1), 26_404),
+        ((4, 2, 2, 1), 25_444),
+        ((1, 1, 1, 1), 21_124),
+    ],
+)
 def test_glimmernet_parameter_counts_match_the_paper(depths, params):
     assert count_params(GlimmerNet(depths=depths)) == params
 
@@ -33,7 +37,10 @@ def test_takunet_parameter_count():
 def test_parameter_formula_holds_for_other_depths():
     # docs/glimmernet.md: total = 14,884 + 480*d1 + 960*d2 + 1,920*d3 + 2,880*d4
     d = (2, 1, 3, 2)
-    assert count_params(GlimmerNet(depths=d)) == 14_884 + 480 * d[0] + 960 * d[1] + 1_920 * d[2] + 2_880 * d[3]
+    assert (
+        count_params(GlimmerNet(depths=d))
+        == 14_884 + 480 * d[0] + 960 * d[1] + 1_920 * d[2] + 2_880 * d[3]
+    )
 
 
 def test_true_macs_and_paper_compatible_figure_at_224():
@@ -66,8 +73,10 @@ def test_grouped_dilated_conv_equals_separate_dilated_convs():
     x = torch.randn(1, 8, 11, 11)
     y = gd(x)
     for i, (conv, d) in enumerate(zip(gd.convs, (1, 2, 2, 3))):
-        ref = torch.nn.functional.conv2d(x[:, 2 * i:2 * i + 2], conv.weight, conv.bias, padding=d, dilation=d, groups=2)
-        torch.testing.assert_close(y[:, 2 * i:2 * i + 2], ref)
+        ref = torch.nn.functional.conv2d(
+            x[:, 2 * i : 2 * i + 2], conv.weight, conv.bias, padding=d, dilation=d, groups=2
+        )
+        torch.testing.assert_close(y[:, 2 * i : 2 * i + 2], ref)
     assert [c.dilation for c in gd.convs] == [(1, 1), (2, 2), (2, 2), (3, 3)]
 
 

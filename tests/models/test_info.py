@@ -1,4 +1,5 @@
 """glimmer-info: the command line, its JSON, and its errors."""
+
 import json
 import subprocess
 import sys
@@ -32,15 +33,19 @@ def test_checkpoint_uses_its_input_size(tmp_path, capsys):
 
 
 def _run(*args):
-    return subprocess.run([sys.executable, "-m", "glimmer.models.info", *args], capture_output=True, text=True)
+    return subprocess.run(
+        [sys.executable, "-m", "glimmer.models.info", *args], capture_output=True, text=True
+    )
 
 
 def test_bad_input_is_one_line_and_nonzero(tmp_path):
     (tmp_path / "junk.pt").write_text("junk")
-    for args, needle in [(["nope.pt"], "nope.pt: no such file"),
-                         ([str(tmp_path / "junk.pt")], "junk.pt: not a PyTorch checkpoint"),
-                         (["--arch", "glimmernet", "--img-size", "8"], "--img-size"),
-                         ([], "give either CHECKPOINT or --arch")]:
+    for args, needle in [
+        (["nope.pt"], "nope.pt: no such file"),
+        ([str(tmp_path / "junk.pt")], "junk.pt: not a PyTorch checkpoint"),
+        (["--arch", "glimmernet", "--img-size", "8"], "--img-size"),
+        ([], "give either CHECKPOINT or --arch"),
+    ]:
         proc = _run(*args)
         assert proc.returncode == 1, (args, proc.stderr)
         assert needle in proc.stderr

@@ -78,8 +78,16 @@ def test_metrics_json_has_the_documented_structure(trained):
     assert [e["epoch"] for e in m["epochs"]] == list(range(1, 9))
     for row in m["epochs"]:
         # the documented row, spelled out here rather than read from train/outputs.py's EPOCH_KEYS
-        assert set(row) == {"epoch", "lr", "train_loss", "train_accuracy", "val_loss", "val_accuracy",
-                            "val_f1_weighted", "seconds"}
+        assert set(row) == {
+            "epoch",
+            "lr",
+            "train_loss",
+            "train_accuracy",
+            "val_loss",
+            "val_accuracy",
+            "val_f1_weighted",
+            "seconds",
+        }
     # StepLR(step 2, gamma 0.975), stepped per epoch
     assert [e["lr"] for e in m["epochs"]] == pytest.approx(
         [1e-3 * 0.975 ** ((i - 1) // 2) for i in range(1, 9)]

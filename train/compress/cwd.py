@@ -11,6 +11,7 @@ unpruned YOLOv8 (teacher) into the pruned one (student) on the neck C2f outputs 
 level maps student channels to teacher channels; it is trained with the student and discarded
 afterwards (it lives here, never inside the student model).
 """
+
 from typing import Dict, List, Sequence
 
 import torch
@@ -21,32 +22,38 @@ from torch import nn
 def cwd_loss(student: torch.Tensor, teacher: torch.Tensor, tau: float = 6.0) -> torch.Tensor:
     """CWD between two (N, C, H, W) maps of equal shape; the teacher side carries no gradient."""
     if student.shape != teacher.shape:
-        raise ValueError(f"CWD needs equal shapes, got student {tuple(student.shape)} and "
-                         f"teacher {tuple(teacher.shape)}")
+        raise ValueError(
+            f"CWD needs equal shapes, got student {tuple(student.shape)} and "
+            f"teacher {tuple(teacher.shape)}"
+        )
     n, c, h, w = student.shape
     # float32: softmax over thousands of positions at tau=6 under fp16 autocast loses the tail
     s = student.float().reshape(n * c, h * w) / tau
     t = teacher.detach().float().reshape(n * c, h * w) / tau
     p_t = F.softmax(t, dim=1)
     kl = (p_t * (F.log_softmax(t, dim=1) - F.log_softmax(s, dim=1))).sum(dim=1)
-    return kl.sum() * (tau ** 2) / (n * c)
+    return kl.sum() * (tau**2) / (n * c)
 
 
 class ChannelWiseDistiller(nn.Module):
     """The alignment convs (student width -> teacher width) and the summed CWD over levels."""
 
-    def __init__(self, student_channels: Sequence[int], teacher_channels: Sequence[int],
-                 tau: float = 6.0) -> None:
+    def __init__(
+        self, student_channels: Sequence[int], teacher_channels: Sequence[int], tau: float = 6.0
+    ) -> None:
         super().__init__()
         if len(student_channels) != len(teacher_channels):
             raise ValueError("one teacher level per student level")
         if tau <= 0:
             raise ValueError(f"tau must be positive, got {tau}")
         self.tau = float(tau)
-        self.align = nn.ModuleList(nn.Conv2d(cs, ct, kernel_size=1) for cs, ct in
-                                   zip(student_channels, teacher_channels))
+        self.align = nn.ModuleList(
+            nn.Conv2d(cs, ct, kernel_size=1) for cs, ct in zip(student_channels, teacher_channels)
+        )
 
-    def forward(self, student_feats: List[torch.Tensor], teacher_feats: List[torch.Tensor]) -> torch.Tensor:
+    def forward(
+        self, student_feats: List[torch.Tensor], teacher_feats: List[torch.Tensor]
+    ) -> torch.Tensor:
         total = student_feats[0].new_zeros((), dtype=torch.float32)
         for conv, s, t in zip(self.align, student_feats, teacher_feats):
             total = total + cwd_loss(conv(s.to(conv.weight.dtype)), t, self.tau)
@@ -64,6 +71,7 @@ class FeatureTap:
     def _hook(self, i: int):
         def hook(module, inputs, output):
             self.feats[i] = output
+
         return hook
 
     def take(self) -> List[torch.Tensor]:

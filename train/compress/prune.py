@@ -21,6 +21,7 @@ the sum of |gamma| over the group's members:
 The pruned model is the same ultralytics module tree with smaller tensors, so ``YOLO(path)``,
 ``fuse()``, ``val`` and the ultralytics exporter keep working.
 """
+
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple
 
@@ -47,7 +48,9 @@ class Group:
 @dataclass
 class PruneResult:
     model: nn.Module
-    keep: Dict[str, torch.Tensor]  # Conv module name (ultralytics Conv: .conv + .bn) -> kept channels
+    keep: Dict[
+        str, torch.Tensor
+    ]  # Conv module name (ultralytics Conv: .conv + .bn) -> kept channels
     groups: List[Group] = field(default_factory=list)
 
 
@@ -55,8 +58,9 @@ def n_keep(channels: int, ratio: float) -> int:
     return max(1, channels - int(round(channels * ratio)))
 
 
-def plan_groups(model: nn.Module, ratio: float, keep_stem: bool = True,
-                keep_box: bool = True) -> List[Group]:
+def plan_groups(
+    model: nn.Module, ratio: float, keep_stem: bool = True, keep_box: bool = True
+) -> List[Group]:
     """Every prunable Conv output of a YOLOv8 model, as groups that share one mask."""
     mods = ultralytics_modules()
     Conv, C2f, SPPF, Detect = mods["Conv"], mods["C2f"], mods["SPPF"], mods["Detect"]
@@ -69,7 +73,12 @@ def plan_groups(model: nn.Module, ratio: float, keep_stem: bool = True,
     for i, layer in enumerate(model.model):
         p = f"model.{i}"
         if type(layer) is Conv:
-            single(p, layer, "stem (kept whole)" if i == 0 and keep_stem else "layer", i == 0 and keep_stem)
+            single(
+                p,
+                layer,
+                "stem (kept whole)" if i == 0 and keep_stem else "layer",
+                i == 0 and keep_stem,
+            )
         elif type(layer) is C2f:
             c = layer.c
             k = n_keep(c, ratio)  # chunk(2) needs equal halves
@@ -77,7 +86,9 @@ def plan_groups(model: nn.Module, ratio: float, keep_stem: bool = True,
             second = [(f"{p}.cv1", c, c)]
             if layer.m[0].add:
                 second += [(f"{p}.m.{j}.cv2", 0, c) for j in range(len(layer.m))]
-                groups.append(Group(second, k, "C2f residual sum: cv1 second half + every bottleneck cv2"))
+                groups.append(
+                    Group(second, k, "C2f residual sum: cv1 second half + every bottleneck cv2")
+                )
             else:
                 groups.append(Group(second, k, "C2f cv1 second half"))
                 for j in range(len(layer.m)):
@@ -91,8 +102,12 @@ def plan_groups(model: nn.Module, ratio: float, keep_stem: bool = True,
         elif type(layer) is Detect:
             for j in range(layer.nl):
                 for k in (0, 1):
-                    single(f"{p}.cv2.{j}.{k}", layer.cv2[j][k],
-                           "Detect box branch (kept whole)" if keep_box else "Detect box branch", keep_box)
+                    single(
+                        f"{p}.cv2.{j}.{k}",
+                        layer.cv2[j][k],
+                        "Detect box branch (kept whole)" if keep_box else "Detect box branch",
+                        keep_box,
+                    )
                     single(f"{p}.cv3.{j}.{k}", layer.cv3[j][k], "Detect class branch")
     return groups
 
@@ -102,7 +117,7 @@ def rank_groups(model: nn.Module, groups: List[Group]) -> Dict[str, torch.Tensor
     named = dict(model.named_modules())
     keep: Dict[str, List[torch.Tensor]] = {}
     for g in groups:
-        score = sum(named[n].bn.weight.detach().float().abs()[o:o + w] for n, o, w in g.members)
+        score = sum(named[n].bn.weight.detach().float().abs()[o : o + w] for n, o, w in g.members)
         idx = torch.sort(torch.topk(score, g.keep).indices).values
         for n, o, _ in g.members:
             keep.setdefault(n, []).append(idx + o)
@@ -110,7 +125,9 @@ def rank_groups(model: nn.Module, groups: List[Group]) -> Dict[str, torch.Tensor
     return {n: torch.cat(parts) for n, parts in keep.items()}
 
 
-def _slice_conv(conv: nn.Conv2d, out_idx: Optional[torch.Tensor], in_idx: Optional[torch.Tensor]) -> None:
+def _slice_conv(
+    conv: nn.Conv2d, out_idx: Optional[torch.Tensor], in_idx: Optional[torch.Tensor]
+) -> None:
     if conv.groups != 1:
         raise GlimmerError("grouped convs are not part of YOLOv8; cannot prune this model")
     w = conv.weight.data
@@ -133,7 +150,9 @@ def _slice_bn(bn: nn.BatchNorm2d, idx: torch.Tensor) -> None:
     bn.num_features = len(idx)
 
 
-def _prune_conv(block: nn.Module, out_idx: Optional[torch.Tensor], in_idx: Optional[torch.Tensor]) -> None:
+def _prune_conv(
+    block: nn.Module, out_idx: Optional[torch.Tensor], in_idx: Optional[torch.Tensor]
+) -> None:
     """Prune an ultralytics Conv (conv + bn + act)."""
     _slice_conv(block.conv, out_idx, in_idx)
     if out_idx is not None:
@@ -173,7 +192,7 @@ def apply_masks(model: nn.Module, keep: Dict[str, torch.Tensor]) -> None:
             c, width = layer.c, layer.cv2.conv.out_channels
             _prune_conv(layer.cv1, keep[f"{p}.cv1"], in_idx)
             both = keep[f"{p}.cv1"]
-            half_a, half_b = both[: len(both) // 2], both[len(both) // 2:] - c
+            half_a, half_b = both[: len(both) // 2], both[len(both) // 2 :] - c
             chain, parts = half_b, [half_a, half_b]
             for j, bott in enumerate(layer.m):
                 hidden = keep[f"{p}.m.{j}.cv1"]
@@ -191,7 +210,9 @@ def apply_masks(model: nn.Module, keep: Dict[str, torch.Tensor]) -> None:
             _prune_conv(layer.cv2, keep[f"{p}.cv2"], _cat([keep[f"{p}.cv1"]] * n, [c_] * n))
             out_idx.append(keep[f"{p}.cv2"])
         elif type(layer) in (nn.Upsample, Concat):
-            width = out_width[src[0]] if type(layer) is nn.Upsample else sum(out_width[s] for s in src)
+            width = (
+                out_width[src[0]] if type(layer) is nn.Upsample else sum(out_width[s] for s in src)
+            )
             out_idx.append(in_idx)
         elif type(layer) is Detect:
             for j, s in enumerate(src):
@@ -208,8 +229,9 @@ def apply_masks(model: nn.Module, keep: Dict[str, torch.Tensor]) -> None:
         out_width.append(width)
 
 
-def prune_yolov8(model: nn.Module, ratio: float = 0.5, keep_stem: bool = True,
-                 keep_box: bool = True) -> PruneResult:
+def prune_yolov8(
+    model: nn.Module, ratio: float = 0.5, keep_stem: bool = True, keep_box: bool = True
+) -> PruneResult:
     """Prune ``model`` in place (pass a copy to keep the original) and return the masks used."""
     if not 0.0 <= ratio < 1.0:
         raise GlimmerError(f"--ratio must be in [0, 1), got {ratio}")
@@ -221,17 +243,28 @@ def prune_yolov8(model: nn.Module, ratio: float = 0.5, keep_stem: bool = True,
     return PruneResult(model, keep, groups)
 
 
-def per_layer_table(before: nn.Module, after: nn.Module, imgsz: int) -> Tuple[str, Dict[str, float]]:
+def per_layer_table(
+    before: nn.Module, after: nn.Module, imgsz: int
+) -> Tuple[str, Dict[str, float]]:
     """Markdown table of params and GFLOPs per layer, before and after, plus the totals."""
     rows_b, rows_a = layer_costs(before, imgsz), layer_costs(after, imgsz)
-    lines = [f"| layer | type | params before | params after | GFLOPs@{imgsz} before | after |",
-             "|---:|---|---:|---:|---:|---:|"]
+    lines = [
+        f"| layer | type | params before | params after | GFLOPs@{imgsz} before | after |",
+        "|---:|---|---:|---:|---:|---:|",
+    ]
     for rb, ra in zip(rows_b, rows_a):
-        lines.append(f"| {rb['layer']} | {rb['type']} | {rb['params']:,} | {ra['params']:,} | "
-                     f"{rb['flops'] / 1e9:.3f} | {ra['flops'] / 1e9:.3f} |")
-    totals = {"params_before": sum(r["params"] for r in rows_b), "params_after": sum(r["params"] for r in rows_a),
-              "gflops_before": sum(r["flops"] for r in rows_b) / 1e9,
-              "gflops_after": sum(r["flops"] for r in rows_a) / 1e9}
-    lines.append(f"| total | | {totals['params_before']:,} | {totals['params_after']:,} | "
-                 f"{totals['gflops_before']:.2f} | {totals['gflops_after']:.2f} |")
+        lines.append(
+            f"| {rb['layer']} | {rb['type']} | {rb['params']:,} | {ra['params']:,} | "
+            f"{rb['flops'] / 1e9:.3f} | {ra['flops'] / 1e9:.3f} |"
+        )
+    totals = {
+        "params_before": sum(r["params"] for r in rows_b),
+        "params_after": sum(r["params"] for r in rows_a),
+        "gflops_before": sum(r["flops"] for r in rows_b) / 1e9,
+        "gflops_after": sum(r["flops"] for r in rows_a) / 1e9,
+    }
+    lines.append(
+        f"| total | | {totals['params_before']:,} | {totals['params_after']:,} | "
+        f"{totals['gflops_before']:.2f} | {totals['gflops_after']:.2f} |"
+    )
     return "\n".join(lines), totals

@@ -9,6 +9,7 @@ ultralytics runs no callback between ``backward()`` and the optimizer step, so t
 in ``optimizer_step`` after ``GradScaler.unscale_`` (correct under AMP: the penalty is never scaled)
 and before gradient clipping, as the penalty is part of the gradient being clipped.
 """
+
 from typing import Any, Dict
 
 import torch
@@ -34,8 +35,13 @@ def add_l1_subgradient(model: nn.Module, lam: float) -> int:
 
 def gamma_l1(model: nn.Module) -> float:
     """Sum of |gamma| over every BatchNorm: what sparse training drives down."""
-    return float(sum(m.weight.detach().float().abs().sum() for m in model.modules()
-                     if isinstance(m, nn.BatchNorm2d)))
+    return float(
+        sum(
+            m.weight.detach().float().abs().sum()
+            for m in model.modules()
+            if isinstance(m, nn.BatchNorm2d)
+        )
+    )
 
 
 class SparseTrainer(ModuleTrainer):

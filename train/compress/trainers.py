@@ -10,6 +10,7 @@ capture the student's and the frozen eval-mode teacher's features, a criterion w
 to the detection loss, and the alignment convs join the optimizer as one more parameter group.
 They are never part of the student, so the saved checkpoint holds the student alone.
 """
+
 from pathlib import Path
 from typing import Any, Dict, Optional, Sequence
 
@@ -27,7 +28,9 @@ DetectionTrainer = detection_trainer()  # version checked before subclassing its
 
 def is_pruned(model: nn.Module) -> bool:
     """True when any tensor differs in shape from the same yaml built fresh."""
-    fresh = ultralytics_modules()["DetectionModel"](model.yaml, nc=model.model[-1].nc, verbose=False)
+    fresh = ultralytics_modules()["DetectionModel"](
+        model.yaml, nc=model.model[-1].nc, verbose=False
+    )
     ours = {k: v.shape for k, v in model.state_dict().items()}
     return any(ours.get(k) != v.shape for k, v in fresh.state_dict().items())
 
@@ -41,9 +44,13 @@ class ModuleTrainer(DetectionTrainer):
         check_yolov8(weights, str(self.args.model))
         if weights.model[-1].nc != self.data["nc"]:
             if is_pruned(weights):
-                raise GlimmerError(f"{self.args.model}: the pruned model has {weights.model[-1].nc} classes but the "
-                                   f"dataset has {self.data['nc']}; a pruned head cannot be rebuilt")
-            return super().get_model(cfg=cfg, weights=weights, verbose=verbose)  # new head, same body
+                raise GlimmerError(
+                    f"{self.args.model}: the pruned model has {weights.model[-1].nc} classes but the "
+                    f"dataset has {self.data['nc']}; a pruned head cannot be rebuilt"
+                )
+            return super().get_model(
+                cfg=cfg, weights=weights, verbose=verbose
+            )  # new head, same body
         model = weights.float()
         for p in model.parameters():
             p.requires_grad_(True)
@@ -74,8 +81,15 @@ class ModuleTrainer(DetectionTrainer):
 class _DistillCriterion:
     """Detection loss + alpha * CWD; called by ``DetectionModel.loss`` in place of v8DetectionLoss."""
 
-    def __init__(self, base, distiller: ChannelWiseDistiller, teacher: nn.Module,
-                 student_tap: FeatureTap, teacher_tap: FeatureTap, alpha: float) -> None:
+    def __init__(
+        self,
+        base,
+        distiller: ChannelWiseDistiller,
+        teacher: nn.Module,
+        student_tap: FeatureTap,
+        teacher_tap: FeatureTap,
+        alpha: float,
+    ) -> None:
         self.base, self.distiller, self.teacher = base, distiller, teacher
         self.student_tap, self.teacher_tap, self.alpha = student_tap, teacher_tap, alpha
 
@@ -100,11 +114,15 @@ def neck_channels(model: nn.Module, layers: Sequence[int]) -> list:
     out = []
     for i in layers:
         if not 0 <= i < len(model.model) - 1:
-            raise GlimmerError(f"--layers: {i} is not a layer of this model (0..{len(model.model) - 2})")
+            raise GlimmerError(
+                f"--layers: {i} is not a layer of this model (0..{len(model.model) - 2})"
+            )
         last = model.model[i]
         conv = getattr(last, "cv2", last)
         if not hasattr(conv, "conv"):
-            raise GlimmerError(f"--layers: layer {i} ({type(last).__name__}) has no conv output to distil")
+            raise GlimmerError(
+                f"--layers: layer {i} ({type(last).__name__}) has no conv output to distil"
+            )
         out.append(conv.conv.out_channels)
     return out
 
@@ -112,8 +130,15 @@ def neck_channels(model: nn.Module, layers: Sequence[int]) -> list:
 class DistillTrainer(ModuleTrainer):
     """Fine-tune the student with ``alpha * CWD`` from a frozen teacher on ``layers``."""
 
-    def __init__(self, overrides: Dict[str, Any], teacher: nn.Module, layers: Sequence[int] = (12, 15, 18, 21),
-                 tau: float = 6.0, alpha: float = 0.5, _callbacks=None) -> None:
+    def __init__(
+        self,
+        overrides: Dict[str, Any],
+        teacher: nn.Module,
+        layers: Sequence[int] = (12, 15, 18, 21),
+        tau: float = 6.0,
+        alpha: float = 0.5,
+        _callbacks=None,
+    ) -> None:
         super().__init__(overrides=overrides, _callbacks=_callbacks)
         self.teacher = teacher.float().eval()
         for p in self.teacher.parameters():
@@ -121,10 +146,13 @@ class DistillTrainer(ModuleTrainer):
         self.layers, self.tau, self.alpha = list(layers), tau, alpha
         self.distiller: Optional[ChannelWiseDistiller] = None
 
-    def build_optimizer(self, model, name="auto", lr=0.001, momentum=0.9, decay=1e-5, iterations=1e5):
+    def build_optimizer(
+        self, model, name="auto", lr=0.001, momentum=0.9, decay=1e-5, iterations=1e5
+    ):
         optimizer = super().build_optimizer(model, name, lr, momentum, decay, iterations)
-        self.distiller = ChannelWiseDistiller(neck_channels(model, self.layers),
-                                              neck_channels(self.teacher, self.layers), self.tau)
+        self.distiller = ChannelWiseDistiller(
+            neck_channels(model, self.layers), neck_channels(self.teacher, self.layers), self.tau
+        )
         self.distiller.to(next(model.parameters()).device)
         settings = {k: v for k, v in optimizer.param_groups[0].items() if k != "params"}
         settings.update(param_group="weight", weight_decay=decay)
@@ -139,12 +167,20 @@ class DistillTrainer(ModuleTrainer):
         if self.teacher.model[-1].stride.tolist() != self.model.model[-1].stride.tolist():
             raise GlimmerError("--teacher and --student have different strides")
         if self.teacher.model[-1].nc != self.model.model[-1].nc:
-            raise GlimmerError(f"--teacher has {self.teacher.model[-1].nc} classes, --student "
-                               f"{self.model.model[-1].nc}: distillation needs the same classes")
+            raise GlimmerError(
+                f"--teacher has {self.teacher.model[-1].nc} classes, --student "
+                f"{self.model.model[-1].nc}: distillation needs the same classes"
+            )
         self.student_tap = FeatureTap(self.model, self.layers)
         self.teacher_tap = FeatureTap(self.teacher, self.layers)
-        self.model.criterion = _DistillCriterion(self.model.init_criterion(), self.distiller, self.teacher,
-                                                 self.student_tap, self.teacher_tap, self.alpha)
+        self.model.criterion = _DistillCriterion(
+            self.model.init_criterion(),
+            self.distiller,
+            self.teacher,
+            self.student_tap,
+            self.teacher_tap,
+            self.alpha,
+        )
 
     def extra_parameters(self) -> list:
         return list(self.distiller.parameters()) if self.distiller is not None else []
@@ -160,13 +196,29 @@ class DistillTrainer(ModuleTrainer):
                 self.model.criterion = None
 
 
-def train_args(data: Path, out: Path, epochs: int, imgsz: int, batch: int, model: str,
-               **extra: Any) -> Dict[str, Any]:
+def train_args(
+    data: Path, out: Path, epochs: int, imgsz: int, batch: int, model: str, **extra: Any
+) -> Dict[str, Any]:
     """ultralytics overrides shared by every stage: the paper's SGD settings, offline, no extras."""
-    args = dict(model=model, data=str(data), epochs=epochs, imgsz=imgsz, batch=batch,
-                project=str(out.parent.resolve()), name=out.name, exist_ok=True,
-                optimizer="SGD", lr0=0.01, momentum=0.937, weight_decay=5e-4,
-                amp=torch.cuda.is_available(), plots=False, verbose=False, seed=0, deterministic=True)
+    args = dict(
+        model=model,
+        data=str(data),
+        epochs=epochs,
+        imgsz=imgsz,
+        batch=batch,
+        project=str(out.parent.resolve()),
+        name=out.name,
+        exist_ok=True,
+        optimizer="SGD",
+        lr0=0.01,
+        momentum=0.937,
+        weight_decay=5e-4,
+        amp=torch.cuda.is_available(),
+        plots=False,
+        verbose=False,
+        seed=0,
+        deterministic=True,
+    )
     args.update(extra)
     return args
 

@@ -9,6 +9,7 @@ Input: ``RAW_DIR`` holding ``VisDrone2019-DET-<split>/{images,annotations}`` fol
 ``images`` + ``annotations`` pair. Output: ``OUT_DIR/images/<split>`` (hard links where possible),
 ``OUT_DIR/labels/<split>/*.txt`` and ``OUT_DIR/data.yaml``.
 """
+
 import os
 import shutil
 from collections import Counter
@@ -19,8 +20,18 @@ from typing import Dict, List, Tuple
 from glimmer.runtime.core.errors import GlimmerError
 from glimmer.runtime.core.files import atomic_write_text
 
-NAMES = ("pedestrian", "people", "bicycle", "car", "van", "truck", "tricycle", "awning-tricycle",
-         "bus", "motor")
+NAMES = (
+    "pedestrian",
+    "people",
+    "bicycle",
+    "car",
+    "van",
+    "truck",
+    "tricycle",
+    "awning-tricycle",
+    "bus",
+    "motor",
+)
 IMG_SUFFIXES = {".jpg", ".jpeg", ".png"}
 
 
@@ -47,8 +58,10 @@ def convert_line(line: str, img_w: int, img_h: int, where: str) -> Tuple[str, st
     """``(yolo_line, "")`` for a kept box, ``("", reason)`` for a dropped one."""
     fields = [f for f in line.strip().split(",") if f != ""]  # some files end lines with a comma
     if len(fields) < 6:
-        raise GlimmerError(f"{where}: expected at least 6 comma-separated fields "
-                           f"(left,top,width,height,score,category,...), got {line.strip()!r}")
+        raise GlimmerError(
+            f"{where}: expected at least 6 comma-separated fields "
+            f"(left,top,width,height,score,category,...), got {line.strip()!r}"
+        )
     try:
         left, top, w, h, score, cat = (float(f) for f in fields[:6])
     except ValueError:
@@ -110,7 +123,9 @@ def convert_split(images: Path, annotations: Path, out: Path, split: str) -> Con
                 report.kept[int(row.split()[0])] += 1
             else:
                 report.dropped[reason] += 1
-        atomic_write_text(out / "labels" / split / (img.stem + ".txt"), "".join(r + "\n" for r in rows))
+        atomic_write_text(
+            out / "labels" / split / (img.stem + ".txt"), "".join(r + "\n" for r in rows)
+        )
         _place(img, out / "images" / split / img.name)
         report.images += 1
     return report
@@ -125,9 +140,11 @@ def find_splits(raw: Path) -> Dict[str, Tuple[Path, Path]]:
     found = {}
     for d in sorted(raw.iterdir()):
         if d.is_dir() and d.name.startswith("VisDrone2019-DET-") and (d / "annotations").is_dir():
-            found[d.name[len("VisDrone2019-DET-"):]] = (d / "images", d / "annotations")
+            found[d.name[len("VisDrone2019-DET-") :]] = (d / "images", d / "annotations")
     if not found:
-        raise GlimmerError(f"{raw}: expected images/ + annotations/ or VisDrone2019-DET-<split>/ folders")
+        raise GlimmerError(
+            f"{raw}: expected images/ + annotations/ or VisDrone2019-DET-<split>/ folders"
+        )
     return found
 
 
@@ -137,9 +154,12 @@ def visdrone_to_yolo(raw: Path, out: Path) -> Dict[str, ConversionReport]:
 
     raw, out = Path(raw), Path(out)
     reports = {split: convert_split(i, a, out, split) for split, (i, a) in find_splits(raw).items()}
-    data = {"path": str(out.resolve()), "train": "images/train",
-            "val": "images/val" if "val" in reports else "images/train",
-            "names": dict(enumerate(NAMES))}
+    data = {
+        "path": str(out.resolve()),
+        "train": "images/train",
+        "val": "images/val" if "val" in reports else "images/train",
+        "names": dict(enumerate(NAMES)),
+    }
     if "test-dev" in reports:
         data["test"] = "images/test-dev"
     atomic_write_text(out / "data.yaml", yaml.safe_dump(data, sort_keys=False))

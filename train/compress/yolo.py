@@ -10,6 +10,7 @@ this module holds what compression adds on top:
 - Params and FLOPs per layer, with :func:`glimmer.models.macs.count_macs` (FLOPs = 2 x MACs, the
   convention of ultralytics' GFLOPs).
 """
+
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
@@ -29,15 +30,21 @@ def check_yolov8(model: Any, source: str) -> None:
     """Raise GlimmerError unless ``model`` is an ultralytics YOLOv8 detection model."""
     mods = ultralytics_modules()
     if type(model) is not mods["DetectionModel"]:
-        raise GlimmerError(f"{source}: not a YOLOv8 detector (a {type(model).__name__}, not a DetectionModel)")
+        raise GlimmerError(
+            f"{source}: not a YOLOv8 detector (a {type(model).__name__}, not a DetectionModel)"
+        )
     allowed = (mods["Conv"], mods["C2f"], mods["SPPF"], mods["Concat"], nn.Upsample)
     for i, layer in enumerate(model.model[:-1]):
         if type(layer) not in allowed:  # exact types: C3k2 (YOLO11) subclasses C2f but is not v8
-            raise GlimmerError(f"{source}: not a YOLOv8 detector (layer {i} is {type(layer).__name__})")
+            raise GlimmerError(
+                f"{source}: not a YOLOv8 detector (layer {i} is {type(layer).__name__})"
+            )
     head = model.model[-1]
     if type(head) is not mods["Detect"] or getattr(head, "one2one_cv2", None) is not None:
-        raise GlimmerError(f"{source}: not a YOLOv8 detector (head is {type(head).__name__}, "
-                           "expected the v8 Detect head)")
+        raise GlimmerError(
+            f"{source}: not a YOLOv8 detector (head is {type(head).__name__}, "
+            "expected the v8 Detect head)"
+        )
     if not isinstance(head.cv3[0][0], mods["Conv"]):
         raise GlimmerError(f"{source}: not a YOLOv8 detector (its Detect head is the v11/26 style)")
 
@@ -67,21 +74,29 @@ def load_detector(path: Path) -> Tuple[nn.Module, Dict[str, Any]]:
     kind = sniff_kind(path)
     if kind != "ultralytics":
         what = {"glimmer": "a GlimmerNet checkpoint", "reference": "a reference TakuNet checkpoint"}
-        raise GlimmerError(f"{path}: not a YOLOv8 detector ({what.get(kind, 'not an ultralytics checkpoint')})")
+        raise GlimmerError(
+            f"{path}: not a YOLOv8 detector ({what.get(kind, 'not an ultralytics checkpoint')})"
+        )
     ultralytics_modules()  # the pinned version, before its loader runs
     model, ckpt = load_pt(path)
     check_yolov8(model, str(path))
     return model, ckpt
 
 
-def save_detector(model: nn.Module, path: Path, glimmer: Dict[str, Any],
-                  train_args: Optional[Dict[str, Any]] = None) -> Path:
+def save_detector(
+    model: nn.Module,
+    path: Path,
+    glimmer: Dict[str, Any],
+    train_args: Optional[Dict[str, Any]] = None,
+) -> Path:
     """Write ``model`` in ultralytics' checkpoint layout, atomically; ``glimmer`` records provenance."""
     import copy
 
     path = Path(path)
     if path.suffix != ".pt":
-        raise GlimmerError(f"{path}: the output must end in .pt (ultralytics loads checkpoints by suffix)")
+        raise GlimmerError(
+            f"{path}: the output must end in .pt (ultralytics loads checkpoints by suffix)"
+        )
     snapshot = copy.deepcopy(model).float().eval()
     for attr in ("criterion",):  # training-only state, may hold a teacher
         if hasattr(snapshot, attr):
@@ -90,10 +105,20 @@ def save_detector(model: nn.Module, path: Path, glimmer: Dict[str, Any],
         m._forward_hooks.clear()
         m._forward_pre_hooks.clear()
     args = dict(train_args or getattr(model, "args", None) or {})
-    args = {k: v for k, v in args.items() if isinstance(v, (str, int, float, bool, type(None), list, tuple))}
-    ckpt = {"model": snapshot, "ema": None, "train_args": args, "version": import_ultralytics().__version__,
-            "date": datetime.now(timezone.utc).isoformat(), "glimmer": glimmer,
-            "license": "AGPL-3.0 (ultralytics)"}
+    args = {
+        k: v
+        for k, v in args.items()
+        if isinstance(v, (str, int, float, bool, type(None), list, tuple))
+    }
+    ckpt = {
+        "model": snapshot,
+        "ema": None,
+        "train_args": args,
+        "version": import_ultralytics().__version__,
+        "date": datetime.now(timezone.utc).isoformat(),
+        "glimmer": glimmer,
+        "license": "AGPL-3.0 (ultralytics)",
+    }
     with atomic_path(path) as tmp:
         torch.save(ckpt, str(tmp))
     return path
@@ -105,13 +130,21 @@ def count_params(model: nn.Module) -> int:
 
 def layer_costs(model: nn.Module, imgsz: int) -> List[Dict[str, Any]]:
     """Params and FLOPs (2 x multiply-accumulates, batch 1) per top-level layer ``model.<i>``."""
+
     def layer(name: str) -> Optional[int]:
         parts = name.split(".")
         return int(parts[1]) if parts[0] == "model" and len(parts) > 1 else None
 
     _, macs = count_macs(model, imgsz, part=layer)
-    return [{"layer": i, "type": type(m).__name__, "params": count_params(m), "flops": 2 * macs.get(i, 0)}
-            for i, m in enumerate(model.model)]
+    return [
+        {
+            "layer": i,
+            "type": type(m).__name__,
+            "params": count_params(m),
+            "flops": 2 * macs.get(i, 0),
+        }
+        for i, m in enumerate(model.model)
+    ]
 
 
 def gflops(model: nn.Module, imgsz: int) -> float:

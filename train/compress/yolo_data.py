@@ -5,6 +5,7 @@ background, and a class id outside ``names`` as a reason to drop the whole image
 with a traceback. Here each is one clear error naming the file. The checked yaml is rewritten with
 an absolute ``path`` so ultralytics never falls back to its global datasets folder.
 """
+
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List
@@ -14,7 +15,19 @@ import yaml
 from glimmer.runtime.core.errors import GlimmerError
 from glimmer.runtime.core.files import atomic_write_text
 
-IMG_SUFFIXES = {".bmp", ".jpeg", ".jpg", ".png", ".tif", ".tiff", ".webp", ".dng", ".mpo", ".pfm", ".heic"}
+IMG_SUFFIXES = {
+    ".bmp",
+    ".jpeg",
+    ".jpg",
+    ".png",
+    ".tif",
+    ".tiff",
+    ".webp",
+    ".dng",
+    ".mpo",
+    ".pfm",
+    ".heic",
+}
 
 
 @dataclass
@@ -67,7 +80,9 @@ def _images(entry: Any, root: Path, src: Path, key: str) -> List[Path]:
                     f = Path(line.strip())
                     files.append(f if f.is_absolute() else p.parent / f)
         else:
-            raise GlimmerError(f"{src}: '{key}' points to {p}, which does not exist (nothing is downloaded)")
+            raise GlimmerError(
+                f"{src}: '{key}' points to {p}, which does not exist (nothing is downloaded)"
+            )
     if not files:
         raise GlimmerError(f"{src}: '{key}' ({entry}) holds no images")
     return files
@@ -76,8 +91,10 @@ def _images(entry: Any, root: Path, src: Path, key: str) -> List[Path]:
 def _check_labels(image: Path, nc: int) -> None:
     lbl = label_path(image)
     if not lbl.is_file():
-        raise GlimmerError(f"{image}: no label file (expected {lbl}; write an empty file for an image "
-                           "with no objects)")
+        raise GlimmerError(
+            f"{image}: no label file (expected {lbl}; write an empty file for an image "
+            "with no objects)"
+        )
     for n, line in enumerate(lbl.read_text().splitlines(), 1):
         fields = line.split()
         if not fields:
@@ -87,11 +104,15 @@ def _check_labels(image: Path, nc: int) -> None:
         except ValueError:
             raise GlimmerError(f"{lbl}:{n}: not numbers: {line.strip()!r}") from None
         if len(box) != 4:
-            raise GlimmerError(f"{lbl}:{n}: expected 'class x_center y_center width height', got "
-                               f"{len(fields)} fields")
+            raise GlimmerError(
+                f"{lbl}:{n}: expected 'class x_center y_center width height', got "
+                f"{len(fields)} fields"
+            )
         if cls != int(cls) or not 0 <= cls < nc:
-            raise GlimmerError(f"{lbl}:{n}: class {fields[0]} outside 0..{nc - 1} (ultralytics would "
-                               "drop the whole image)")
+            raise GlimmerError(
+                f"{lbl}:{n}: class {fields[0]} outside 0..{nc - 1} (ultralytics would "
+                "drop the whole image)"
+            )
         if not all(0.0 <= v <= 1.0 for v in box):
             raise GlimmerError(f"{lbl}:{n}: box values must be normalised to [0, 1], got {box}")
 
@@ -106,7 +127,9 @@ def check_dataset(path: Path, splits=("train", "val")) -> DetectionDataset:
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
-        raise GlimmerError(f"{path}: not valid YAML{where}: {getattr(exc, 'problem', exc)}") from None
+        raise GlimmerError(
+            f"{path}: not valid YAML{where}: {getattr(exc, 'problem', exc)}"
+        ) from None
     if not isinstance(data, dict):
         raise GlimmerError(f"{path}: expected a mapping with 'path', 'train', 'val' and 'names'")
     names = _names(data, path)

@@ -19,6 +19,7 @@ Both remedies, 7-bit weights (``reduce_range``) and unfused Q/DQ, are ONNX Runti
 answers to the saturation: https://onnxruntime.ai/docs/performance/model-optimizations/quantization.html
 The policy is for the CPU EP only; on the TensorRT / CUDA EPs the backend leaves ONNX Runtime alone.
 """
+
 from typing import Any, Optional, Tuple
 
 from glimmer.runtime.core.cpu import CpuFacts
@@ -28,7 +29,10 @@ from glimmer.runtime.core.metadata import ModelMeta
 INT8_KERNELS = ("auto", "fused", "simulated")
 #: each mode in a few words (describe()), and in full (start-up lines, reports)
 MODES = {"fused": "Q/DQ fusion on", "simulated": "simulated in float"}
-MODE_LINES = {"fused": "ONNX Runtime's Q/DQ fusion on", "simulated": "simulated in float: Q/DQ left unfused"}
+MODE_LINES = {
+    "fused": "ONNX Runtime's Q/DQ fusion on",
+    "simulated": "simulated in float: Q/DQ left unfused",
+}
 DISABLE_QDQ = "session.disable_quant_qdq"  # ONNX Runtime's session config key
 #: widest weights whose u8*s8 pair sums fit int16 (255*63*2 = 32130 <= 32767)
 MAX_UNSATURATED_BITS = 7
@@ -65,10 +69,15 @@ def int8_policy(meta: ModelMeta, cpu: CpuFacts, setting: str = "auto") -> Tuple[
     reason = [cpu.description]
     unfusable = tensorrt_placement(meta)
     if unfusable:
-        reason.append("TensorRT placement: no integer kernels either way; unfused, the weights' "
-                      "dequantisation folds into constants")
+        reason.append(
+            "TensorRT placement: no integer kernels either way; unfused, the weights' "
+            "dequantisation folds into constants"
+        )
     elif cpu.saturates:
-        reason.append(f"{bits}-bit weights" + (": pair sums fit int16" if bits <= MAX_UNSATURATED_BITS else ""))
+        reason.append(
+            f"{bits}-bit weights"
+            + (": pair sums fit int16" if bits <= MAX_UNSATURATED_BITS else "")
+        )
     if setting != "auto":
         return setting, "; ".join([f"int8_kernels = {setting}"] + reason)
     simulated = unfusable or (cpu.saturates and bits > MAX_UNSATURATED_BITS)

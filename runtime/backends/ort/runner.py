@@ -7,6 +7,7 @@ provider for nodes one cannot run. The model's metadata comes from the ONNX cust
 On the CPU EP an INT8 model's Q/DQ are fused or simulated in float by ``int8_kernels``
 (backends/ort/int8.py): fused u8*s8 kernels saturate on x86 without VNNI.
 """
+
 import os
 from pathlib import Path
 from typing import Any, List, Optional, Sequence, Tuple
@@ -33,9 +34,16 @@ from glimmer.runtime.core.metadata import ModelMeta
 from glimmer.runtime.core.onnx_meta import read_onnx_metadata
 
 PREFERENCE = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
-_ORT_TYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(double)": "float64",
-              "tensor(int8)": "int8", "tensor(uint8)": "uint8", "tensor(int32)": "int32",
-              "tensor(int64)": "int64", "tensor(bool)": "bool"}
+_ORT_TYPES = {
+    "tensor(float)": "float32",
+    "tensor(float16)": "float16",
+    "tensor(double)": "float64",
+    "tensor(int8)": "int8",
+    "tensor(uint8)": "uint8",
+    "tensor(int32)": "int32",
+    "tensor(int64)": "int64",
+    "tensor(bool)": "bool",
+}
 
 
 def _dim(value: Any) -> Optional[int]:
@@ -59,10 +67,17 @@ class OnnxRuntimeBackend(Backend):
 
     name = "onnxruntime"
 
-    def __init__(self, model_path: Path, meta: Optional[ModelMeta] = None,
-                 providers: Optional[Sequence[str]] = None, threads: Optional[int] = None,
-                 spin: bool = False, trt_cache_dir: Optional[Path] = None, device_id: int = 0,
-                 int8_kernels: str = "auto") -> None:
+    def __init__(
+        self,
+        model_path: Path,
+        meta: Optional[ModelMeta] = None,
+        providers: Optional[Sequence[str]] = None,
+        threads: Optional[int] = None,
+        spin: bool = False,
+        trt_cache_dir: Optional[Path] = None,
+        device_id: int = 0,
+        int8_kernels: str = "auto",
+    ) -> None:
         super().__init__()
         self.model_path = Path(model_path)
         if not self.model_path.is_file():
@@ -85,23 +100,31 @@ class OnnxRuntimeBackend(Backend):
         available = ort.get_available_providers()
         names = [p for p in (self._wanted or PREFERENCE) if p in available]
         if self._wanted and not names:
-            raise GlimmerError("none of the execution providers {} is available (available: {})"
-                               .format(", ".join(self._wanted), ", ".join(available)))
+            raise GlimmerError(
+                "none of the execution providers {} is available (available: {})".format(
+                    ", ".join(self._wanted), ", ".join(available)
+                )
+            )
         if "CPUExecutionProvider" not in names and "CPUExecutionProvider" in available:
             names.append("CPUExecutionProvider")  # the fallback for nodes a GPU provider refuses
         chosen: List[ProviderArg] = []
         for name in names:
             if name == "TensorrtExecutionProvider":
-                chosen.append((name, {
-                    "device_id": self.device_id,
-                    # Engines take minutes to build on a Jetson: cache them.
-                    "trt_engine_cache_enable": True,
-                    "trt_engine_cache_path": str(self.trt_cache_dir),
-                    "trt_timing_cache_enable": True,
-                    "trt_fp16_enable": precision in ("fp16", "int8"),
-                    # Q/DQ models need the INT8 flag on TensorRT 8.x; fp16 covers unquantized layers.
-                    "trt_int8_enable": precision == "int8",
-                }))
+                chosen.append(
+                    (
+                        name,
+                        {
+                            "device_id": self.device_id,
+                            # Engines take minutes to build on a Jetson: cache them.
+                            "trt_engine_cache_enable": True,
+                            "trt_engine_cache_path": str(self.trt_cache_dir),
+                            "trt_timing_cache_enable": True,
+                            "trt_fp16_enable": precision in ("fp16", "int8"),
+                            # Q/DQ models need the INT8 flag on TensorRT 8.x; fp16 covers unquantized layers.
+                            "trt_int8_enable": precision == "int8",
+                        },
+                    )
+                )
             elif name == "CUDAExecutionProvider":
                 chosen.append((name, {"device_id": self.device_id}))
             else:
@@ -116,15 +139,21 @@ class OnnxRuntimeBackend(Backend):
         if self._meta is not None:
             return self._meta
         try:  # the session that would tell us does not exist yet
-            return ModelMeta.from_props(read_onnx_metadata(self.model_path), origin=str(self.model_path))
+            return ModelMeta.from_props(
+                read_onnx_metadata(self.model_path), origin=str(self.model_path)
+            )
         except GlimmerError:
             return None
 
-    def _int8_options(self, opts, meta: Optional[ModelMeta],
-                      providers: Sequence[ProviderArg]) -> Optional[Tuple[str, str]]:
+    def _int8_options(
+        self, opts, meta: Optional[ModelMeta], providers: Sequence[ProviderArg]
+    ) -> Optional[Tuple[str, str]]:
         """Apply ``int8_kernels`` to an INT8 model bound for the CPU EP; its (mode, reason)."""
         first = providers[0] if providers else "CPUExecutionProvider"
-        if meta is None or (first if isinstance(first, str) else first[0]) != "CPUExecutionProvider":
+        if (
+            meta is None
+            or (first if isinstance(first, str) else first[0]) != "CPUExecutionProvider"
+        ):
             return None  # no metadata, or a GPU EP, which runs Q/DQ its own way
         mode, reason = int8_policy(meta, cpu_facts(), self.int8_kernels)
         if mode == "simulated":  # Q/DQ evaluated in float: no integer kernel to saturate
@@ -136,7 +165,9 @@ class OnnxRuntimeBackend(Backend):
             return self._session
         opts = session_options(self.threads, spin=self.spin)
         meta = self._early_meta()
-        providers = self._provider_list(import_onnxruntime(), meta.precision if meta is not None else "fp32")
+        providers = self._provider_list(
+            import_onnxruntime(), meta.precision if meta is not None else "fp32"
+        )
         int8 = self._int8_options(opts, meta, providers)
         session = open_session(self.model_path, opts, providers)
         if self._meta is None and meta is not None:
@@ -147,8 +178,10 @@ class OnnxRuntimeBackend(Backend):
         self._session, self._int8 = session, int8
         self._input_names = [i.name for i in session.get_inputs()]
         if len(self._input_names) != 1:
-            raise GlimmerError(f"{self.model_path}: expected one image input, the model has "
-                               f"{len(self._input_names)}: {', '.join(self._input_names)}")
+            raise GlimmerError(
+                f"{self.model_path}: expected one image input, the model has "
+                f"{len(self._input_names)}: {', '.join(self._input_names)}"
+            )
         return session
 
     # -- Backend -------------------------------------------------------------------------------
@@ -161,8 +194,10 @@ class OnnxRuntimeBackend(Backend):
 
     @staticmethod
     def _specs(items) -> List[TensorSpec]:
-        return [TensorSpec(i.name, tuple(_dim(d) for d in i.shape), _ORT_TYPES.get(i.type, i.type))
-                for i in items]
+        return [
+            TensorSpec(i.name, tuple(_dim(d) for d in i.shape), _ORT_TYPES.get(i.type, i.type))
+            for i in items
+        ]
 
     @property
     def inputs(self) -> List[TensorSpec]:
@@ -211,16 +246,20 @@ class OnnxRuntimeBackend(Backend):
 
     def check_feed(self, batch: np.ndarray) -> None:
         spec = self._in_specs[0]
-        if batch.dtype != np.dtype(spec.dtype) or batch.ndim != len(spec.shape) or any(
-                want is not None and want != got for want, got in zip(spec.shape, batch.shape)):
+        if (
+            batch.dtype != np.dtype(spec.dtype)
+            or batch.ndim != len(spec.shape)
+            or any(want is not None and want != got for want, got in zip(spec.shape, batch.shape))
+        ):
             super().check_feed(batch)
 
     def _infer(self, batch: np.ndarray) -> List[np.ndarray]:
         try:
             return list(self._session.run(None, {self._input_names[0]: batch}))
         except Exception as exc:  # ORT's runtime errors carry no common base type
-            raise GlimmerError(f"{self.model_path}: inference failed: "
-                               f"{str(exc).strip().splitlines()[0]}") from None
+            raise GlimmerError(
+                f"{self.model_path}: inference failed: {str(exc).strip().splitlines()[0]}"
+            ) from None
 
     def _close(self) -> None:
         self._session = None

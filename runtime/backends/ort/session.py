@@ -9,6 +9,7 @@ inference waits; irrelevant at one thread, where there are no workers), and erro
 float: what TensorRT computes up to rounding, and what ``int8_kernels = simulated`` selects
 (backends/ort/int8.py).
 """
+
 from pathlib import Path
 from typing import Any, Dict, Optional, Sequence, Tuple, Union
 
@@ -25,14 +26,20 @@ def import_onnxruntime():
     try:
         import onnxruntime
     except ImportError:
-        raise GlimmerError("ONNX Runtime is not installed: pip install onnxruntime (x86) or NVIDIA's "
-                           "onnxruntime-gpu wheel for JetPack; or run an .engine with --backend "
-                           "tensorrt") from None
+        raise GlimmerError(
+            "ONNX Runtime is not installed: pip install onnxruntime (x86) or NVIDIA's "
+            "onnxruntime-gpu wheel for JetPack; or run an .engine with --backend "
+            "tensorrt"
+        ) from None
     return onnxruntime
 
 
-def session_options(threads: Optional[int] = None, spin: bool = False, simulate_qdq: bool = False,
-                    optimized_model_path: Optional[Path] = None):
+def session_options(
+    threads: Optional[int] = None,
+    spin: bool = False,
+    simulate_qdq: bool = False,
+    optimized_model_path: Optional[Path] = None,
+):
     """ONNX Runtime ``SessionOptions`` with deployment's settings (see the module's docstring);
     ``optimized_model_path`` makes ONNX Runtime write the graph it optimised there."""
     if threads is not None and threads < 1:
@@ -54,8 +61,9 @@ def session_options(threads: Optional[int] = None, spin: bool = False, simulate_
     return opts
 
 
-def open_session(model: ModelArg, options, providers: Sequence[ProviderArg] = CPU,
-                 origin: Optional[str] = None):
+def open_session(
+    model: ModelArg, options, providers: Sequence[ProviderArg] = CPU, origin: Optional[str] = None
+):
     """An ``InferenceSession`` of ``model`` (a path or serialized bytes) with ``options``; a model
     ONNX Runtime refuses is a GlimmerError naming ``origin`` (default: the path)."""
     ort = import_onnxruntime()
@@ -66,13 +74,21 @@ def open_session(model: ModelArg, options, providers: Sequence[ProviderArg] = CP
         raise
     except Exception as exc:  # ORT raises its own Fail/InvalidGraph/... types
         where = origin or ("the ONNX model" if isinstance(model, bytes) else str(model))
-        raise GlimmerError(f"{where}: ONNX Runtime cannot load the model: "
-                           f"{str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}") from None
+        raise GlimmerError(
+            f"{where}: ONNX Runtime cannot load the model: "
+            f"{str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}"
+        ) from None
 
 
-def make_session(model: ModelArg, threads: Optional[int] = None, simulate_qdq: bool = False,
-                 providers: Sequence[ProviderArg] = CPU, spin: bool = False,
-                 optimized_model_path: Optional[Path] = None, origin: Optional[str] = None):
+def make_session(
+    model: ModelArg,
+    threads: Optional[int] = None,
+    simulate_qdq: bool = False,
+    providers: Sequence[ProviderArg] = CPU,
+    spin: bool = False,
+    optimized_model_path: Optional[Path] = None,
+    origin: Optional[str] = None,
+):
     """A session of ``model`` (path or bytes) set up as deployment sets it: :func:`session_options`
     then :func:`open_session`; the CPU execution provider unless ``providers`` says otherwise."""
     options = session_options(threads, spin, simulate_qdq, optimized_model_path)

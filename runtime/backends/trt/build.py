@@ -11,6 +11,7 @@ damaged or keyed differently is rebuilt, never trusted. API differences between 
 handled in :mod:`glimmer.runtime.backends.trt.compat`; CUDA device queries go through
 :mod:`glimmer.runtime.backends.trt.cuda`.
 """
+
 import datetime
 import hashlib
 import json
@@ -52,12 +53,26 @@ def tensorrt_status() -> Tuple[bool, str]:
 
 # -- keys and sidecars ----------------------------------------------------------------------------
 
-def engine_key(onnx_sha256: str, trt_version: str, gpu_name: str, compute_capability: Tuple[int, int],
-               precision: str, shapes: Dict[str, Any], builder_options: Dict[str, Any]) -> str:
+
+def engine_key(
+    onnx_sha256: str,
+    trt_version: str,
+    gpu_name: str,
+    compute_capability: Tuple[int, int],
+    precision: str,
+    shapes: Dict[str, Any],
+    builder_options: Dict[str, Any],
+) -> str:
     """sha256 over everything that makes an engine valid; any change means another engine."""
-    record = {"onnx_sha256": onnx_sha256, "tensorrt_version": trt_version, "gpu_name": gpu_name,
-              "compute_capability": list(compute_capability), "precision": precision,
-              "shapes": shapes, "builder_options": builder_options}
+    record = {
+        "onnx_sha256": onnx_sha256,
+        "tensorrt_version": trt_version,
+        "gpu_name": gpu_name,
+        "compute_capability": list(compute_capability),
+        "precision": precision,
+        "shapes": shapes,
+        "builder_options": builder_options,
+    }
     return hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()
 
 
@@ -65,9 +80,21 @@ def sidecar_path(engine_path: Path) -> Path:
     return Path(engine_path).with_suffix(".json")
 
 
-_SIDECAR_KEYS = ("format", "engine_sha256", "onnx_sha256", "tensorrt_version", "gpu_name",
-                 "compute_capability", "precision", "shapes", "inputs", "outputs", "builder_options",
-                 "engine_key", "meta")
+_SIDECAR_KEYS = (
+    "format",
+    "engine_sha256",
+    "onnx_sha256",
+    "tensorrt_version",
+    "gpu_name",
+    "compute_capability",
+    "precision",
+    "shapes",
+    "inputs",
+    "outputs",
+    "builder_options",
+    "engine_key",
+    "meta",
+)
 
 
 def read_sidecar(engine_path: Path) -> Dict[str, Any]:
@@ -75,8 +102,10 @@ def read_sidecar(engine_path: Path) -> Dict[str, Any]:
     path = sidecar_path(engine_path)
     hint = "rebuild the engine from its ONNX (glimmer-export NAME.onnx --fp16, or glimmer-run --backend tensorrt)"
     if not path.is_file():
-        raise GlimmerError(f"{path}: engine sidecar not found; an engine is only used with the sidecar "
-                           f"written beside it when it was built; {hint}")
+        raise GlimmerError(
+            f"{path}: engine sidecar not found; an engine is only used with the sidecar "
+            f"written beside it when it was built; {hint}"
+        )
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
@@ -98,34 +127,46 @@ def onnx_meta(onnx_path: Path) -> ModelMeta:
 
     props = read_onnx_metadata(onnx_path)
     if METADATA_KEY not in props and "names" not in props:
-        raise GlimmerError(f"{onnx_path}: no model metadata in this ONNX; export it with glimmer-export")
+        raise GlimmerError(
+            f"{onnx_path}: no model metadata in this ONNX; export it with glimmer-export"
+        )
     return ModelMeta.from_props(props, str(onnx_path))
 
 
 # -- building -------------------------------------------------------------------------------------
 
-def _batch_profile(meta: ModelMeta, min_batch: Optional[int], opt_batch: Optional[int],
-                   max_batch: Optional[int]) -> Tuple[int, int, int]:
+
+def _batch_profile(
+    meta: ModelMeta, min_batch: Optional[int], opt_batch: Optional[int], max_batch: Optional[int]
+) -> Tuple[int, int, int]:
     if meta.batch is not None:
         asked = {b for b in (min_batch, opt_batch, max_batch) if b is not None}
         if asked - {int(meta.batch)}:
-            raise GlimmerError(f"the ONNX has a fixed batch of {meta.batch}; --batch options "
-                               f"{sorted(asked)} need an ONNX exported with --dynamic-batch")
+            raise GlimmerError(
+                f"the ONNX has a fixed batch of {meta.batch}; --batch options "
+                f"{sorted(asked)} need an ONNX exported with --dynamic-batch"
+            )
         return (int(meta.batch),) * 3
     lo = min_batch or DEFAULT_BATCH[0]
     opt = opt_batch or max(lo, DEFAULT_BATCH[1])
     hi = max_batch or max(opt, DEFAULT_BATCH[2])
     if not 0 < lo <= opt <= hi:
-        raise GlimmerError(f"batch profile must satisfy 0 < min <= opt <= max, got {lo}, {opt}, {hi}")
+        raise GlimmerError(
+            f"batch profile must satisfy 0 < min <= opt <= max, got {lo}, {opt}, {hi}"
+        )
     return lo, opt, hi
 
 
-def _requested(meta: ModelMeta, batch: Tuple[int, int, int], calibrator: Optional[Any]
-               ) -> Tuple[Dict[str, Any], Dict[str, Any]]:
+def _requested(
+    meta: ModelMeta, batch: Tuple[int, int, int], calibrator: Optional[Any]
+) -> Tuple[Dict[str, Any], Dict[str, Any]]:
     """(shapes, builder options) as asked for: the part of the key known before building."""
     shapes = {"batch": list(batch), "input_size": list(meta.input_size)}
-    options = {"workspace_bytes": WORKSPACE_BYTES, "explicit_batch": True,
-               "implicit_int8_calibrator": calibrator is not None}
+    options = {
+        "workspace_bytes": WORKSPACE_BYTES,
+        "explicit_batch": True,
+        "implicit_int8_calibrator": calibrator is not None,
+    }
     cache = getattr(calibrator, "cache_sha256", None)
     if cache:
         options["calibration_cache_sha256"] = cache
@@ -140,10 +181,19 @@ def _gpu() -> Tuple[str, Tuple[int, int], str]:
         cuda.close()
 
 
-def build_engine(onnx_path: Path, engine_path: Path, precision: str, *, meta: ModelMeta,
-                 timing_cache: Optional[Path] = None, calibrator: Optional[object] = None,
-                 min_batch: Optional[int] = None, opt_batch: Optional[int] = None,
-                 max_batch: Optional[int] = None, log: Log = print) -> Dict[str, Any]:
+def build_engine(
+    onnx_path: Path,
+    engine_path: Path,
+    precision: str,
+    *,
+    meta: ModelMeta,
+    timing_cache: Optional[Path] = None,
+    calibrator: Optional[object] = None,
+    min_batch: Optional[int] = None,
+    opt_batch: Optional[int] = None,
+    max_batch: Optional[int] = None,
+    log: Log = print,
+) -> Dict[str, Any]:
     """Build ``engine_path`` (+ sidecar) from ``onnx_path``; returns the sidecar dict.
 
     Writes nothing until TensorRT returns a plan, then the engine and the sidecar atomically, then
@@ -166,10 +216,13 @@ def build_engine(onnx_path: Path, engine_path: Path, precision: str, *, meta: Mo
     parser = trt_compat.parse_onnx(trt, network, logger, data, str(onnx_path))  # noqa: F841 - keeps weights alive
     config = builder.create_builder_config()
     workspace_api = trt_compat.set_workspace(trt, config, WORKSPACE_BYTES)
-    precision_info = trt_compat.apply_precision(trt, builder, config, network, precision, calibrator,
-                                                str(onnx_path))
+    precision_info = trt_compat.apply_precision(
+        trt, builder, config, network, precision, calibrator, str(onnx_path)
+    )
     calib_batch = getattr(calibrator, "calibration_batch", None)  # known without reading images
-    profile_shapes = trt_compat.add_batch_profile(trt, builder, config, network, *batch, calib_batch=calib_batch)
+    profile_shapes = trt_compat.add_batch_profile(
+        trt, builder, config, network, *batch, calib_batch=calib_batch
+    )
     cache_loaded = False
     if timing_cache is not None:
         cached = Path(timing_cache).read_bytes() if Path(timing_cache).is_file() else b""
@@ -179,8 +232,10 @@ def build_engine(onnx_path: Path, engine_path: Path, precision: str, *, meta: Mo
 
     shapes, options = _requested(meta, batch, calibrator)
     key = engine_key(onnx_sha, trt_compat.version(trt), gpu_name, cc, precision, shapes, options)
-    log(f"building {engine_path.name}: TensorRT {trt_compat.version(trt)}, {gpu_name} "
-        f"(sm_{cc[0]}{cc[1]}), {precision}, batch {batch[0]}..{batch[2]}; this takes a while, once")
+    log(
+        f"building {engine_path.name}: TensorRT {trt_compat.version(trt)}, {gpu_name} "
+        f"(sm_{cc[0]}{cc[1]}), {precision}, batch {batch[0]}..{batch[2]}; this takes a while, once"
+    )
     start = time.perf_counter()
     try:
         plan = trt_compat.build_serialized(builder, network, config, str(onnx_path))
@@ -195,21 +250,37 @@ def build_engine(onnx_path: Path, engine_path: Path, precision: str, *, meta: Mo
     engine_meta = meta.to_dict()
     engine_meta.update(precision=precision, batch=meta.batch)
     sidecar = {
-        "format": SIDECAR_FORMAT, "schema": SIDECAR_SCHEMA,
-        "engine": engine_path.name, "engine_sha256": hashlib.sha256(plan).hexdigest(),
-        "engine_bytes": len(plan), "onnx": onnx_path.name, "onnx_sha256": onnx_sha,
-        "tensorrt_version": trt_compat.version(trt), "gpu_name": gpu_name,
-        "compute_capability": f"{cc[0]}.{cc[1]}", "cuda_binding": binding, "precision": precision,
+        "format": SIDECAR_FORMAT,
+        "schema": SIDECAR_SCHEMA,
+        "engine": engine_path.name,
+        "engine_sha256": hashlib.sha256(plan).hexdigest(),
+        "engine_bytes": len(plan),
+        "onnx": onnx_path.name,
+        "onnx_sha256": onnx_sha,
+        "tensorrt_version": trt_compat.version(trt),
+        "gpu_name": gpu_name,
+        "compute_capability": f"{cc[0]}.{cc[1]}",
+        "cuda_binding": binding,
+        "precision": precision,
         "shapes": {"requested": shapes, "profile": profile_shapes},
-        "inputs": io["inputs"], "outputs": io["outputs"],
-        "builder_options": dict(options, workspace_api=workspace_api, timing_cache=cache_loaded,
-                                **net_info, **precision_info),
-        "engine_key": key, "build_seconds": round(seconds, 3),
+        "inputs": io["inputs"],
+        "outputs": io["outputs"],
+        "builder_options": dict(
+            options,
+            workspace_api=workspace_api,
+            timing_cache=cache_loaded,
+            **net_info,
+            **precision_info,
+        ),
+        "engine_key": key,
+        "build_seconds": round(seconds, 3),
         "built_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "meta": engine_meta,
     }
     atomic_write_bytes(engine_path, plan)
-    atomic_write_text(sidecar_path(engine_path), json.dumps(sidecar, indent=2, sort_keys=True) + "\n")
+    atomic_write_text(
+        sidecar_path(engine_path), json.dumps(sidecar, indent=2, sort_keys=True) + "\n"
+    )
     if timing_cache is not None:
         atomic_write_bytes(timing_cache, trt_compat.timing_cache_bytes(config))
     log(f"wrote {engine_path} ({len(plan) / 1e6:.1f} MB, {seconds:.1f} s)")
@@ -217,6 +288,7 @@ def build_engine(onnx_path: Path, engine_path: Path, precision: str, *, meta: Mo
 
 
 # -- the on-device cache --------------------------------------------------------------------------
+
 
 def default_cache_dir() -> Path:
     env = os.environ.get(ENV_CACHE)
@@ -229,8 +301,10 @@ def _writable_dir(path: Path) -> Path:
         with tempfile.NamedTemporaryFile(dir=str(path), prefix=".write-test-"):
             pass
     except OSError as exc:
-        raise GlimmerError(f"engine cache folder {path} is not writable ({exc.strerror or exc}); set "
-                           f"{ENV_CACHE} to a writable folder (in Docker: a mounted volume)") from None
+        raise GlimmerError(
+            f"engine cache folder {path} is not writable ({exc.strerror or exc}); set "
+            f"{ENV_CACHE} to a writable folder (in Docker: a mounted volume)"
+        ) from None
     return path
 
 
@@ -253,9 +327,16 @@ def _cached_ok(engine: Path, key: str) -> Optional[str]:
     return None
 
 
-def ensure_engine(onnx_path: Path, precision: str, cache_dir: Optional[Path] = None,
-                  log: Log = print, *, min_batch: Optional[int] = None,
-                  opt_batch: Optional[int] = None, max_batch: Optional[int] = None) -> Path:
+def ensure_engine(
+    onnx_path: Path,
+    precision: str,
+    cache_dir: Optional[Path] = None,
+    log: Log = print,
+    *,
+    min_batch: Optional[int] = None,
+    opt_batch: Optional[int] = None,
+    max_batch: Optional[int] = None,
+) -> Path:
     """The cached engine for ``onnx_path`` on this device, built first if missing or stale."""
     onnx_path = Path(onnx_path)
     if not onnx_path.is_file():
@@ -269,15 +350,33 @@ def ensure_engine(onnx_path: Path, precision: str, cache_dir: Optional[Path] = N
     batch = _batch_profile(meta, min_batch, opt_batch, max_batch)
     gpu_name, cc, _ = _gpu()
     shapes, options = _requested(meta, batch, None)
-    key = engine_key(hashlib.sha256(data).hexdigest(), trt_compat.version(trt), gpu_name, cc,
-                     precision, shapes, options)
+    key = engine_key(
+        hashlib.sha256(data).hexdigest(),
+        trt_compat.version(trt),
+        gpu_name,
+        cc,
+        precision,
+        shapes,
+        options,
+    )
     engine = cache / f"{onnx_path.stem}.{precision}.{key[:16]}.engine"
     reason = _cached_ok(engine, key)
     if reason is None:
         log(f"using cached engine {engine}")
         return engine
     log(f"{reason}: building {engine.name} in {cache}")
-    timing = cache / f"timing-{_slug(trt_compat.version(trt))}-{_slug(gpu_name)}-sm{cc[0]}{cc[1]}.cache"
-    build_engine(onnx_path, engine, precision, meta=meta, timing_cache=timing,
-                 min_batch=batch[0], opt_batch=batch[1], max_batch=batch[2], log=log)
+    timing = (
+        cache / f"timing-{_slug(trt_compat.version(trt))}-{_slug(gpu_name)}-sm{cc[0]}{cc[1]}.cache"
+    )
+    build_engine(
+        onnx_path,
+        engine,
+        precision,
+        meta=meta,
+        timing_cache=timing,
+        min_batch=batch[0],
+        opt_batch=batch[1],
+        max_batch=batch[2],
+        log=log,
+    )
     return engine

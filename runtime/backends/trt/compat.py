@@ -15,6 +15,7 @@ desktops may have 11.x, and point releases move APIs. What changes between gener
 ``import tensorrt`` happens lazily here, with an actionable message, so that the ONNX Runtime path
 of the runtime never needs TensorRT installed.
 """
+
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -22,9 +23,11 @@ import numpy as np
 
 from glimmer.runtime.core.errors import GlimmerError
 
-_INSTALL_HINT = ("on a Jetson TensorRT comes with JetPack (`sudo apt install python3-libnvinfer`, "
-                 "or the l4t-jetpack / l4t-tensorrt container); on x86 install NVIDIA's TensorRT "
-                 "wheels from pypi.nvidia.com; or run with --backend onnxruntime")
+_INSTALL_HINT = (
+    "on a Jetson TensorRT comes with JetPack (`sudo apt install python3-libnvinfer`, "
+    "or the l4t-jetpack / l4t-tensorrt container); on x86 install NVIDIA's TensorRT "
+    "wheels from pypi.nvidia.com; or run with --backend onnxruntime"
+)
 
 
 def import_tensorrt() -> Any:
@@ -34,7 +37,9 @@ def import_tensorrt() -> Any:
     except ImportError as exc:
         raise GlimmerError(f"TensorRT is not installed ({exc}); {_INSTALL_HINT}") from None
     except OSError as exc:  # bindings present but libnvinfer missing or mismatched
-        raise GlimmerError(f"TensorRT's libraries cannot be loaded ({exc}); {_INSTALL_HINT}") from None
+        raise GlimmerError(
+            f"TensorRT's libraries cannot be loaded ({exc}); {_INSTALL_HINT}"
+        ) from None
     return trt
 
 
@@ -48,9 +53,11 @@ def make_logger(trt: Any, verbose: bool = False) -> Any:
 
 
 def _no_cuda(exc: BaseException, what: str) -> GlimmerError:
-    return GlimmerError(f"no CUDA device: TensorRT could not create its {what} ({exc}); TensorRT needs "
-                        "an NVIDIA GPU and driver (in Docker: --runtime nvidia). Build engines on "
-                        "the target, or use --backend onnxruntime here")
+    return GlimmerError(
+        f"no CUDA device: TensorRT could not create its {what} ({exc}); TensorRT needs "
+        "an NVIDIA GPU and driver (in Docker: --runtime nvidia). Build engines on "
+        "the target, or use --backend onnxruntime here"
+    )
 
 
 def _create(trt: Any, factory: str, logger: Any) -> Any:
@@ -78,6 +85,7 @@ def create_runtime(trt: Any, logger: Any) -> Any:
 
 
 # -- building -------------------------------------------------------------------------------------
+
 
 def create_network(trt: Any, builder: Any) -> Tuple[Any, Dict[str, Any]]:
     """An explicit-batch network definition in every generation; returns it and what was set."""
@@ -132,22 +140,35 @@ def network_tensor_types(trt: Any, network: Any) -> Dict[str, bool]:
     return {"fp16_tensors": has_half, "qdq": has_qdq}
 
 
-def apply_precision(trt: Any, builder: Any, config: Any, network: Any, precision: str,
-                    calibrator: Optional[Any], origin: str) -> Dict[str, Any]:
+def apply_precision(
+    trt: Any,
+    builder: Any,
+    config: Any,
+    network: Any,
+    precision: str,
+    calibrator: Optional[Any],
+    origin: str,
+) -> Dict[str, Any]:
     """Set precision the way this generation wants it; returns the options for the sidecar."""
     types = network_tensor_types(trt, network)
     if not has_precision_flags(trt):
         if calibrator is not None:
-            raise GlimmerError(f"TensorRT {version(trt)} removed implicit INT8 calibration: build the Q/DQ ONNX "
-                               "instead (glimmer-export CHECKPOINT --int8 --calib DIR writes "
-                               "NAME.int8.onnx)")
+            raise GlimmerError(
+                f"TensorRT {version(trt)} removed implicit INT8 calibration: build the Q/DQ ONNX "
+                "instead (glimmer-export CHECKPOINT --int8 --calib DIR writes "
+                "NAME.int8.onnx)"
+            )
         if precision == "fp16" and not types["fp16_tensors"]:
-            raise GlimmerError(f"{origin}: TensorRT {version(trt)} is strongly typed, so FP16 must come "
-                               "from the ONNX's own types and this ONNX has no FP16 tensors; convert "
-                               "it (e.g. ModelOpt AutoCast) or build --precision fp32")
+            raise GlimmerError(
+                f"{origin}: TensorRT {version(trt)} is strongly typed, so FP16 must come "
+                "from the ONNX's own types and this ONNX has no FP16 tensors; convert "
+                "it (e.g. ModelOpt AutoCast) or build --precision fp32"
+            )
         if precision == "int8" and not types["qdq"]:
-            raise GlimmerError(f"{origin}: TensorRT {version(trt)} is strongly typed, so INT8 needs "
-                               "Q/DQ nodes in the ONNX; build NAME.int8.onnx from glimmer-export --int8")
+            raise GlimmerError(
+                f"{origin}: TensorRT {version(trt)} is strongly typed, so INT8 needs "
+                "Q/DQ nodes in the ONNX; build NAME.int8.onnx from glimmer-export --int8"
+            )
         return {"flags": [], "typing": "strong", **types}
     flags: List[str] = []
     if precision in ("fp16", "int8"):
@@ -156,8 +177,10 @@ def apply_precision(trt: Any, builder: Any, config: Any, network: Any, precision
             flags.append("FP16")
     if precision == "int8":
         if calibrator is None and not types["qdq"]:
-            raise GlimmerError(f"{origin}: INT8 needs either Q/DQ nodes in the ONNX (glimmer-export "
-                               "--int8 writes NAME.int8.onnx) or a calibrator (--calib DIR)")
+            raise GlimmerError(
+                f"{origin}: INT8 needs either Q/DQ nodes in the ONNX (glimmer-export "
+                "--int8 writes NAME.int8.onnx) or a calibrator (--calib DIR)"
+            )
         flags.append("INT8")
         if calibrator is not None:
             config.int8_calibrator = calibrator
@@ -166,9 +189,16 @@ def apply_precision(trt: Any, builder: Any, config: Any, network: Any, precision
     return {"flags": flags, "typing": "weak", "calibrator": calibrator is not None, **types}
 
 
-def add_batch_profile(trt: Any, builder: Any, config: Any, network: Any, min_batch: int,
-                      opt_batch: int, max_batch: int, calib_batch: Optional[int] = None
-                      ) -> Dict[str, Dict[str, List[int]]]:
+def add_batch_profile(
+    trt: Any,
+    builder: Any,
+    config: Any,
+    network: Any,
+    min_batch: int,
+    opt_batch: int,
+    max_batch: int,
+    calib_batch: Optional[int] = None,
+) -> Dict[str, Dict[str, List[int]]]:
     """One optimisation profile over the batch dimension of every dynamic input.
 
     With an implicit INT8 calibrator, a second profile fixed at ``calib_batch`` becomes the
@@ -181,8 +211,10 @@ def add_batch_profile(trt: Any, builder: Any, config: Any, network: Any, min_bat
         tensor = network.get_input(i)
         dims = [int(d) for d in tensor.shape]
         if any(d < 0 for d in dims[1:]):
-            raise GlimmerError(f"input {tensor.name!r} has dynamic non-batch dimensions {dims}; "
-                               "export with a fixed image size")
+            raise GlimmerError(
+                f"input {tensor.name!r} has dynamic non-batch dimensions {dims}; "
+                "export with a fixed image size"
+            )
         if dims[0] >= 0:
             shapes[tensor.name] = {k: dims for k in ("min", "opt", "max")}
             continue
@@ -193,7 +225,9 @@ def add_batch_profile(trt: Any, builder: Any, config: Any, network: Any, min_bat
     if profile is not None:
         config.add_optimization_profile(profile)
         # Implicit calibration of a dynamic network needs a profile of its own (8.x-10.x).
-        if getattr(config, "int8_calibrator", None) is not None and hasattr(config, "set_calibration_profile"):
+        if getattr(config, "int8_calibrator", None) is not None and hasattr(
+            config, "set_calibration_profile"
+        ):
             calibration = profile
             if calib_batch:
                 calibration = builder.create_optimization_profile()
@@ -229,21 +263,37 @@ def build_serialized(builder: Any, network: Any, config: Any, origin: str) -> by
     """``build_serialized_network`` (8.0+; ``build_engine`` is gone in 10) -> plan bytes."""
     plan = builder.build_serialized_network(network, config)
     if plan is None:
-        raise GlimmerError(f"{origin}: TensorRT could not build an engine (see its log lines above)")
+        raise GlimmerError(
+            f"{origin}: TensorRT could not build an engine (see its log lines above)"
+        )
     return bytes(memoryview(plan))
 
 
 def describe_network_io(trt: Any, network: Any) -> Dict[str, List[Dict[str, Any]]]:
     def spec(t: Any) -> Dict[str, Any]:
-        return {"name": t.name, "shape": [int(d) for d in t.shape], "dtype": numpy_dtype(trt, t.dtype).name}
-    return {"inputs": [spec(network.get_input(i)) for i in range(int(network.num_inputs))],
-            "outputs": [spec(network.get_output(i)) for i in range(int(network.num_outputs))]}
+        return {
+            "name": t.name,
+            "shape": [int(d) for d in t.shape],
+            "dtype": numpy_dtype(trt, t.dtype).name,
+        }
+
+    return {
+        "inputs": [spec(network.get_input(i)) for i in range(int(network.num_inputs))],
+        "outputs": [spec(network.get_output(i)) for i in range(int(network.num_outputs))],
+    }
 
 
 # -- execution ------------------------------------------------------------------------------------
 
-_DTYPE_NAMES = {"FLOAT": np.float32, "HALF": np.float16, "INT8": np.int8, "INT32": np.int32,
-                "INT64": np.int64, "BOOL": np.bool_, "UINT8": np.uint8}
+_DTYPE_NAMES = {
+    "FLOAT": np.float32,
+    "HALF": np.float16,
+    "INT8": np.int8,
+    "INT32": np.int32,
+    "INT64": np.int64,
+    "BOOL": np.bool_,
+    "UINT8": np.uint8,
+}
 
 
 def numpy_dtype(trt: Any, dtype: Any) -> np.dtype:
@@ -273,9 +323,11 @@ class IOTensor:
 def deserialize(trt: Any, runtime: Any, plan: bytes, origin: str) -> Any:
     engine = runtime.deserialize_cuda_engine(plan)
     if engine is None:
-        raise GlimmerError(f"{origin}: TensorRT {version(trt)} could not deserialize this engine (built by "
-                           "another TensorRT version or for another GPU, or damaged); rebuild it on "
-                           "this device from its ONNX")
+        raise GlimmerError(
+            f"{origin}: TensorRT {version(trt)} could not deserialize this engine (built by "
+            "another TensorRT version or for another GPU, or damaged); rebuild it on "
+            "this device from its ONNX"
+        )
     return engine
 
 
@@ -295,8 +347,16 @@ def io_tensors(trt: Any, engine: Any) -> List[IOTensor]:
             max_shape = shape
             if is_input and any(d < 0 for d in shape):
                 max_shape = tuple(int(d) for d in engine.get_tensor_profile_shape(name, 0)[2])
-            tensors.append(IOTensor(name, is_input, shape, numpy_dtype(trt, engine.get_tensor_dtype(name)),
-                                    i, max_shape))
+            tensors.append(
+                IOTensor(
+                    name,
+                    is_input,
+                    shape,
+                    numpy_dtype(trt, engine.get_tensor_dtype(name)),
+                    i,
+                    max_shape,
+                )
+            )
     else:
         for i in range(int(engine.num_bindings)):
             is_input = bool(engine.binding_is_input(i))
@@ -304,8 +364,16 @@ def io_tensors(trt: Any, engine: Any) -> List[IOTensor]:
             max_shape = shape
             if is_input and any(d < 0 for d in shape):
                 max_shape = tuple(int(d) for d in engine.get_profile_shape(0, i)[2])
-            tensors.append(IOTensor(engine.get_binding_name(i), is_input, shape,
-                                    numpy_dtype(trt, engine.get_binding_dtype(i)), i, max_shape))
+            tensors.append(
+                IOTensor(
+                    engine.get_binding_name(i),
+                    is_input,
+                    shape,
+                    numpy_dtype(trt, engine.get_binding_dtype(i)),
+                    i,
+                    max_shape,
+                )
+            )
     return tensors
 
 

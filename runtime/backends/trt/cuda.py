@@ -10,6 +10,7 @@ aarch64 wheels and must be built from source on a Jetson. The runtime uses which
 CUDA graphs (capture -> instantiate -> launch) are offered where the binding exposes stream capture
 (cuda-python always; pycuda releases do not), so callers check :attr:`CudaMem.supports_graphs`.
 """
+
 import abc
 import ctypes
 import os
@@ -22,8 +23,10 @@ from glimmer.runtime.core.errors import GlimmerError
 ENV_BINDING = "GLIMMER_CUDA"
 BINDINGS = ("cuda-python", "pycuda")
 
-_INSTALL_HINT = ("install cuda-python (`pip install cuda-python` matching the CUDA of the device; "
-                 "on JetPack 6: cuda-python 12.x) or pycuda (built from source on a Jetson)")
+_INSTALL_HINT = (
+    "install cuda-python (`pip install cuda-python` matching the CUDA of the device; "
+    "on JetPack 6: cuda-python 12.x) or pycuda (built from source on a Jetson)"
+)
 
 
 class HostBuffer:
@@ -124,9 +127,11 @@ class CudaPython(CudaMem):
         self._streams: List[Any] = []
         count = self._call("cudaGetDeviceCount", allow_no_device=True)
         if not count:
-            raise GlimmerError("no CUDA device: the CUDA runtime finds no GPU (is this a machine "
-                               "with an NVIDIA GPU and driver, or a container run without "
-                               "--runtime nvidia?)")
+            raise GlimmerError(
+                "no CUDA device: the CUDA runtime finds no GPU (is this a machine "
+                "with an NVIDIA GPU and driver, or a container run without "
+                "--runtime nvidia?)"
+            )
         self._call("cudaSetDevice", device)
         self._props = self._call("cudaGetDeviceProperties", device)
 
@@ -174,8 +179,9 @@ class CudaPython(CudaMem):
         return int(handle)
 
     def _copy(self, dst: int, src: int, nbytes: int, kind: str, stream: int) -> None:
-        self._call("cudaMemcpyAsync", dst, src, int(nbytes),
-                   getattr(self._rt.cudaMemcpyKind, kind), stream)
+        self._call(
+            "cudaMemcpyAsync", dst, src, int(nbytes), getattr(self._rt.cudaMemcpyKind, kind), stream
+        )
 
     def h2d_async(self, dst: DeviceBuffer, src: HostBuffer, nbytes: int, stream: int) -> None:
         _check_size(nbytes, src.nbytes, dst.nbytes)
@@ -202,8 +208,11 @@ class CudaPython(CudaMem):
             return None
         # cudaGraphInstantiateWithFlags has kept one signature from CUDA 11.4 to 13, while
         # cudaGraphInstantiate changed its arguments between 11 and 12.
-        instantiate = ("cudaGraphInstantiateWithFlags"
-                       if hasattr(self._rt, "cudaGraphInstantiateWithFlags") else "cudaGraphInstantiate")
+        instantiate = (
+            "cudaGraphInstantiateWithFlags"
+            if hasattr(self._rt, "cudaGraphInstantiateWithFlags")
+            else "cudaGraphInstantiate"
+        )
         graph_exec = self._call(instantiate, graph, 0)
         self._call("cudaGraphDestroy", graph)
         return graph_exec
@@ -313,21 +322,26 @@ _NO_DEVICE_CODES = (35, 100)
 
 def _check_size(nbytes: int, host: int, device: int) -> None:
     if nbytes > host or nbytes > device:
-        raise GlimmerError(f"copy of {nbytes} bytes overruns a buffer (host {host}, device {device})")
+        raise GlimmerError(
+            f"copy of {nbytes} bytes overruns a buffer (host {host}, device {device})"
+        )
 
 
 def _import_cudart() -> Any:
     try:
         from cuda.bindings import runtime  # cuda-python >= 12.6 layout
+
         return runtime
     except ImportError:
         pass
     from cuda import cudart  # older cuda-python layout; ImportError propagates
+
     return cudart
 
 
 def _import_pycuda() -> Any:
     import pycuda.driver as driver
+
     return driver
 
 
@@ -352,8 +366,9 @@ def open_cuda(binding: Optional[str] = None, device: int = 0) -> CudaMem:
             missing.append(f"{name} ({exc})")
             continue
         return cls(module, device)
-    raise GlimmerError("no CUDA Python binding: {} not importable; {}".format(
-        " and ".join(missing), _INSTALL_HINT))
+    raise GlimmerError(
+        "no CUDA Python binding: {} not importable; {}".format(" and ".join(missing), _INSTALL_HINT)
+    )
 
 
 def probe(binding: Optional[str] = None) -> Tuple[bool, str]:
@@ -367,4 +382,3 @@ def probe(binding: Optional[str] = None) -> Tuple[bool, str]:
         return True, f"{cuda.device_name()} (sm_{major}{minor}) via {cuda.name}"
     finally:
         cuda.close()
-

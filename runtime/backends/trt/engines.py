@@ -6,6 +6,7 @@ export machine. The builder (:mod:`glimmer.runtime.backends.trt.build`) and the 
 only when an engine is wanted, so importing this module never needs TensorRT. The legacy INT8
 calibrator is made by the caller: it reads calibration images, a layer above.
 """
+
 import contextlib
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
@@ -27,13 +28,16 @@ def tensorrt_status() -> Tuple[bool, str]:
 
 def deferred_line(onnx_path: Path, flags: str, reason: str) -> str:
     """The one line printed when no engine can be built here."""
-    return (f"TensorRT engine not built here ({reason}): build it on the target with "
-            f"`glimmer-export {onnx_path} {flags}`, or glimmer-run builds it at first start")
+    return (
+        f"TensorRT engine not built here ({reason}): build it on the target with "
+        f"`glimmer-export {onnx_path} {flags}`, or glimmer-run builds it at first start"
+    )
 
 
 @contextlib.contextmanager
-def tensorrt_runner(onnx_path: Path, precision: str, meta: ModelMeta, batch: Any,
-                    work_dir: Path) -> Iterator[Callable[[], Any]]:
+def tensorrt_runner(
+    onnx_path: Path, precision: str, meta: ModelMeta, batch: Any, work_dir: Path
+) -> Iterator[Callable[[], Any]]:
     """One inference of ``batch`` (copy in, compute, copy out) by an engine built from ``onnx_path``
     in ``work_dir``, as a zero-argument callable valid inside the ``with``: ``--dilation-mode auto``
     holds one per lowering so that their timing can be interleaved."""
@@ -41,22 +45,42 @@ def tensorrt_runner(onnx_path: Path, precision: str, meta: ModelMeta, batch: Any
     from glimmer.runtime.backends.trt.runner import TensorRTBackend
 
     engine = Path(work_dir) / f"{Path(onnx_path).stem}.{precision}.engine"
-    build_engine(Path(onnx_path), engine, precision, meta=meta, timing_cache=Path(work_dir) / TIMING_CACHE,
-                 log=lambda _msg: None)
+    build_engine(
+        Path(onnx_path),
+        engine,
+        precision,
+        meta=meta,
+        timing_cache=Path(work_dir) / TIMING_CACHE,
+        log=lambda _msg: None,
+    )
     with TensorRTBackend(engine, meta=meta) as backend:
         yield lambda: backend.infer(batch)
 
 
-def tensorrt_latency_ms(onnx_path: Path, precision: str, meta: ModelMeta, batch: Any, runs: int,
-                        work_dir: Path, warmup: int = 10) -> float:
+def tensorrt_latency_ms(
+    onnx_path: Path,
+    precision: str,
+    meta: ModelMeta,
+    batch: Any,
+    runs: int,
+    work_dir: Path,
+    warmup: int = 10,
+) -> float:
     """Median ms of one inference by an engine built from ``onnx_path`` in ``work_dir``: one
     lowering timed on its own (``tensorrt_runner`` when several are compared)."""
     with tensorrt_runner(onnx_path, precision, meta, batch, work_dir) as call:
         return median_ms(call, max(1, runs), warmup)
 
 
-def build_engines(jobs: List[Dict[str, Any]], meta: ModelMeta, out_dir: Path, *, dynamic_batch: bool,
-                  max_batch: int, log: Callable[[str], None] = print) -> List[Dict[str, Any]]:
+def build_engines(
+    jobs: List[Dict[str, Any]],
+    meta: ModelMeta,
+    out_dir: Path,
+    *,
+    dynamic_batch: bool,
+    max_batch: int,
+    log: Callable[[str], None] = print,
+) -> List[Dict[str, Any]]:
     """Build each job ``{onnx, engine, precision[, meta][, calibrator]}``; returns the sidecars."""
     from glimmer.runtime.backends.trt.build import build_engine
 
@@ -66,9 +90,17 @@ def build_engines(jobs: List[Dict[str, Any]], meta: ModelMeta, out_dir: Path, *,
     results = []
     for job in jobs:
         log(f"building {job['engine']} ({job['precision']}) from {job['onnx']}")
-        sidecar = build_engine(Path(job["onnx"]), Path(job["engine"]), job["precision"],
-                               meta=job.get("meta", meta),
-                               timing_cache=Path(out_dir) / TIMING_CACHE, calibrator=job.get("calibrator"),
-                               log=log, **batches)
-        results.append({"path": str(job["engine"]), "precision": job["precision"], "sidecar": sidecar})
+        sidecar = build_engine(
+            Path(job["onnx"]),
+            Path(job["engine"]),
+            job["precision"],
+            meta=job.get("meta", meta),
+            timing_cache=Path(out_dir) / TIMING_CACHE,
+            calibrator=job.get("calibrator"),
+            log=log,
+            **batches,
+        )
+        results.append(
+            {"path": str(job["engine"]), "precision": job["precision"], "sidecar": sidecar}
+        )
     return results

@@ -10,6 +10,7 @@ capture) the capture is ended and the backend stays on plain enqueue. Both Tenso
 generations (bindings, tensor names) come through :mod:`glimmer.runtime.backends.trt.compat`; CUDA calls
 through :mod:`glimmer.runtime.backends.trt.cuda`.
 """
+
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional
 
@@ -29,17 +30,26 @@ class TensorRTBackend(Backend):
 
     name = "tensorrt"
 
-    def __init__(self, engine_path: Path, *, meta: Optional[ModelMeta] = None, cuda_graphs: bool = True,
-                 cuda: Optional[cuda_mem.CudaMem] = None, log: Optional[Callable[[str], None]] = None
-                 ) -> None:
+    def __init__(
+        self,
+        engine_path: Path,
+        *,
+        meta: Optional[ModelMeta] = None,
+        cuda_graphs: bool = True,
+        cuda: Optional[cuda_mem.CudaMem] = None,
+        log: Optional[Callable[[str], None]] = None,
+    ) -> None:
         """``meta`` overrides the sidecar's metadata (e.g. read from the ONNX the engine came from)."""
         super().__init__()
         self.engine_path = Path(engine_path)
         if not self.engine_path.is_file():
             raise GlimmerError(f"{self.engine_path}: engine file not found")
         self.sidecar = trt_build.read_sidecar(self.engine_path)
-        self._meta = meta if meta is not None else ModelMeta.from_dict(self.sidecar["meta"],
-                                                                       origin=str(self.engine_path))
+        self._meta = (
+            meta
+            if meta is not None
+            else ModelMeta.from_dict(self.sidecar["meta"], origin=str(self.engine_path))
+        )
         self._want_graphs = cuda_graphs
         self._cuda = cuda
         self._own_cuda = cuda is None
@@ -47,8 +57,14 @@ class TensorRTBackend(Backend):
         self._reset()
 
     @classmethod
-    def from_onnx(cls, onnx_path: Path, precision: str = "fp16", cache_dir: Optional[Path] = None,
-                  log: Callable[[str], None] = print, **kwargs: Any) -> "TensorRTBackend":
+    def from_onnx(
+        cls,
+        onnx_path: Path,
+        precision: str = "fp16",
+        cache_dir: Optional[Path] = None,
+        log: Callable[[str], None] = print,
+        **kwargs: Any,
+    ) -> "TensorRTBackend":
         """Build (once, cached on this device) and open the engine for an ONNX model."""
         engine = trt_build.ensure_engine(onnx_path, precision, cache_dir, log=log)
         return cls(engine, log=log, **kwargs)
@@ -74,11 +90,18 @@ class TensorRTBackend(Backend):
 
     def _specs(self, is_input: bool) -> List[TensorSpec]:
         if self._tensors:
-            return [TensorSpec(t.name, tuple(None if d < 0 else d for d in t.shape), t.dtype.name)
-                    for t in self._tensors if t.is_input == is_input]
+            return [
+                TensorSpec(t.name, tuple(None if d < 0 else d for d in t.shape), t.dtype.name)
+                for t in self._tensors
+                if t.is_input == is_input
+            ]
         key = "inputs" if is_input else "outputs"
-        return [TensorSpec(s["name"], tuple(None if int(d) < 0 else int(d) for d in s["shape"]), s["dtype"])
-                for s in self.sidecar[key]]
+        return [
+            TensorSpec(
+                s["name"], tuple(None if int(d) < 0 else int(d) for d in s["shape"]), s["dtype"]
+            )
+            for s in self.sidecar[key]
+        ]
 
     @property
     def inputs(self) -> List[TensorSpec]:
@@ -97,26 +120,33 @@ class TensorRTBackend(Backend):
         sc = self.sidecar
         api = self._exec.api if self._exec is not None else "not active"
         via = self._cuda.name if self._cuda is not None else "?"
-        return (f"tensorrt {sc['tensorrt_version']} [{api}], {sc['gpu_name']} "
-                f"(sm {sc['compute_capability']}), {sc['precision']}, CUDA graphs {self._graph_note}, "
-                f"via {via}")
+        return (
+            f"tensorrt {sc['tensorrt_version']} [{api}], {sc['gpu_name']} "
+            f"(sm {sc['compute_capability']}), {sc['precision']}, CUDA graphs {self._graph_note}, "
+            f"via {via}"
+        )
 
     # -- life cycle ----------------------------------------------------------------------------
     def _activate(self) -> None:
         origin = str(self.engine_path)
         if sha256_file(self.engine_path) != self.sidecar["engine_sha256"]:
-            raise GlimmerError(f"{origin}: engine does not match the sha256 in its sidecar (damaged or "
-                               "replaced); rebuild it from its ONNX")
+            raise GlimmerError(
+                f"{origin}: engine does not match the sha256 in its sidecar (damaged or "
+                "replaced); rebuild it from its ONNX"
+            )
         trt = trt_compat.import_tensorrt()
         runtime = trt_compat.create_runtime(trt, trt_compat.make_logger(trt))
         if self._cuda is None:
             self._cuda = cuda_mem.open_cuda()
         try:
-            self._engine = trt_compat.deserialize(trt, runtime, self.engine_path.read_bytes(), origin)
+            self._engine = trt_compat.deserialize(
+                trt, runtime, self.engine_path.read_bytes(), origin
+            )
             self._context = self._engine.create_execution_context()
             if self._context is None:
-                raise GlimmerError(f"{origin}: TensorRT could not create an execution context "
-                                   "(out of GPU memory?)")
+                raise GlimmerError(
+                    f"{origin}: TensorRT could not create an execution context (out of GPU memory?)"
+                )
             self._trt = trt
             self._tensors = trt_compat.io_tensors(trt, self._engine)
             self._exec = trt_compat.make_execution(self._engine, self._context, self._tensors)
@@ -135,8 +165,10 @@ class TensorRTBackend(Backend):
         for t in self._tensors:
             shape = t.max_shape if t.is_input else self._exec.output_shape(t)
             if any(d < 0 for d in shape):
-                raise GlimmerError(f"{self.engine_path}: output {t.name!r} has a data-dependent shape "
-                                   f"{list(shape)}, which this backend does not support")
+                raise GlimmerError(
+                    f"{self.engine_path}: output {t.name!r} has a data-dependent shape "
+                    f"{list(shape)}, which this backend does not support"
+                )
             host = self._cuda.pinned(shape, t.dtype)
             self._host[t.name] = host
             self._device[t.name] = self._cuda.alloc(host.nbytes)
@@ -148,12 +180,16 @@ class TensorRTBackend(Backend):
         inputs = [t for t in self._tensors if t.is_input]
         limit = inputs[0].max_shape[0]
         if n > limit:
-            raise GlimmerError(f"batch of {n} exceeds the engine's maximum batch {limit}; rebuild "
-                               "with a larger --max-batch")
+            raise GlimmerError(
+                f"batch of {n} exceeds the engine's maximum batch {limit}; rebuild "
+                "with a larger --max-batch"
+            )
         for t in inputs:
             if any(d < 0 for d in t.shape):
                 self._exec.set_input_shape(t, (n,) + tuple(t.max_shape[1:]))
-        self._out_shapes = {t.name: self._exec.output_shape(t) for t in self._tensors if not t.is_input}
+        self._out_shapes = {
+            t.name: self._exec.output_shape(t) for t in self._tensors if not t.is_input
+        }
         self._drop_graph()
         if self._want_graphs and not self._graph_note.startswith("off"):
             self._graph_note = "pending"
@@ -192,8 +228,12 @@ class TensorRTBackend(Backend):
         if not queued or graph is None:
             if graph is not None:
                 cuda.destroy_graph(graph)
-            self._graph_note = f"off ({why if not queued else 'capture invalidated'}; plain enqueue)"
-            self._log(f"CUDA graph capture not possible for {self.engine_path.name}: {self._graph_note}")
+            self._graph_note = (
+                f"off ({why if not queued else 'capture invalidated'}; plain enqueue)"
+            )
+            self._log(
+                f"CUDA graph capture not possible for {self.engine_path.name}: {self._graph_note}"
+            )
             return
         self._graph = graph
         self._graph_note = "on"
@@ -218,7 +258,9 @@ class TensorRTBackend(Backend):
             cuda.launch_graph(self._graph, self._stream)
         else:
             if not self._queue(nbytes_in):
-                raise GlimmerError(f"{self.engine_path.name}: TensorRT failed to enqueue the inference")
+                raise GlimmerError(
+                    f"{self.engine_path.name}: TensorRT failed to enqueue the inference"
+                )
         cuda.synchronize(self._stream)  # the one synchronize per batch
         outputs = []
         for t in self._tensors:

@@ -1,6 +1,7 @@
 """ONNX Runtime backend and the loader: metadata from the ONNX, specs, numerical agreement, clear
 errors, and backend selection (TensorRT paths with fake trt_build / backend_trt modules only: no
 TensorRT is installed here and no engine is built or run)."""
+
 import sys
 import types
 from pathlib import Path
@@ -25,12 +26,16 @@ B = np.array([0.5, -0.5, 0.0, 1.0], np.float32)
 def linear_classifier(path: Path, props=None, batch="N") -> Path:
     """logits = GlobalAveragePool(x) @ W + B, a model whose output is easy to compute by hand."""
     graph = helper.make_graph(
-        [helper.make_node("GlobalAveragePool", ["images"], ["pooled"]),
-         helper.make_node("Flatten", ["pooled"], ["flat"]),
-         helper.make_node("Gemm", ["flat", "W", "B"], ["logits"])],
-        "linear", [helper.make_tensor_value_info("images", TensorProto.FLOAT, [batch, 3, 32, 32])],
+        [
+            helper.make_node("GlobalAveragePool", ["images"], ["pooled"]),
+            helper.make_node("Flatten", ["pooled"], ["flat"]),
+            helper.make_node("Gemm", ["flat", "W", "B"], ["logits"]),
+        ],
+        "linear",
+        [helper.make_tensor_value_info("images", TensorProto.FLOAT, [batch, 3, 32, 32])],
         [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [batch, 4])],
-        [numpy_helper.from_array(W, "W"), numpy_helper.from_array(B, "B")])
+        [numpy_helper.from_array(W, "W"), numpy_helper.from_array(B, "B")],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
     model.ir_version = 8
     for key, value in (props or {}).items():
@@ -40,25 +45,37 @@ def linear_classifier(path: Path, props=None, batch="N") -> Path:
     return path
 
 
-META = ModelMeta(task="classify", name="linear", class_names=["a", "b", "c", "d"], input_size=(32, 32),
-                 precision="fp16", extra={"dataset": "synthetic"})
+META = ModelMeta(
+    task="classify",
+    name="linear",
+    class_names=["a", "b", "c", "d"],
+    input_size=(32, 32),
+    precision="fp16",
+    extra={"dataset": "synthetic"},
+)
 
 
 @pytest.fixture()
 def model(tmp_path):
-    return linear_classifier(tmp_path / "linear.onnx", {METADATA_KEY: META.to_json(), "author": "t"})
+    return linear_classifier(
+        tmp_path / "linear.onnx", {METADATA_KEY: META.to_json(), "author": "t"}
+    )
 
 
 def test_ort_backend_reads_metadata_specs_and_agrees_with_numpy(model):
     with OnnxRuntimeBackend(model, threads=1) as be:
         assert be.meta == META
-        assert [(s.name, s.shape, s.dtype) for s in be.inputs] == [("images", (None, 3, 32, 32), "float32")]
+        assert [(s.name, s.shape, s.dtype) for s in be.inputs] == [
+            ("images", (None, 3, 32, 32), "float32")
+        ]
         assert [(s.name, s.shape) for s in be.outputs] == [("logits", (None, 4))]
         assert "CPUExecutionProvider" in be.describe() and "1 threads" in be.describe()
         x = np.random.default_rng(0).random((2, 3, 32, 32), dtype=np.float32)
         (logits,) = be.infer(x)
         np.testing.assert_allclose(logits, x.mean(axis=(2, 3)) @ W + B, rtol=1e-5, atol=1e-5)
-        with pytest.raises(GlimmerError, match="expects shape \\['\\?', 3, 32, 32\\], got \\[1, 3, 16, 16\\]"):
+        with pytest.raises(
+            GlimmerError, match="expects shape \\['\\?', 3, 32, 32\\], got \\[1, 3, 16, 16\\]"
+        ):
             be.infer(np.zeros((1, 3, 16, 16), np.float32))
         with pytest.raises(GlimmerError, match="expects float32, got float64"):
             be.infer(np.zeros((1, 3, 32, 32)))
@@ -75,7 +92,11 @@ def test_one_session_factory_for_paths_and_bytes(model):
         assert session.get_providers() == ["CPUExecutionProvider"]
         np.testing.assert_allclose(session.run(None, {"images": x})[0], want, rtol=1e-5, atol=1e-5)
     opts = session_options(threads=2, simulate_qdq=True)
-    assert (opts.intra_op_num_threads, opts.inter_op_num_threads, opts.log_severity_level) == (2, 1, 3)
+    assert (opts.intra_op_num_threads, opts.inter_op_num_threads, opts.log_severity_level) == (
+        2,
+        1,
+        3,
+    )
     assert opts.get_session_config_entry("session.intra_op.allow_spinning") == "0"
     assert opts.get_session_config_entry("session.disable_quant_qdq") == "1"
     with pytest.raises(RuntimeError):  # spinning allowed: the entry is not set at all
@@ -105,17 +126,31 @@ def test_model_without_metadata_is_a_clear_error(tmp_path):
 
 
 def test_ultralytics_metadata_is_understood(tmp_path):
-    path = linear_classifier(tmp_path / "yolo.onnx", {"names": "{0: 'car', 1: 'person'}",
-                                                      "imgsz": "[640, 640]", "stride": "32", "task": "detect"})
+    path = linear_classifier(
+        tmp_path / "yolo.onnx",
+        {
+            "names": "{0: 'car', 1: 'person'}",
+            "imgsz": "[640, 640]",
+            "stride": "32",
+            "task": "detect",
+        },
+    )
     meta = ModelMeta.from_props(read_onnx_metadata(path))
     assert meta.task == "detect" and meta.class_names == ["car", "person"] and meta.letterbox
 
 
-@pytest.mark.parametrize("name, backend, message", [
-    ("m.pt", "auto", "expected an .onnx or a TensorRT .engine (a checkpoint: export it first with glimmer-export)"),
-    ("m.engine", "onnxruntime", "a TensorRT engine runs only with --backend tensorrt"),
-    ("m.onnx", "cuda", "--backend must be one of auto, onnxruntime, tensorrt"),
-])
+@pytest.mark.parametrize(
+    "name, backend, message",
+    [
+        (
+            "m.pt",
+            "auto",
+            "expected an .onnx or a TensorRT .engine (a checkpoint: export it first with glimmer-export)",
+        ),
+        ("m.engine", "onnxruntime", "a TensorRT engine runs only with --backend tensorrt"),
+        ("m.onnx", "cuda", "--backend must be one of auto, onnxruntime, tensorrt"),
+    ],
+)
 def test_loader_rejects_wrong_combinations(tmp_path, name, backend, message):
     path = tmp_path / name
     path.write_bytes(b"x")
@@ -165,7 +200,9 @@ def fake_trt_modules(monkeypatch, tmp_path):
     return calls, engine
 
 
-def test_onnx_with_tensorrt_builds_once_through_ensure_engine_with_fake_tensorrt(model, fake_trt_modules, tmp_path):
+def test_onnx_with_tensorrt_builds_once_through_ensure_engine_with_fake_tensorrt(
+    model, fake_trt_modules, tmp_path
+):
     calls, engine = fake_trt_modules
     logged = []
     open_backend(model, "tensorrt", cache_dir=tmp_path / "cache", log=logged.append)
@@ -182,17 +219,25 @@ def test_engine_takes_metadata_from_its_sidecar_with_fake_tensorrt(tmp_path, fak
     assert calls["read_sidecar"] == engine and calls["backend"] == (engine, META)
 
 
-def test_engine_sidecar_without_meta_is_a_clear_error_with_fake_tensorrt(tmp_path, fake_trt_modules, monkeypatch):
+def test_engine_sidecar_without_meta_is_a_clear_error_with_fake_tensorrt(
+    tmp_path, fake_trt_modules, monkeypatch
+):
     engine = tmp_path / "m.engine"
     engine.write_bytes(b"plan")
-    monkeypatch.setattr(sys.modules["glimmer.runtime.backends.trt.build"], "read_sidecar", lambda p: {"tensorrt": "x"})
+    monkeypatch.setattr(
+        sys.modules["glimmer.runtime.backends.trt.build"],
+        "read_sidecar",
+        lambda p: {"tensorrt": "x"},
+    )
     with pytest.raises(GlimmerError, match="its sidecar has no 'meta' table"):
         open_backend(engine)
 
 
 def test_missing_tensorrt_modules_are_a_clear_error(tmp_path, monkeypatch, model):
     for name in ("build", "runner"):
-        monkeypatch.setitem(sys.modules, f"glimmer.runtime.backends.trt.{name}", None)  # import raises ImportError
+        monkeypatch.setitem(
+            sys.modules, f"glimmer.runtime.backends.trt.{name}", None
+        )  # import raises ImportError
         monkeypatch.delattr(trt_pkg, name, raising=False)
     with pytest.raises(GlimmerError, match="the TensorRT backend cannot be loaded"):
         open_backend(model, "tensorrt")

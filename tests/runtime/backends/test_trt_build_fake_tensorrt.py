@@ -3,6 +3,7 @@
 These tests prove our version handling, sidecars, cache keying and error messages per TensorRT API
 generation. They do not prove that a real engine builds: no real TensorRT or GPU is used here.
 """
+
 import hashlib
 import json
 import sys
@@ -41,11 +42,14 @@ def quiet(_msg):
 
 def build(tmp_path, onnx_path, precision="fp32", batch=1, name="tiny", **kw):
     engine = tmp_path / f"{name}.{precision}.engine"
-    return engine, trt_build.build_engine(onnx_path, engine, precision, meta=tiny_meta(batch), log=quiet, **kw)
+    return engine, trt_build.build_engine(
+        onnx_path, engine, precision, meta=tiny_meta(batch), log=quiet, **kw
+    )
 
 
 def test_onnx_metadata_reader_agrees_with_the_onnx_package(tmp_path):
     import onnx
+
     path = write_tiny_onnx(tmp_path / "m.onnx")
     props = read_onnx_metadata(path)
     assert props == {p.key: p.value for p in onnx.load(str(path)).metadata_props}
@@ -57,7 +61,9 @@ def test_onnx_metadata_reader_agrees_with_the_onnx_package(tmp_path):
 
 
 @pytest.mark.parametrize("generation", ALL)
-def test_build_fp32_sidecar_with_fake_tensorrt(generation, tmp_path, monkeypatch, fake_cuda, onnx_file):
+def test_build_fp32_sidecar_with_fake_tensorrt(
+    generation, tmp_path, monkeypatch, fake_cuda, onnx_file
+):
     trt = install_fake_tensorrt(monkeypatch, generation, fake_cuda)
     engine, sidecar = build(tmp_path, onnx_file)
     assert engine.read_bytes().startswith(PLAN_MAGIC)
@@ -95,16 +101,19 @@ def test_fake_10_has_no_max_workspace_size(monkeypatch, fake_cuda):
 
 
 @pytest.mark.parametrize("generation", WEAK)
-def test_fp16_sets_the_builder_flag_before_11_with_fake_tensorrt(generation, tmp_path, monkeypatch, fake_cuda,
-                                                                 onnx_file):
+def test_fp16_sets_the_builder_flag_before_11_with_fake_tensorrt(
+    generation, tmp_path, monkeypatch, fake_cuda, onnx_file
+):
     install_fake_tensorrt(monkeypatch, generation, fake_cuda)
     engine, sidecar = build(tmp_path, onnx_file, "fp16")
     assert sidecar["builder_options"]["flags"] == ["FP16"]
-    assert json.loads(engine.read_bytes()[len(PLAN_MAGIC):])["flags"] == ["FP16"]
+    assert json.loads(engine.read_bytes()[len(PLAN_MAGIC) :])["flags"] == ["FP16"]
     assert sidecar["meta"]["precision"] == "fp16"
 
 
-def test_fp16_on_11_needs_fp16_types_in_the_onnx_with_fake_tensorrt(tmp_path, monkeypatch, fake_cuda, onnx_file):
+def test_fp16_on_11_needs_fp16_types_in_the_onnx_with_fake_tensorrt(
+    tmp_path, monkeypatch, fake_cuda, onnx_file
+):
     install_fake_tensorrt(monkeypatch, "11.4", fake_cuda)
     with pytest.raises(GlimmerError, match="strongly typed.*no FP16 tensors"):
         build(tmp_path, onnx_file, "fp16")
@@ -116,7 +125,9 @@ def test_fp16_on_11_needs_fp16_types_in_the_onnx_with_fake_tensorrt(tmp_path, mo
 
 
 @pytest.mark.parametrize("generation", ALL)
-def test_int8_needs_qdq_or_a_calibrator_with_fake_tensorrt(generation, tmp_path, monkeypatch, fake_cuda, onnx_file):
+def test_int8_needs_qdq_or_a_calibrator_with_fake_tensorrt(
+    generation, tmp_path, monkeypatch, fake_cuda, onnx_file
+):
     install_fake_tensorrt(monkeypatch, generation, fake_cuda)
     with pytest.raises(GlimmerError, match="Q/DQ"):
         build(tmp_path, onnx_file, "int8")
@@ -138,19 +149,26 @@ def test_pascal_int8_skips_slow_fp16_with_fake_tensorrt(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("generation", ["8.4", "11.4"])
-def test_parser_errors_are_reported_verbatim_and_nothing_is_overwritten(generation, tmp_path, monkeypatch,
-                                                                      fake_cuda, onnx_file):
+def test_parser_errors_are_reported_verbatim_and_nothing_is_overwritten(
+    generation, tmp_path, monkeypatch, fake_cuda, onnx_file
+):
     install_fake_tensorrt(monkeypatch, generation, fake_cuda)
     engine, _ = build(tmp_path, onnx_file)
     good = engine.read_bytes()
     bad = write_tiny_onnx(tmp_path / "bad.onnx", variant="unsupported")
     with pytest.raises(GlimmerError) as err:
         trt_build.build_engine(bad, engine, "fp32", meta=tiny_meta(), log=quiet)
-    assert "In node 0 (FancyOp): UNSUPPORTED_NODE: No importer registered for op: FancyOp" in str(err.value)
+    assert "In node 0 (FancyOp): UNSUPPORTED_NODE: No importer registered for op: FancyOp" in str(
+        err.value
+    )
     assert str(bad) in str(err.value)
     assert engine.read_bytes() == good
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.onnx", "tiny.fp32.engine", "tiny.fp32.json",
-                                                         "tiny.onnx"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "bad.onnx",
+        "tiny.fp32.engine",
+        "tiny.fp32.json",
+        "tiny.onnx",
+    ]
 
 
 @pytest.mark.parametrize("generation", ["8.4", "10.3"])
@@ -158,9 +176,12 @@ def test_dynamic_batch_profile_with_fake_tensorrt(generation, tmp_path, monkeypa
     install_fake_tensorrt(monkeypatch, generation, fake_cuda)
     dyn = write_tiny_onnx(tmp_path / "dyn.onnx", batch=None)
     _, sidecar = build(tmp_path, dyn, batch=None, name="dyn")
-    assert sidecar["shapes"]["profile"] == {"images": {"min": [1, 3, 8, 8], "opt": [1, 3, 8, 8],
-                                                       "max": [4, 3, 8, 8]}}
-    _, sidecar = build(tmp_path, dyn, batch=None, name="dyn2", min_batch=2, opt_batch=4, max_batch=8)
+    assert sidecar["shapes"]["profile"] == {
+        "images": {"min": [1, 3, 8, 8], "opt": [1, 3, 8, 8], "max": [4, 3, 8, 8]}
+    }
+    _, sidecar = build(
+        tmp_path, dyn, batch=None, name="dyn2", min_batch=2, opt_batch=4, max_batch=8
+    )
     assert sidecar["shapes"]["profile"]["images"]["max"] == [8, 3, 8, 8]
     assert sidecar["meta"]["batch"] is None
     with pytest.raises(GlimmerError, match="0 < min <= opt <= max"):
@@ -170,17 +191,27 @@ def test_dynamic_batch_profile_with_fake_tensorrt(generation, tmp_path, monkeypa
         build(tmp_path, fixed, batch=1, name="fixed", max_batch=8)
 
 
-def test_timing_cache_is_saved_and_reused_with_fake_tensorrt(tmp_path, monkeypatch, fake_cuda, onnx_file):
+def test_timing_cache_is_saved_and_reused_with_fake_tensorrt(
+    tmp_path, monkeypatch, fake_cuda, onnx_file
+):
     trt = install_fake_tensorrt(monkeypatch, "10.3", fake_cuda)
     cache = tmp_path / "timing.cache"
     _, first = build(tmp_path, onnx_file, timing_cache=cache)
-    assert cache.read_bytes().startswith(b"FTC") and first["builder_options"]["timing_cache"] is False
+    assert (
+        cache.read_bytes().startswith(b"FTC") and first["builder_options"]["timing_cache"] is False
+    )
     _, second = build(tmp_path, onnx_file, name="again", timing_cache=cache)
     assert second["builder_options"]["timing_cache"] is True and trt.stats["timing_cache_hits"] == 1
     cache.write_bytes(b"garbage")
     lines = []
-    trt_build.build_engine(onnx_file, tmp_path / "third.engine", "fp32", meta=tiny_meta(),
-                           timing_cache=cache, log=lines.append)
+    trt_build.build_engine(
+        onnx_file,
+        tmp_path / "third.engine",
+        "fp32",
+        meta=tiny_meta(),
+        timing_cache=cache,
+        log=lines.append,
+    )
     assert any("is unusable" in line for line in lines)
     assert cache.read_bytes().startswith(b"FTC")
 
@@ -199,34 +230,61 @@ def test_no_gpu_is_one_clear_error_with_fake_tensorrt(tmp_path, monkeypatch, onn
     code = run_cli("glimmer-export", lambda argv: build(tmp_path, onnx_file) and 0, [])
     err = capsys.readouterr().err
     assert code == 1 and len(err.splitlines()) == 1
-    assert err.startswith("glimmer-export: error: no CUDA device: TensorRT could not create its Builder")
+    assert err.startswith(
+        "glimmer-export: error: no CUDA device: TensorRT could not create its Builder"
+    )
 
 
 def test_status_reports_usable_and_missing_tensorrt(monkeypatch, fake_cuda):
     install_fake_tensorrt(monkeypatch, "10.3", fake_cuda)
-    assert trt_build.tensorrt_status() == (True, "TensorRT 10.3.0.30 on Orin (fake) (sm_87) via cuda-python")
+    assert trt_build.tensorrt_status() == (
+        True,
+        "TensorRT 10.3.0.30 on Orin (fake) (sm_87) via cuda-python",
+    )
     monkeypatch.setitem(sys.modules, "tensorrt", None)
     ok, reason = trt_build.tensorrt_status()
-    assert not ok and reason.startswith("TensorRT is not installed") and "--backend onnxruntime" in reason
+    assert (
+        not ok
+        and reason.startswith("TensorRT is not installed")
+        and "--backend onnxruntime" in reason
+    )
 
 
 def test_engine_key_changes_with_every_component():
-    base = dict(onnx_sha256="a" * 64, trt_version="10.3.0.30", gpu_name="Orin", compute_capability=(8, 7),
-                precision="fp16", shapes={"batch": [1, 1, 1]}, builder_options={"workspace_bytes": 1})
+    base = dict(
+        onnx_sha256="a" * 64,
+        trt_version="10.3.0.30",
+        gpu_name="Orin",
+        compute_capability=(8, 7),
+        precision="fp16",
+        shapes={"batch": [1, 1, 1]},
+        builder_options={"workspace_bytes": 1},
+    )
     key = trt_build.engine_key(**base)
     assert key == trt_build.engine_key(**base) and len(key) == 64
-    changes = dict(onnx_sha256="b" * 64, trt_version="8.6.2.3", gpu_name="Xavier", compute_capability=(7, 2),
-                   precision="int8", shapes={"batch": [1, 1, 4]}, builder_options={"workspace_bytes": 2})
+    changes = dict(
+        onnx_sha256="b" * 64,
+        trt_version="8.6.2.3",
+        gpu_name="Xavier",
+        compute_capability=(7, 2),
+        precision="int8",
+        shapes={"batch": [1, 1, 4]},
+        builder_options={"workspace_bytes": 2},
+    )
     keys = {trt_build.engine_key(**dict(base, **{k: v})) for k, v in changes.items()}
     assert len(keys) == len(changes) and key not in keys
 
 
-def test_ensure_engine_builds_once_then_reuses_with_fake_tensorrt(tmp_path, monkeypatch, fake_cuda, onnx_file):
+def test_ensure_engine_builds_once_then_reuses_with_fake_tensorrt(
+    tmp_path, monkeypatch, fake_cuda, onnx_file
+):
     trt = install_fake_tensorrt(monkeypatch, "10.3", fake_cuda)
     cache = tmp_path / "cache"
     lines = []
     first = trt_build.ensure_engine(onnx_file, "fp16", cache, log=lines.append)
-    assert first.parent == cache and first.name.startswith("tiny.fp16.") and trt.stats["builds"] == 1
+    assert (
+        first.parent == cache and first.name.startswith("tiny.fp16.") and trt.stats["builds"] == 1
+    )
     assert list(cache.glob("timing-10-3-0-30-orin-fake-sm87.cache"))
     assert trt_build.ensure_engine(onnx_file, "fp16", cache, log=lines.append) == first
     assert trt.stats["builds"] == 1 and lines[-1] == f"using cached engine {first}"
@@ -234,8 +292,9 @@ def test_ensure_engine_builds_once_then_reuses_with_fake_tensorrt(tmp_path, monk
     assert other != first and trt.stats["builds"] == 2
 
 
-def test_ensure_engine_rebuilds_a_damaged_or_orphaned_engine_with_fake_tensorrt(tmp_path, monkeypatch, fake_cuda,
-                                                                                onnx_file):
+def test_ensure_engine_rebuilds_a_damaged_or_orphaned_engine_with_fake_tensorrt(
+    tmp_path, monkeypatch, fake_cuda, onnx_file
+):
     trt = install_fake_tensorrt(monkeypatch, "10.3", fake_cuda)
     cache = tmp_path / "cache"
     engine = trt_build.ensure_engine(onnx_file, "fp16", cache, log=quiet)
@@ -247,11 +306,15 @@ def test_ensure_engine_rebuilds_a_damaged_or_orphaned_engine_with_fake_tensorrt(
     lines.clear()
     trt_build.ensure_engine(onnx_file, "fp16", cache, log=lines.append)
     assert "sidecar invalid" in lines[0] and trt.stats["builds"] == 3
-    assert trt_build.read_sidecar(engine)["engine_sha256"] == hashlib.sha256(engine.read_bytes()).hexdigest()
+    assert (
+        trt_build.read_sidecar(engine)["engine_sha256"]
+        == hashlib.sha256(engine.read_bytes()).hexdigest()
+    )
 
 
-def test_ensure_engine_keys_by_gpu_and_tensorrt_version_with_fake_tensorrt(tmp_path, monkeypatch, fake_cuda,
-                                                                          onnx_file):
+def test_ensure_engine_keys_by_gpu_and_tensorrt_version_with_fake_tensorrt(
+    tmp_path, monkeypatch, fake_cuda, onnx_file
+):
     install_fake_tensorrt(monkeypatch, "10.3", fake_cuda)
     cache = tmp_path / "cache"
     orin = trt_build.ensure_engine(onnx_file, "fp16", cache, log=quiet)
@@ -273,7 +336,9 @@ def test_ensure_engine_unwritable_cache_says_where(tmp_path, monkeypatch, fake_c
     assert "GLIMMER_ENGINE_CACHE" in str(err.value)
 
 
-def test_ensure_engine_uses_the_environment_cache_folder(tmp_path, monkeypatch, fake_cuda, onnx_file):
+def test_ensure_engine_uses_the_environment_cache_folder(
+    tmp_path, monkeypatch, fake_cuda, onnx_file
+):
     install_fake_tensorrt(monkeypatch, "10.3", fake_cuda)
     monkeypatch.setenv("GLIMMER_ENGINE_CACHE", str(tmp_path / "env-cache"))
     assert trt_build.ensure_engine(onnx_file, "fp32", log=quiet).parent == tmp_path / "env-cache"

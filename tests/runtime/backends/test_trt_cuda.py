@@ -4,6 +4,7 @@ The cuda-python adapter is exercised against the fake runtime of tests/helpers/f
 "device" memory is host memory, so copies really move bytes) and, for the no-GPU error, against the
 real cuda-python when it is installed; the pycuda adapter against a small fake driver module.
 """
+
 import ctypes
 import sys
 import threading
@@ -29,7 +30,9 @@ def test_real_cuda_python_without_a_gpu_says_no_cuda_device(monkeypatch):
 
 def test_binding_choice_errors(monkeypatch):
     monkeypatch.setenv("GLIMMER_CUDA", "cupy")
-    with pytest.raises(GlimmerError, match="GLIMMER_CUDA='cupy': expected one of cuda-python, pycuda"):
+    with pytest.raises(
+        GlimmerError, match="GLIMMER_CUDA='cupy': expected one of cuda-python, pycuda"
+    ):
         cuda_mem.open_cuda()
     monkeypatch.delenv("GLIMMER_CUDA")
     for name in ("cuda", "cuda.bindings", "cuda.bindings.runtime", "pycuda", "pycuda.driver"):
@@ -42,7 +45,11 @@ def test_binding_choice_errors(monkeypatch):
 
 def test_copies_round_trip_through_device_memory(fake_cuda):
     cuda = cuda_mem.open_cuda()
-    assert (cuda.name, cuda.device_name(), cuda.compute_capability()) == ("cuda-python", "Orin (fake)", (8, 7))
+    assert (cuda.name, cuda.device_name(), cuda.compute_capability()) == (
+        "cuda-python",
+        "Orin (fake)",
+        (8, 7),
+    )
     stream = cuda.stream()
     src, dst = cuda.pinned((2, 3), np.float32), cuda.pinned((2, 3), np.float32)
     dev = cuda.alloc(src.nbytes)
@@ -56,7 +63,9 @@ def test_copies_round_trip_through_device_memory(fake_cuda):
     with pytest.raises(GlimmerError, match="overruns a buffer"):
         cuda.h2d_async(dev, src, src.nbytes + 4, stream)
     cuda.free(dev)
-    with pytest.raises(GlimmerError, match="CUDA error in cudaMemcpyAsync: fake CUDA error cudaErrorInvalidValue"):
+    with pytest.raises(
+        GlimmerError, match="CUDA error in cudaMemcpyAsync: fake CUDA error cudaErrorInvalidValue"
+    ):
         cuda.h2d_async(dev, src, src.nbytes, stream)
     for buf in (src, dst):
         cuda.free(buf)
@@ -144,8 +153,12 @@ def fake_pycuda():
     drv.init, drv.Device, drv.Stream, drv.Context = (lambda: None), Device, Stream, Context
     drv.pagelocked_empty = lambda shape, dtype: np.zeros(shape, dtype)
     drv.mem_alloc = Allocation
-    drv.memcpy_htod_async = lambda dst, src, stream: ctypes.memmove(int(dst), src.ctypes.data, src.nbytes)
-    drv.memcpy_dtoh_async = lambda dst, src, stream: ctypes.memmove(dst.ctypes.data, int(src), dst.nbytes)
+    drv.memcpy_htod_async = lambda dst, src, stream: ctypes.memmove(
+        int(dst), src.ctypes.data, src.nbytes
+    )
+    drv.memcpy_dtoh_async = lambda dst, src, stream: ctypes.memmove(
+        dst.ctypes.data, int(src), dst.nbytes
+    )
     return drv
 
 
@@ -156,7 +169,11 @@ def test_pycuda_adapter_round_trip(monkeypatch):
     monkeypatch.setitem(sys.modules, "pycuda", pkg)
     monkeypatch.setitem(sys.modules, "pycuda.driver", drv)
     cuda = cuda_mem.open_cuda("pycuda")
-    assert (cuda.device_name(), cuda.compute_capability(), cuda.supports_graphs) == ("Xavier (fake)", (7, 2), False)
+    assert (cuda.device_name(), cuda.compute_capability(), cuda.supports_graphs) == (
+        "Xavier (fake)",
+        (7, 2),
+        False,
+    )
     stream = cuda.stream()
     src, dst = cuda.pinned((5,), np.int32), cuda.pinned((5,), np.int32)
     dev = cuda.alloc(src.nbytes)

@@ -4,6 +4,7 @@ The fake engine computes a known function of whatever sits in the device buffer 
 and writes the device buffer bound to its output, so correct outputs prove our copies, bindings,
 shapes and CUDA-graph replay line up, per execution API generation. Nothing here ran real TensorRT.
 """
+
 import numpy as np
 import pytest
 from fake_tensorrt import (
@@ -41,7 +42,9 @@ def frames(n, batch=1, seed=0):
 
 
 @pytest.mark.parametrize("generation", ALL)
-def test_outputs_and_cuda_graph_replay_with_fake_tensorrt(generation, tmp_path, monkeypatch, fake_cuda):
+def test_outputs_and_cuda_graph_replay_with_fake_tensorrt(
+    generation, tmp_path, monkeypatch, fake_cuda
+):
     trt = install_fake_tensorrt(monkeypatch, generation, fake_cuda)
     engine = make_engine(tmp_path)
     with TensorRTBackend(engine) as backend:
@@ -59,7 +62,9 @@ def test_outputs_and_cuda_graph_replay_with_fake_tensorrt(generation, tmp_path, 
 
 
 @pytest.mark.parametrize("generation", ["8.4", "10.3"])
-def test_capture_failure_falls_back_to_plain_enqueue_with_fake_tensorrt(generation, tmp_path, monkeypatch, fake_cuda):
+def test_capture_failure_falls_back_to_plain_enqueue_with_fake_tensorrt(
+    generation, tmp_path, monkeypatch, fake_cuda
+):
     trt = install_fake_tensorrt(monkeypatch, generation, fake_cuda, fail_under_capture=True)
     engine = make_engine(tmp_path)
     lines = []
@@ -110,7 +115,9 @@ def test_specs_come_from_the_sidecar_before_activation(tmp_path, monkeypatch, fa
             backend.infer(np.zeros((1, 3, 4, 4), np.float32))
 
 
-def test_engine_from_another_tensorrt_or_gpu_is_refused_with_fake_tensorrt(tmp_path, monkeypatch, fake_cuda):
+def test_engine_from_another_tensorrt_or_gpu_is_refused_with_fake_tensorrt(
+    tmp_path, monkeypatch, fake_cuda
+):
     install_fake_tensorrt(monkeypatch, "8.6", fake_cuda)
     engine = make_engine(tmp_path)
     install_fake_tensorrt(monkeypatch, "10.3", fake_cuda)
@@ -136,7 +143,9 @@ def test_damaged_or_orphaned_engine_is_refused(tmp_path, monkeypatch, fake_cuda)
         TensorRTBackend(tmp_path / "missing.engine")
 
 
-def test_from_onnx_builds_once_through_the_cache_with_fake_tensorrt(tmp_path, monkeypatch, fake_cuda):
+def test_from_onnx_builds_once_through_the_cache_with_fake_tensorrt(
+    tmp_path, monkeypatch, fake_cuda
+):
     trt = install_fake_tensorrt(monkeypatch, "10.3", fake_cuda)
     onnx_path = write_tiny_onnx(tmp_path / "tiny.onnx")
     for _ in range(2):
@@ -159,4 +168,9 @@ def test_metadata_override_with_fake_tensorrt(tmp_path, monkeypatch, fake_cuda):
     install_fake_tensorrt(monkeypatch, "10.3", fake_cuda)
     meta = tiny_meta(1)
     meta.class_names = ["w", "x", "y", "z"]
-    assert TensorRTBackend(make_engine(tmp_path), meta=meta).meta.class_names == ["w", "x", "y", "z"]
+    assert TensorRTBackend(make_engine(tmp_path), meta=meta).meta.class_names == [
+        "w",
+        "x",
+        "y",
+        "z",
+    ]

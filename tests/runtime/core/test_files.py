@@ -1,4 +1,5 @@
 """glimmer.runtime.core.files: atomic writes keep the old file on failure; file hashes."""
+
 import json
 
 import pytest

@@ -1,4 +1,5 @@
 """glimmer.runtime.core.images: labelled image folders, unreadable files, missing folders."""
+
 import numpy as np
 import pytest
 

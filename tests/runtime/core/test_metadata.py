@@ -1,5 +1,6 @@
 """glimmer.runtime.core.metadata: the model metadata schema, its JSON round trip, errors naming the
 key, and ultralytics' metadata read without eval."""
+
 import pytest
 
 from glimmer.runtime.core.errors import GlimmerError
@@ -18,10 +19,17 @@ def test_metadata_json_round_trip():
     assert back == meta and back.mean == (0.1, 0.2, 0.3)
 
 
-@pytest.mark.parametrize("change, key", [
-    ({"task": "segment"}, "task"), ({"class_names": []}, "class_names"), ({"input_size": (0, 64)}, "input_size"),
-    ({"channel_order": "RGBA"}, "channel_order"), ({"precision": "int4"}, "precision"), ({"std": (1, 0, 1)}, "std"),
-])
+@pytest.mark.parametrize(
+    "change, key",
+    [
+        ({"task": "segment"}, "task"),
+        ({"class_names": []}, "class_names"),
+        ({"input_size": (0, 64)}, "input_size"),
+        ({"channel_order": "RGBA"}, "channel_order"),
+        ({"precision": "int4"}, "precision"),
+        ({"std": (1, 0, 1)}, "std"),
+    ],
+)
 def test_metadata_errors_name_the_key(change, key):
     with pytest.raises(GlimmerError, match=key):
         _meta(**change)
@@ -41,8 +49,13 @@ def test_metadata_unknown_and_missing_keys():
 
 
 def test_ultralytics_metadata_is_read_without_eval():
-    props = {"names": "{0: 'car', 1: 'bus'}", "imgsz": "[640, 640]", "stride": "32", "task": "detect",
-             "batch": "1"}
+    props = {
+        "names": "{0: 'car', 1: 'bus'}",
+        "imgsz": "[640, 640]",
+        "stride": "32",
+        "task": "detect",
+        "batch": "1",
+    }
     meta = ModelMeta.from_props(props)
     assert meta.task == "detect" and meta.class_names == ["car", "bus"] and meta.letterbox
     with pytest.raises(GlimmerError, match="unreadable"):

@@ -1,5 +1,6 @@
 """glimmer.runtime.core.preprocess: letterboxing (as ultralytics does it, and mapped back), RGB
 scaling and normalisation."""
+
 import numpy as np
 import pytest
 
@@ -38,7 +39,9 @@ def test_preprocessor_rgb_scaling_and_normalisation():
     x, _ = Preprocessor(_meta(input_size=(4, 4)))([frame])
     assert x.shape == (1, 3, 4, 4) and x.dtype == np.float32
     np.testing.assert_allclose(x[0, :, 0, 0], [0.0, 0.0, 1.0])  # RGB order: blue last
-    y, _ = Preprocessor(_meta(input_size=(4, 4), channel_order="BGR", mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5)))([frame])
+    y, _ = Preprocessor(
+        _meta(input_size=(4, 4), channel_order="BGR", mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
+    )([frame])
     np.testing.assert_allclose(y[0, :, 0, 0], [1.0, -1.0, -1.0])
     with pytest.raises(GlimmerError, match="HxWx3"):
         Preprocessor(_meta())([np.zeros((8, 8), np.uint8)])

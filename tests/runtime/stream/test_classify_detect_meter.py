@@ -1,5 +1,6 @@
 """Task postprocessing and the meter: softmax/top-k, smoothing, alerts after exactly K frames, NMS on
 hand-made boxes, boxes mapped back through a hand-made letterbox, latency statistics."""
+
 import numpy as np
 import pytest
 
@@ -32,10 +33,14 @@ def test_softmax_top_k_order_and_values():
 
 def test_alert_fires_after_exactly_k_frames_and_resets():
     k = 4
-    clf = Classifier(classify_meta(), ClassifySettings(smoothing=0.0, alert_threshold=0.9, alert_frames=k))
+    clf = Classifier(
+        classify_meta(), ClassifySettings(smoothing=0.0, alert_threshold=0.9, alert_frames=k)
+    )
     alerts = [clf.frame(FIRE)["alert"] for _ in range(k + 2)]
     assert alerts[: k - 1] == [None] * (k - 1)
-    assert alerts[k - 1]["class"] == "Fire" and alerts[k - 1]["frames"] == k and alerts[k - 1]["new"]
+    assert (
+        alerts[k - 1]["class"] == "Fire" and alerts[k - 1]["frames"] == k and alerts[k - 1]["new"]
+    )
     assert alerts[k]["frames"] == k + 1 and not alerts[k]["new"]
     # One normal frame breaks the run: K more frames are needed again.
     assert clf.frame(NORMAL)["alert"] is None
@@ -45,8 +50,9 @@ def test_alert_fires_after_exactly_k_frames_and_resets():
 def test_normal_class_never_alerts_and_is_configurable():
     clf = Classifier(classify_meta(), ClassifySettings(smoothing=0.0, alert_frames=1))
     assert all(clf.frame(NORMAL)["alert"] is None for _ in range(5))
-    fire_normal = Classifier(classify_meta(), ClassifySettings(smoothing=0.0, alert_frames=1,
-                                                               normal_class="fire"))
+    fire_normal = Classifier(
+        classify_meta(), ClassifySettings(smoothing=0.0, alert_frames=1, normal_class="fire")
+    )
     assert fire_normal.frame(FIRE)["alert"] is None
     assert fire_normal.frame(NORMAL)["alert"]["class"] == "Normal"
     with pytest.raises(GlimmerError, match="normal_class 'Calm' is not one of"):
@@ -55,7 +61,9 @@ def test_normal_class_never_alerts_and_is_configurable():
 
 def test_smoothing_is_an_exponential_moving_average_and_delays_the_alert():
     a = 0.5
-    clf = Classifier(classify_meta(), ClassifySettings(smoothing=a, alert_threshold=0.9, alert_frames=2))
+    clf = Classifier(
+        classify_meta(), ClassifySettings(smoothing=a, alert_threshold=0.9, alert_frames=2)
+    )
     p_normal, p_fire = softmax(NORMAL), softmax(FIRE)
     smoothed = p_normal
     clf.frame(NORMAL)
@@ -84,19 +92,27 @@ def test_nms_hand_made_case_class_aware_and_agnostic():
 
 
 def test_boxes_map_back_to_frame_coordinates_through_a_letterbox():
-    meta = ModelMeta(task="detect", name="d", class_names=["car", "person"], input_size=(320, 320),
-                     letterbox=True, stride=32)
+    meta = ModelMeta(
+        task="detect",
+        name="d",
+        class_names=["car", "person"],
+        input_size=(320, 320),
+        letterbox=True,
+        stride=32,
+    )
     frame = np.full((200, 400, 3), 50, np.uint8)
     batch, transforms = Preprocessor(meta)([frame])
     # 400x200 -> gain 0.8 -> 320x160, padded 80 rows above and below.
     t = transforms[0]
     assert (t.gain_x, t.gain_y, t.pad_x, t.pad_y) == (0.8, 0.8, 0.0, 80.0)
-    assert np.allclose(batch[0, :, :80], 114 / 255.0) and np.allclose(batch[0, :, 80:240], 50 / 255.0)
+    assert np.allclose(batch[0, :, :80], 114 / 255.0) and np.allclose(
+        batch[0, :, 80:240], 50 / 255.0
+    )
     # Anchors: centre-xywh in network pixels, then per-class scores.
     head = np.zeros((1, 6, 3), np.float32)
-    head[0, :, 0] = [120, 160, 160, 80, 0.9, 0.1]   # xyxy (40, 120, 200, 200) in the input
-    head[0, :, 1] = [124, 162, 160, 80, 0.8, 0.0]   # overlaps anchor 0, same class: suppressed
-    head[0, :, 2] = [300, 300, 10, 10, 0.1, 0.2]    # below the threshold
+    head[0, :, 0] = [120, 160, 160, 80, 0.9, 0.1]  # xyxy (40, 120, 200, 200) in the input
+    head[0, :, 1] = [124, 162, 160, 80, 0.8, 0.0]  # overlaps anchor 0, same class: suppressed
+    head[0, :, 2] = [300, 300, 10, 10, 0.1, 0.2]  # below the threshold
     preds = Detector(meta, DetectSettings(conf=0.25, iou=0.45))([head], transforms)
     assert preds[0]["count"] == 1
     det = preds[0]["detections"][0]
@@ -105,7 +121,9 @@ def test_boxes_map_back_to_frame_coordinates_through_a_letterbox():
 
 
 def test_detector_accepts_transposed_head_and_rejects_wrong_class_count():
-    meta = ModelMeta(task="detect", name="d", class_names=["a", "b"], input_size=(64, 64), letterbox=True)
+    meta = ModelMeta(
+        task="detect", name="d", class_names=["a", "b"], input_size=(64, 64), letterbox=True
+    )
     head = np.zeros((1, 6, 5), np.float32)
     head[0, :, 0] = [32, 32, 10, 10, 0.0, 0.9]
     _, transforms = Preprocessor(meta)([np.zeros((64, 64, 3), np.uint8)])

@@ -1,5 +1,6 @@
 """glimmer-run end to end on generated clips and folders: a tiny exported GlimmerNet (random weights)
 and a hand-built detection graph, both with our metadata, in ONNX Runtime."""
+
 import json
 import time
 from pathlib import Path
@@ -31,10 +32,24 @@ def work(tmp_path_factory):
     root = tmp_path_factory.mktemp("run")
     onnx_path = root / "glimmernet.onnx"
     export_tiny_glimmernet(onnx_path)
-    add_meta(onnx_path, ModelMeta(task="classify", name="glimmernet", class_names=list(CLASSES),
-                                  input_size=(64, 64), extra={"dataset": "random weights"}))
-    clip = make_scene_video(root / "clip.avi", ["Fire", "Normal", "Flood", "Earthquake"],
-                            frames_per_label=FRAMES // 4, size=(160, 96), fps=12.0, fourcc="MJPG")
+    add_meta(
+        onnx_path,
+        ModelMeta(
+            task="classify",
+            name="glimmernet",
+            class_names=list(CLASSES),
+            input_size=(64, 64),
+            extra={"dataset": "random weights"},
+        ),
+    )
+    clip = make_scene_video(
+        root / "clip.avi",
+        ["Fire", "Normal", "Flood", "Earthquake"],
+        frames_per_label=FRAMES // 4,
+        size=(160, 96),
+        fps=12.0,
+        fourcc="MJPG",
+    )
     return root, onnx_path, clip
 
 
@@ -45,15 +60,40 @@ def read_jsonl(path: Path):
 def test_every_frame_of_a_file_in_order_with_jsonl_video_and_report(work, capsys):
     root, model, clip = work
     out, video, report_path = root / "r.jsonl", root / "annotated.mp4", root / "report.json"
-    assert main(["--model", str(model), "--source", str(clip), "--output", str(out), "--save", str(video),
-                 "--report", str(report_path), "--threads", "1"]) == 0
+    assert (
+        main(
+            [
+                "--model",
+                str(model),
+                "--source",
+                str(clip),
+                "--output",
+                str(out),
+                "--save",
+                str(video),
+                "--report",
+                str(report_path),
+                "--threads",
+                "1",
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     assert "not trained on real aerial imagery" in printed and "throughput" in printed
     lines = read_jsonl(out)
     assert [r["index"] for r in lines] == list(range(FRAMES))
-    assert [r["timestamp"] for r in lines] == pytest.approx([i / 12.0 for i in range(FRAMES)], abs=1e-5)
+    assert [r["timestamp"] for r in lines] == pytest.approx(
+        [i / 12.0 for i in range(FRAMES)], abs=1e-5
+    )
     for r in lines:
-        assert set(r["latency_ms"]) == {"capture", "preprocess", "inference", "postprocess", "end_to_end"}
+        assert set(r["latency_ms"]) == {
+            "capture",
+            "preprocess",
+            "inference",
+            "postprocess",
+            "end_to_end",
+        }
         assert r["predictions"]["label"] in CLASSES and len(r["predictions"]["top"]) == 3
     # Predictions agree with the model run directly on the same frames.
     with open_source(str(clip)) as src, OnnxRuntimeBackend(model, threads=1) as be:
@@ -62,17 +102,32 @@ def test_every_frame_of_a_file_in_order_with_jsonl_video_and_report(work, capsys
             assert r["index"] == i
             probs = softmax(be.infer(pre([frame])[0])[0][0])
             assert r["predictions"]["raw"][0]["class"] == CLASSES[int(probs.argmax())]
-            assert r["predictions"]["raw"][0]["score"] == pytest.approx(float(probs.max()), abs=1e-4)
+            assert r["predictions"]["raw"][0]["score"] == pytest.approx(
+                float(probs.max()), abs=1e-4
+            )
     report = json.loads(report_path.read_text())
     assert report["frames"] == FRAMES and report["frames_dropped"] == 0 and report["fps"] > 0
     for stage in ("capture", "preprocess", "inference", "postprocess", "end_to_end"):
         stats = report["stages"][stage]
         assert stats["count"] == FRAMES and stats["includes"]
-        assert stats["min_ms"] <= stats["median_ms"] <= stats["p90_ms"] <= stats["p99_ms"] <= stats["max_ms"]
-    assert report["task"] == "classify" and "onnxruntime" in report["backend"] and not report["interrupted"]
+        assert (
+            stats["min_ms"]
+            <= stats["median_ms"]
+            <= stats["p90_ms"]
+            <= stats["p99_ms"]
+            <= stats["max_ms"]
+        )
+    assert (
+        report["task"] == "classify"
+        and "onnxruntime" in report["backend"]
+        and not report["interrupted"]
+    )
     cap = cv2.VideoCapture(str(video))
     assert int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == FRAMES
-    assert (int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT))) == (160, 96)
+    assert (int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT))) == (
+        160,
+        96,
+    )
     cap.release()
     assert not [p.name for p in root.iterdir() if ".partial" in p.name or p.name.endswith(".tmp")]
 
@@ -80,12 +135,17 @@ def test_every_frame_of_a_file_in_order_with_jsonl_video_and_report(work, capsys
 def test_flags_override_config_max_frames(work, tmp_path):
     root, model, clip = work
     config = tmp_path / "deploy.toml"
-    config.write_text(f'[model]\npath = "{model}"\n[runtime]\nsource = "{clip}"\nmax_frames = 3\n'
-                      f'[outputs]\njsonl = "from_config.jsonl"\n')
+    config.write_text(
+        f'[model]\npath = "{model}"\n[runtime]\nsource = "{clip}"\nmax_frames = 3\n'
+        f'[outputs]\njsonl = "from_config.jsonl"\n'
+    )
     assert main(["--config", str(config), "--threads", "1"]) == 0
     assert [r["index"] for r in read_jsonl(tmp_path / "from_config.jsonl")] == [0, 1, 2]
     out = tmp_path / "flags.jsonl"
-    assert main(["--config", str(config), "--max-frames", "7", "--output", str(out), "--threads", "1"]) == 0
+    assert (
+        main(["--config", str(config), "--max-frames", "7", "--output", str(out), "--threads", "1"])
+        == 0
+    )
     assert [r["index"] for r in read_jsonl(out)] == list(range(7))
 
 
@@ -108,8 +168,23 @@ def test_ctrl_c_ends_cleanly_with_the_report(work, tmp_path, monkeypatch, capsys
 
     monkeypatch.setattr(sinks_mod.ConsoleSink, "write", interrupt_at_frame_5)
     out, report_path = tmp_path / "r.jsonl", tmp_path / "report.json"
-    assert main(["--model", str(model), "--source", str(clip), "--output", str(out), "--report",
-                 str(report_path), "--threads", "1"]) == 130
+    assert (
+        main(
+            [
+                "--model",
+                str(model),
+                "--source",
+                str(clip),
+                "--output",
+                str(out),
+                "--report",
+                str(report_path),
+                "--threads",
+                "1",
+            ]
+        )
+        == 130
+    )
     report = json.loads(report_path.read_text())
     assert report["interrupted"] and 5 <= report["frames"] < FRAMES
     indices = [r["index"] for r in read_jsonl(out)]
@@ -117,7 +192,9 @@ def test_ctrl_c_ends_cleanly_with_the_report(work, tmp_path, monkeypatch, capsys
     assert "stopped by Ctrl-C" in capsys.readouterr().out
 
 
-def test_a_failing_stage_is_one_error_and_leaves_no_partial_video(work, tmp_path, capsys, monkeypatch):
+def test_a_failing_stage_is_one_error_and_leaves_no_partial_video(
+    work, tmp_path, capsys, monkeypatch
+):
     root, model, clip = work
 
     def broken_infer(self, batch):
@@ -127,19 +204,29 @@ def test_a_failing_stage_is_one_error_and_leaves_no_partial_video(work, tmp_path
 
     monkeypatch.setattr(OnnxRuntimeBackend, "_infer", broken_infer)
     video = tmp_path / "v.mp4"
-    assert run_cli("glimmer-run", main, ["--model", str(model), "--source", str(clip),
-                                         "--save", str(video)]) == 1
-    assert capsys.readouterr().err.strip().splitlines() == ["glimmer-run: error: inference failed: device lost"]
+    assert (
+        run_cli(
+            "glimmer-run",
+            main,
+            ["--model", str(model), "--source", str(clip), "--save", str(video)],
+        )
+        == 1
+    )
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "glimmer-run: error: inference failed: device lost"
+    ]
     assert list(tmp_path.iterdir()) == []
 
 
 def test_detection_end_to_end_boxes_in_frame_pixels(tmp_path):
     head = np.zeros((1, 6, 4), np.float32)
-    head[0, :, 0] = [32, 32, 16, 8, 0.9, 0.0]   # car, xyxy (24, 28, 40, 36) in the input
-    head[0, :, 1] = [33, 32, 16, 8, 0.7, 0.0]   # same car, lower score: suppressed
-    head[0, :, 2] = [33, 32, 16, 8, 0.0, 0.6]   # a person in the same place: kept (class-aware)
-    head[0, :, 3] = [10, 10, 4, 4, 0.1, 0.1]    # below conf
-    model = fixed_detector(tmp_path / "det.onnx", head, ["car", "person"])  # 64 px, letterboxed, stride 32
+    head[0, :, 0] = [32, 32, 16, 8, 0.9, 0.0]  # car, xyxy (24, 28, 40, 36) in the input
+    head[0, :, 1] = [33, 32, 16, 8, 0.7, 0.0]  # same car, lower score: suppressed
+    head[0, :, 2] = [33, 32, 16, 8, 0.0, 0.6]  # a person in the same place: kept (class-aware)
+    head[0, :, 3] = [10, 10, 4, 4, 0.1, 0.1]  # below conf
+    model = fixed_detector(
+        tmp_path / "det.onnx", head, ["car", "person"]
+    )  # 64 px, letterboxed, stride 32
     folder = tmp_path / "frames"
     folder.mkdir()
     for name in ("b.png", "a.png"):
@@ -151,7 +238,9 @@ def test_detection_end_to_end_boxes_in_frame_pixels(tmp_path):
     dets = lines[0]["predictions"]["detections"]
     assert [(d["class"], d["score"]) for d in dets] == [("car", 0.9), ("person", 0.6)]
     # 200x100 frame -> gain 64/200 = 0.32, 32 rows of content, 16 rows of padding above.
-    assert dets[0]["box"] == pytest.approx([24 / 0.32, (28 - 16) / 0.32, 40 / 0.32, (36 - 16) / 0.32])
+    assert dets[0]["box"] == pytest.approx(
+        [24 / 0.32, (28 - 16) / 0.32, 40 / 0.32, (36 - 16) / 0.32]
+    )
 
 
 class _Collect(Sink):
@@ -165,7 +254,9 @@ class _Collect(Sink):
 def test_pipeline_processes_a_looped_file_in_order_with_memory_bounded_queues(work):
     root, model, clip = work
     sink = _Collect()
-    with open_source(str(clip), SourceOptions(loop=3)) as src, OnnxRuntimeBackend(model, threads=1) as be:
+    with open_source(str(clip), SourceOptions(loop=3)) as src, OnnxRuntimeBackend(
+        model, threads=1
+    ) as be:
         pipe = Pipeline(src, be, build_task(be.meta), [sink], queue_size=2)
         report = pipe.run()
     assert sink.indices == list(range(3 * FRAMES)) and report["frames"] == 3 * FRAMES
@@ -196,7 +287,9 @@ class _JitteryBackend(Backend):
 def test_concurrent_inference_threads_still_deliver_results_in_frame_order(tmp_path):
     for i in range(30):
         cv2.imwrite(str(tmp_path / f"{i:03d}.png"), np.full((8, 8, 3), 5 * i, np.uint8))
-    meta = ModelMeta(task="classify", name="j", class_names=["Normal"], input_size=(8, 8), scale=1.0)
+    meta = ModelMeta(
+        task="classify", name="j", class_names=["Normal"], input_size=(8, 8), scale=1.0
+    )
     seen = []
 
     class Record(Sink):
@@ -215,6 +308,7 @@ def test_concurrent_inference_threads_still_deliver_results_in_frame_order(tmp_p
 def test_onnxruntime_concurrency_follows_threads_and_cores(work, monkeypatch):
     _, model, _ = work
     monkeypatch.setattr("os.cpu_count", lambda: 4)
-    with OnnxRuntimeBackend(model, threads=1) as one, OnnxRuntimeBackend(model, threads=2) as two, \
-            OnnxRuntimeBackend(model) as default:
+    with OnnxRuntimeBackend(model, threads=1) as one, OnnxRuntimeBackend(
+        model, threads=2
+    ) as two, OnnxRuntimeBackend(model) as default:
         assert (one.concurrency, two.concurrency, default.concurrency) == (4, 2, 1)

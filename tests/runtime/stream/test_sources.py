@@ -1,5 +1,6 @@
 """Sources: URI vocabulary, every frame of a file in order, sorted image folders, the live grabber
 (newest frame only, drops counted, reconnect with back-off then a clear error), camera errors."""
+
 import subprocess
 import sys
 import threading
@@ -18,13 +19,21 @@ from glimmer.train.synthetic import make_scene_video, render_scene
 @pytest.fixture(scope="module")
 def clip(tmp_path_factory):
     path = tmp_path_factory.mktemp("clip") / "clip.avi"
-    make_scene_video(path, ["Fire", "Flood", "Normal"], frames_per_label=6, size=(96, 64), fps=12.0,
-                     fourcc="MJPG")
+    make_scene_video(
+        path,
+        ["Fire", "Flood", "Normal"],
+        frames_per_label=6,
+        size=(96, 64),
+        fps=12.0,
+        fourcc="MJPG",
+    )
     return path
 
 
 def test_uri_vocabulary(tmp_path, clip):
-    (tmp_path / "a.png").write_bytes(cv2.imencode(".png", np.zeros((4, 4, 3), np.uint8))[1].tobytes())
+    (tmp_path / "a.png").write_bytes(
+        cv2.imencode(".png", np.zeros((4, 4, 3), np.uint8))[1].tobytes()
+    )
     assert parse_uri("0") == ("v4l2", "0")
     assert parse_uri("csi://1") == ("csi", "1")
     assert parse_uri("v4l2:///dev/video2") == ("v4l2", "/dev/video2")
@@ -140,7 +149,9 @@ def test_live_stream_reconnects_with_backoff_then_fails_clearly():
     src.close()
     assert src.reconnects == 1 and len(opened) == 2 and len(got) >= 1
     message = str(info.value)
-    assert message.startswith("rtsp://cam/x: the stream stopped delivering frames and 3 reconnect attempts")
+    assert message.startswith(
+        "rtsp://cam/x: the stream stopped delivering frames and 3 reconnect attempts"
+    )
     assert message.endswith("s failed (last: cannot open the stream)")
 
 
@@ -169,9 +180,20 @@ def test_csi_needs_gstreamer_and_says_how_to_fix(monkeypatch):
 
 
 def test_absent_camera_is_one_clear_line_and_exit_1(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "glimmer.runtime.tools.run", "--model",
-                           str(tmp_path / "m.onnx"), "--camera", "57"],
-                          capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "glimmer.runtime.tools.run",
+            "--model",
+            str(tmp_path / "m.onnx"),
+            "--camera",
+            "57",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 1
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1, proc.stderr

@@ -1,4 +1,5 @@
 """The Task protocol: both tasks implement it, and the model's metadata picks which."""
+
 import copy
 
 import numpy as np
@@ -12,8 +13,14 @@ from glimmer.runtime.stream.pipeline import build_task
 from glimmer.runtime.stream.task import Task
 
 CLASSIFIER = ModelMeta(task="classify", name="c", class_names=["Fire", "Normal"], input_size=(8, 8))
-DETECTOR = ModelMeta(task="detect", name="d", class_names=["person", "car"], input_size=(32, 32), letterbox=True,
-                     stride=32)
+DETECTOR = ModelMeta(
+    task="detect",
+    name="d",
+    class_names=["person", "car"],
+    input_size=(32, 32),
+    letterbox=True,
+    stride=32,
+)
 
 
 @pytest.mark.parametrize("meta, kind", [(CLASSIFIER, Classifier), (DETECTOR, Detector)])

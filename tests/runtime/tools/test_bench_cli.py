@@ -1,6 +1,7 @@
 """glimmer-bench on a tiny exported GlimmerNet and a fixed-head detector: the trtexec fields of
 --json, the machine description, the chart, and --compare with available and unavailable peers
 (the export peers registered by monkeypatching discovery until pyproject.toml declares them)."""
+
 import json
 
 import numpy as np
@@ -22,8 +23,17 @@ def tiny(tmp_path_factory):
     root = tmp_path_factory.mktemp("bench")
     path = root / "tiny.onnx"
     net = export_tiny_glimmernet(path, dynamic_batch=True)
-    add_meta(path, ModelMeta(task="classify", name="glimmernet", class_names=list(CLASSES), input_size=(64, 64),
-                             batch=None, extra={"arch": "glimmernet", "config": net.config.to_dict()}))
+    add_meta(
+        path,
+        ModelMeta(
+            task="classify",
+            name="glimmernet",
+            class_names=list(CLASSES),
+            input_size=(64, 64),
+            batch=None,
+            extra={"arch": "glimmernet", "config": net.config.to_dict()},
+        ),
+    )
     return root, path
 
 
@@ -35,20 +45,49 @@ def bench(argv, capsys):
 
 def test_json_has_trtexec_fields_machine_and_both_figures(tiny, capsys):
     root, model = tiny
-    code, out, err = bench(["--model", model, "--iters", 30, "--warmup", 3, "--batch", 2, "--threads", 1,
-                            "--json", root / "b.json", "--plot", root / "b.png"], capsys)
+    code, out, err = bench(
+        [
+            "--model",
+            model,
+            "--iters",
+            30,
+            "--warmup",
+            3,
+            "--batch",
+            2,
+            "--threads",
+            1,
+            "--json",
+            root / "b.json",
+            "--plot",
+            root / "b.png",
+        ],
+        capsys,
+    )
     assert code == 0, err
     report = json.loads((root / "b.json").read_text())
     mo = report["model_only"]
     assert set(TRTEXEC) <= set(mo["latency_ms"]) and mo["latency_ms"]["count"] == 30
     assert len(mo["samples_ms"]) == 30 and mo["batch"] == 2
-    assert mo["latency_ms"]["min_ms"] <= mo["latency_ms"]["median_ms"] <= mo["latency_ms"]["p99_ms"] <= mo["latency_ms"]["max_ms"]
+    assert (
+        mo["latency_ms"]["min_ms"]
+        <= mo["latency_ms"]["median_ms"]
+        <= mo["latency_ms"]["p99_ms"]
+        <= mo["latency_ms"]["max_ms"]
+    )
     assert mo["throughput_images_per_s"] == pytest.approx(2 * mo["throughput_qps"], rel=1e-3)
     e2e = report["end_to_end"]
     assert e2e["frames"] == 30 and e2e["throughput_fps"] > 0
-    assert set(TRTEXEC) <= set(e2e["stages"]["end_to_end"]) and e2e["stages"]["inference"]["count"] == 30
+    assert (
+        set(TRTEXEC) <= set(e2e["stages"]["end_to_end"])
+        and e2e["stages"]["inference"]["count"] == 30
+    )
     machine = report["machine"]
-    assert machine["cores"] >= 1 and machine["threads"] == 1 and machine["onnxruntime"] != "not installed"
+    assert (
+        machine["cores"] >= 1
+        and machine["threads"] == 1
+        and machine["onnxruntime"] != "not installed"
+    )
     assert {"cpu", "gpu", "tensorrt", "device"} <= set(machine)
     assert "| model-only (batch 2) |" in out and "FPS" in out
     assert (root / "b.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -56,13 +95,32 @@ def test_json_has_trtexec_fields_machine_and_both_figures(tiny, capsys):
 
 def test_unavailable_peers_are_reported_not_crashed(tiny, capsys, monkeypatch):
     root, model = tiny
-    monkeypatch.setattr(bench_peers, "_entry_points", lambda: {})  # as before pyproject declares them
-    code, out, err = bench(["--model", model, "--iters", 5, "--warmup", 1, "--no-end-to-end",
-                            "--compare", "torch,onnx-naive,ultralytics", "--json", root / "u.json"], capsys)
+    monkeypatch.setattr(
+        bench_peers, "_entry_points", lambda: {}
+    )  # as before pyproject declares them
+    code, out, err = bench(
+        [
+            "--model",
+            model,
+            "--iters",
+            5,
+            "--warmup",
+            1,
+            "--no-end-to-end",
+            "--compare",
+            "torch,onnx-naive,ultralytics",
+            "--json",
+            root / "u.json",
+        ],
+        capsys,
+    )
     assert code == 0, err
     peers = {p["name"]: p for p in json.loads((root / "u.json").read_text())["compare"]}
     assert peers["torch"]["status"].startswith("unavailable: not registered")
-    assert peers["onnx-naive"]["status"] == "unavailable: give the plain export's file as onnx-naive=PATH.onnx"
+    assert (
+        peers["onnx-naive"]["status"]
+        == "unavailable: give the plain export's file as onnx-naive=PATH.onnx"
+    )
     assert "| torch | unavailable: not registered" in out
 
 
@@ -76,9 +134,15 @@ def test_a_peer_whose_import_fails_registers_as_unavailable(tiny, capsys, monkey
             raise ImportError("libtorch_cpu.so: cannot open shared object file")
 
     monkeypatch.setattr(bench_peers, "_entry_points", lambda: {"torch": BrokenEntryPoint()})
-    code, out, _ = bench(["--model", model, "--iters", 3, "--warmup", 0, "--no-end-to-end", "--compare", "torch"], capsys)
+    code, out, _ = bench(
+        ["--model", model, "--iters", 3, "--warmup", 0, "--no-end-to-end", "--compare", "torch"],
+        capsys,
+    )
     assert code == 0
-    assert "| torch | unavailable: cannot import glimmer.export.bench_peers:TorchPeer: ImportError: libtorch_cpu.so" in out
+    assert (
+        "| torch | unavailable: cannot import glimmer.export.bench_peers:TorchPeer: ImportError: libtorch_cpu.so"
+        in out
+    )
 
 
 def test_torch_and_naive_onnx_peers_timed_on_the_same_input(tiny, capsys, monkeypatch):
@@ -88,18 +152,40 @@ def test_torch_and_naive_onnx_peers_timed_on_the_same_input(tiny, capsys, monkey
     monkeypatch.setattr(bench_peers, "_entry_points", lambda: {})
     monkeypatch.setitem(bench_peers.BUILTIN, "torch", TorchPeer)
     monkeypatch.setitem(bench_peers.BUILTIN, "ultralytics", UltralyticsPeer)
-    code, out, err = bench(["--model", model, "--iters", 8, "--warmup", 1, "--threads", 1, "--no-end-to-end",
-                            "--compare", f"torch,onnx-naive={model},ultralytics", "--json", root / "c.json",
-                            "--plot", root / "c.png"], capsys)
+    code, out, err = bench(
+        [
+            "--model",
+            model,
+            "--iters",
+            8,
+            "--warmup",
+            1,
+            "--threads",
+            1,
+            "--no-end-to-end",
+            "--compare",
+            f"torch,onnx-naive={model},ultralytics",
+            "--json",
+            root / "c.json",
+            "--plot",
+            root / "c.png",
+        ],
+        capsys,
+    )
     assert code == 0, err
     report = json.loads((root / "c.json").read_text())
     peers = {p["name"]: p for p in report["compare"]}
     for name in ("torch", "onnx-naive"):
         assert peers[name]["status"] == "ok" and len(peers[name]["samples_ms"]) == 8
-        ratio = peers[name]["latency_ms"]["median_ms"] / report["model_only"]["latency_ms"]["median_ms"]
+        ratio = (
+            peers[name]["latency_ms"]["median_ms"] / report["model_only"]["latency_ms"]["median_ms"]
+        )
         assert peers[name]["ratio_to_glimmer"] == pytest.approx(ratio, rel=1e-2)
     assert "rebuilt from extra.config" in peers["torch"]["label"]
-    assert peers["ultralytics"]["status"] == "unavailable: the ultralytics predictor is compared for detectors only"
+    assert (
+        peers["ultralytics"]["status"]
+        == "unavailable: the ultralytics predictor is compared for detectors only"
+    )
     assert "x |" in out
 
 
@@ -111,8 +197,22 @@ def test_ultralytics_predictor_peer_on_a_detector(tmp_path, capsys, monkeypatch)
     head = np.zeros((1, 6, 2), np.float32)
     head[0, :, 0] = [20, 20, 16, 16, 0.9, 0.0]
     model = fixed_detector(tmp_path / "det.onnx", head, ["car", "person"])
-    code, out, err = bench(["--model", model, "--iters", 5, "--warmup", 1, "--no-end-to-end",
-                            "--compare", "ultralytics", "--json", tmp_path / "d.json"], capsys)
+    code, out, err = bench(
+        [
+            "--model",
+            model,
+            "--iters",
+            5,
+            "--warmup",
+            1,
+            "--no-end-to-end",
+            "--compare",
+            "ultralytics",
+            "--json",
+            tmp_path / "d.json",
+        ],
+        capsys,
+    )
     assert code == 0, err
     report = json.loads((tmp_path / "d.json").read_text())
     peer = report["compare"][0]
@@ -120,16 +220,24 @@ def test_ultralytics_predictor_peer_on_a_detector(tmp_path, capsys, monkeypatch)
     assert report["frame_sequential"]["latency_ms"]["count"] == 5
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--compare", "toch"], "--compare: unknown peer 'toch' (did you mean 'torch'?)"),
-    (["--iters", "0"], "--iters must be at least 1, got 0"),
-    (["--source", "nowhere.mp4"], "nowhere.mp4"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--compare", "toch"], "--compare: unknown peer 'toch' (did you mean 'torch'?)"),
+        (["--iters", "0"], "--iters must be at least 1, got 0"),
+        (["--source", "nowhere.mp4"], "nowhere.mp4"),
+    ],
+)
 def test_bad_flags_are_one_error_line(tiny, capsys, argv, message):
     _, model = tiny
     code, out, err = bench(["--model", model, *argv], capsys)
     lines = err.strip().splitlines()
-    assert code == 1 and len(lines) == 1 and lines[0].startswith("glimmer-bench: error: ") and message in lines[0]
+    assert (
+        code == 1
+        and len(lines) == 1
+        and lines[0].startswith("glimmer-bench: error: ")
+        and message in lines[0]
+    )
 
 
 def test_fixed_batch_mismatch_is_refused(tmp_path, capsys):
@@ -144,12 +252,16 @@ def test_bench_and_check_modules_stay_on_the_runtime_floor():
     import subprocess
     import sys
 
-    code = ("import sys\n"
-            "import glimmer.runtime.tools.bench, glimmer.runtime.tools.check, glimmer.runtime.tools.regression\n"
-            "import glimmer.runtime.tools.evaluate, glimmer.runtime.tools.baseline, glimmer.runtime.tools.peers as p\n"
-            "p.discover()\n"
-            "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'ultralytics') or\n"
-            "             m.startswith(('glimmer.export', 'glimmer.models', 'glimmer.train', 'glimmer.calibration')))\n"
-            "print(bad)\n")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    code = (
+        "import sys\n"
+        "import glimmer.runtime.tools.bench, glimmer.runtime.tools.check, glimmer.runtime.tools.regression\n"
+        "import glimmer.runtime.tools.evaluate, glimmer.runtime.tools.baseline, glimmer.runtime.tools.peers as p\n"
+        "p.discover()\n"
+        "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'ultralytics') or\n"
+        "             m.startswith(('glimmer.export', 'glimmer.models', 'glimmer.train', 'glimmer.calibration')))\n"
+        "print(bad)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout
     assert out.strip() == "[]"

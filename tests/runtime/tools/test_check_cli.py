@@ -1,6 +1,7 @@
 """glimmer-check end to end on small ONNX models built here: bounds that pass and fail (a baseline
 above what this machine can do; a model with its weights perturbed), device skips, errors for
 missing files and bad keys, and --update-baseline round-tripping the file's comments and layout."""
+
 import json
 import re
 from pathlib import Path
@@ -48,14 +49,27 @@ def work(tmp_path_factory):
     make_scene_dataset(root / "data", {"Train": 12, "Test": 8}, size=64)
     centroids = fit_centroids(root / "data" / "Train")
     centroid_classifier(root / "good.onnx", centroids)
-    centroid_classifier(root / "bad.onnx", centroids[[1, 0, 2, 3]])  # perturbed: two classes swapped
-    make_scene_video(root / "clip.avi", ["Fire", "Normal"], frames_per_label=5, size=(160, 96), fps=10.0,
-                     fourcc="MJPG")
+    centroid_classifier(
+        root / "bad.onnx", centroids[[1, 0, 2, 3]]
+    )  # perturbed: two classes swapped
+    make_scene_video(
+        root / "clip.avi",
+        ["Fire", "Normal"],
+        frames_per_label=5,
+        size=(160, 96),
+        fps=10.0,
+        fourcc="MJPG",
+    )
     return root
 
 
-def profile(root: Path, name: str = "deploy.toml", min_fps: float = 1.0, model: str = "good.onnx",
-            device: str = "") -> Path:
+def profile(
+    root: Path,
+    name: str = "deploy.toml",
+    min_fps: float = 1.0,
+    model: str = "good.onnx",
+    device: str = "",
+) -> Path:
     path = root / name
     path.write_text(PROFILE.format(min_fps=min_fps, model=model, device=device))
     return path
@@ -80,8 +94,12 @@ def statuses(out: str):
 def test_all_pass_on_a_good_model_within_reach(work, capsys):
     code, out, err = check(["--config", profile(work), "--json", work / "r.json"], capsys)
     assert code == 0, out + err
-    assert statuses(out) == {("speed", "fps"): "PASS", ("speed", "p99_ms"): "PASS",
-                             ("accuracy", "f1_weighted"): "PASS", ("int8-drop", "drop"): "PASS"}
+    assert statuses(out) == {
+        ("speed", "fps"): "PASS",
+        ("speed", "p99_ms"): "PASS",
+        ("accuracy", "f1_weighted"): "PASS",
+        ("int8-drop", "drop"): "PASS",
+    }
     assert "per class: Earthquake F1" in out
     report = json.loads((work / "r.json").read_text())
     speed = next(c for c in report["checks"] if c["name"] == "speed")
@@ -97,24 +115,42 @@ def test_fails_when_fps_baseline_is_beyond_this_machine(work, capsys):
 
 
 def test_fails_when_the_model_weights_are_perturbed(work, capsys):
-    code, out, _ = check(["--config", profile(work, model="bad.onnx"), "--only", "accuracy",
-                          "--only", "int8-drop"], capsys)
+    code, out, _ = check(
+        ["--config", profile(work, model="bad.onnx"), "--only", "accuracy", "--only", "int8-drop"],
+        capsys,
+    )
     assert code == 1
     assert statuses(out) == {("accuracy", "f1_weighted"): "FAIL", ("int8-drop", "drop"): "FAIL"}
 
 
 def test_other_device_is_skipped_not_passed(work, capsys):
-    code, out, _ = check(["--config", profile(work, min_fps=1e7, device='device = "Jetson Orin Nano"'),
-                          "--only", "speed"], capsys)
+    code, out, _ = check(
+        [
+            "--config",
+            profile(work, min_fps=1e7, device='device = "Jetson Orin Nano"'),
+            "--only",
+            "speed",
+        ],
+        capsys,
+    )
     assert code == 0
     assert statuses(out) == {("speed", "-"): "SKIPPED"}
     assert "baseline belongs to device 'Jetson Orin Nano'" in out
 
 
-@pytest.mark.parametrize("edit, message", [
-    (("good.onnx\"\ndata = \"data/Test\"", "gone.onnx\"\ndata = \"data/Test\""), "model {root}/gone.onnx: no such file"),
-    (("data = \"clip.avi\"", "data = \"nowhere.avi\""), "data {root}/nowhere.avi: no such file or folder"),
-])
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (
+            ('good.onnx"\ndata = "data/Test"', 'gone.onnx"\ndata = "data/Test"'),
+            "model {root}/gone.onnx: no such file",
+        ),
+        (
+            ('data = "clip.avi"', 'data = "nowhere.avi"'),
+            "data {root}/nowhere.avi: no such file or folder",
+        ),
+    ],
+)
 def test_missing_model_or_data_is_an_error_not_a_pass(work, capsys, edit, message):
     path = profile(work, "missing.toml")
     path.write_text(path.read_text().replace(*edit, 1))
@@ -124,12 +160,27 @@ def test_missing_model_or_data_is_an_error_not_a_pass(work, capsys, edit, messag
     assert message.format(root=work) in out
 
 
-@pytest.mark.parametrize("edit, message", [
-    (("min_fps = ", "min_fsp = "), "unknown key 'checks.speed.min_fsp' (did you mean 'checks.speed.min_fps'?)"),
-    (("max_drop = 0.05", "max_drop = 0.05\nrefrence = 'x'"), "unknown key 'checks.int8-drop.refrence' (did you mean 'checks.int8-drop.reference'?)"),
-    (("min_f1_weighted = 0.8", "min_f1_weighted = 1.8"), "key 'checks.accuracy.min_f1_weighted' must be at most 1, got 1.8"),
-    (("max_drop = 0.05", "min_f1_weighted = 0.5"), "key 'checks.int8-drop.max_drop' is missing (max_drop bounds the drop from a reference model: give both)"),
-])
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (
+            ("min_fps = ", "min_fsp = "),
+            "unknown key 'checks.speed.min_fsp' (did you mean 'checks.speed.min_fps'?)",
+        ),
+        (
+            ("max_drop = 0.05", "max_drop = 0.05\nrefrence = 'x'"),
+            "unknown key 'checks.int8-drop.refrence' (did you mean 'checks.int8-drop.reference'?)",
+        ),
+        (
+            ("min_f1_weighted = 0.8", "min_f1_weighted = 1.8"),
+            "key 'checks.accuracy.min_f1_weighted' must be at most 1, got 1.8",
+        ),
+        (
+            ("max_drop = 0.05", "min_f1_weighted = 0.5"),
+            "key 'checks.int8-drop.max_drop' is missing (max_drop bounds the drop from a reference model: give both)",
+        ),
+    ],
+)
 def test_bad_keys_are_one_error_line_naming_the_key(work, capsys, edit, message):
     path = profile(work, "bad.toml")
     text = path.read_text()
@@ -142,9 +193,13 @@ def test_bad_keys_are_one_error_line_naming_the_key(work, capsys, edit, message)
 
 def test_mixed_speed_and_accuracy_bounds_are_refused(work, capsys):
     path = profile(work, "mixed.toml")
-    path.write_text(path.read_text().replace("min_f1_weighted = 0.8", "min_f1_weighted = 0.8\nmin_fps = 3.0"))
+    path.write_text(
+        path.read_text().replace("min_f1_weighted = 0.8", "min_f1_weighted = 0.8\nmin_fps = 3.0")
+    )
     code, _, err = check(["--config", path], capsys)
-    assert code == 1 and "mixes speed bounds (min_fps) with accuracy bounds (min_f1_weighted)" in err
+    assert (
+        code == 1 and "mixes speed bounds (min_fps) with accuracy bounds (min_f1_weighted)" in err
+    )
 
 
 def test_only_with_an_unknown_name_suggests_one(work, capsys):
@@ -156,24 +211,33 @@ def test_only_with_an_unknown_name_suggests_one(work, capsys):
 def test_update_baseline_keeps_comments_and_layout(work, capsys):
     path = profile(work, "update.toml", min_fps=1e7)
     before = path.read_text()
-    code, out, _ = check(["--config", path, "--update-baseline", "--margin", "0.2",
-                          "--json", work / "u.json"], capsys)
+    code, out, _ = check(
+        ["--config", path, "--update-baseline", "--margin", "0.2", "--json", work / "u.json"],
+        capsys,
+    )
     assert code == 0, out
     after = path.read_text()
-    measured = {c["name"]: c["measured"] for c in json.loads((work / "u.json").read_text())["checks"]}
+    measured = {
+        c["name"]: c["measured"] for c in json.loads((work / "u.json").read_text())["checks"]
+    }
     device = this_device()
     # every line is unchanged except the bounds' values; the speed check gets this device, added
     # after its last key (before the comment that opens the next table)
     added = [line for line in after.splitlines() if line.startswith("device = ")]
     assert added == [f"device = {json.dumps(device)}"]
-    assert f'max_p99_ms = {new_p99_text(after)}    # inference p99 ceiling\ndevice = ' in after
+    assert f"max_p99_ms = {new_p99_text(after)}    # inference p99 ceiling\ndevice = " in after
     stripped = "\n".join(line for line in after.splitlines() if not line.startswith("device = "))
     value = r"[0-9.e+]+"
     pattern = re.escape(before.rstrip("\n")).replace(re.escape("10000000.0"), value)
-    pattern = pattern.replace(re.escape("500.0"), value).replace(re.escape("0.8   #"), value + "   #")
+    pattern = pattern.replace(re.escape("500.0"), value).replace(
+        re.escape("0.8   #"), value + "   #"
+    )
     assert re.fullmatch(pattern, stripped), (before, after)
     new_fps = float(re.search(r"min_fps = ([0-9.]+)   # FPS floor", after).group(1))
-    assert new_fps == pytest.approx(measured["speed"]["fps"] * 0.8, abs=0.11) and new_fps <= measured["speed"]["fps"] * 0.8
+    assert (
+        new_fps == pytest.approx(measured["speed"]["fps"] * 0.8, abs=0.11)
+        and new_fps <= measured["speed"]["fps"] * 0.8
+    )
     new_p99 = float(re.search(r"max_p99_ms = ([0-9.]+)    # inference p99 ceiling", after).group(1))
     assert new_p99 >= measured["speed"]["p99_ms"] * 1.2
     assert "max_drop = 0.05" in after  # a tolerance, not a measurement
@@ -194,9 +258,15 @@ def test_detector_map_check(work, tmp_path, capsys):
     fixed_detector(tmp_path / "det.onnx", head, ["car", "person"])
     yolo_set(tmp_path / "val", [[12, 12, 28, 28], [36, 28, 52, 52]], [0, 1])
     path = tmp_path / "det.toml"
-    path.write_text('[checks.det]\nmodel = "det.onnx"\ndata = "val"\nmin_map50 = 0.99\nmin_map50_95 = 0.99\n'
-                    '[checks.det-wrong]\nmodel = "det.onnx"\ndata = "val"\nmin_f1_weighted = 0.5\n')
+    path.write_text(
+        '[checks.det]\nmodel = "det.onnx"\ndata = "val"\nmin_map50 = 0.99\nmin_map50_95 = 0.99\n'
+        '[checks.det-wrong]\nmodel = "det.onnx"\ndata = "val"\nmin_f1_weighted = 0.5\n'
+    )
     code, out, _ = check(["--config", path], capsys)
     assert code == 2
-    assert statuses(out) == {("det", "map50"): "PASS", ("det", "map50_95"): "PASS", ("det-wrong", "-"): "ERROR"}
+    assert statuses(out) == {
+        ("det", "map50"): "PASS",
+        ("det", "map50_95"): "PASS",
+        ("det-wrong", "-"): "ERROR",
+    }
     assert "min_f1_weighted does not apply to a detect model" in out

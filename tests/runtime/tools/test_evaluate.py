@@ -1,6 +1,7 @@
 """Accuracy evaluation of glimmer-check: the COCO evaluator (faster-coco-eval) against hand-made
 cases whose mAP follows from COCO's rules by hand, and the runtime path (preprocess, backend,
 Detector / argmax) over YOLO-format and labelled folders, with small ONNX models built here."""
+
 import numpy as np
 import pytest
 from tiny_onnx import centroid_classifier, fit_centroids, fixed_detector, yolo_set
@@ -21,7 +22,13 @@ HALF_RECALL_AP = 51 / 101
 
 
 # -- the COCO evaluator on hand-made cases ---------------------------------------------------------
-GT = [[(0, [0.0, 0.0, 100.0, 100.0]), (0, [200.0, 200.0, 260.0, 260.0]), (1, [300.0, 0.0, 340.0, 50.0])]]
+GT = [
+    [
+        (0, [0.0, 0.0, 100.0, 100.0]),
+        (0, [200.0, 200.0, 260.0, 260.0]),
+        (1, [300.0, 0.0, 340.0, 50.0]),
+    ]
+]
 
 
 def test_perfect_predictions_give_map_one():
@@ -61,9 +68,9 @@ def test_wrong_class_and_no_detections_score_zero():
 # -- through the runtime ---------------------------------------------------------------------------
 def test_detector_map_through_runtime_from_yolo_folder_and_data_yaml(tmp_path):
     head = np.zeros((1, 6, 3), np.float32)
-    head[0, :, 0] = [20, 20, 16, 16, 0.9, 0.0]    # car (12, 12, 28, 28)
-    head[0, :, 1] = [44, 40, 16, 24, 0.0, 0.8]    # person (36, 28, 52, 52)
-    head[0, :, 2] = [50, 10, 6, 6, 0.3, 0.0]      # a false car where nothing is labelled
+    head[0, :, 0] = [20, 20, 16, 16, 0.9, 0.0]  # car (12, 12, 28, 28)
+    head[0, :, 1] = [44, 40, 16, 24, 0.0, 0.8]  # person (36, 28, 52, 52)
+    head[0, :, 2] = [50, 10, 6, 6, 0.3, 0.0]  # a false car where nothing is labelled
     model = fixed_detector(tmp_path / "det.onnx", head, ["car", "person"])
     data = yolo_set(tmp_path / "val", [[12, 12, 28, 28], [36, 28, 52, 52]], [0, 1])
     with OnnxRuntimeBackend(model) as backend:
@@ -93,7 +100,9 @@ def scenes(tmp_path_factory):
     make_scene_dataset(root, {"Train": 12, "Test": 8}, size=64)
     centroids = fit_centroids(root / "Train")
     good = centroid_classifier(root / "good.onnx", centroids)
-    bad = centroid_classifier(root / "bad.onnx", centroids[[1, 0, 2, 3]])  # Fire and Earthquake swapped
+    bad = centroid_classifier(
+        root / "bad.onnx", centroids[[1, 0, 2, 3]]
+    )  # Fire and Earthquake swapped
     return root, good, bad
 
 
@@ -106,7 +115,10 @@ def test_classifier_weighted_f1_and_per_class_through_runtime(scenes):
     assert report["f1_weighted"] >= 0.85
     with OnnxRuntimeBackend(bad) as backend:
         worse = evaluate_classifier(backend, root / "Test")
-    assert worse["per_class"]["Fire"]["recall"] < 0.3 and worse["per_class"]["Earthquake"]["recall"] < 0.3
+    assert (
+        worse["per_class"]["Fire"]["recall"] < 0.3
+        and worse["per_class"]["Earthquake"]["recall"] < 0.3
+    )
     assert worse["f1_weighted"] < report["f1_weighted"] - 0.3
 
 
@@ -132,7 +144,11 @@ def test_unreadable_images_are_skipped_and_counted_for_both_tasks(scenes, tmp_pa
     (data / "images" / "b.png").write_bytes(b"")
     with OnnxRuntimeBackend(model) as backend:
         result = evaluate_detector(backend, data)
-        assert result["images"] == 1 and result["unreadable"] == 1 and result["map50"] == pytest.approx(1.0)
+        assert (
+            result["images"] == 1
+            and result["unreadable"] == 1
+            and result["map50"] == pytest.approx(1.0)
+        )
         (data / "images" / "a.png").write_bytes(b"")
         with pytest.raises(GlimmerError, match="no readable images"):
             evaluate_detector(backend, data)
@@ -148,7 +164,10 @@ def test_a_set_read_once_scores_backends_sessions_and_callables_alike(scenes, tm
         data = load_labelled(meta, root / "Test")
         by_backend = score(backend, data)
     assert data.inputs.shape == (32, 3, 64, 64) and data.unreadable == 0 and len(data.truth) == 32
-    assert by_backend["f1_weighted"] == full["f1_weighted"] and by_backend["accuracy"] == full["accuracy"]
+    assert (
+        by_backend["f1_weighted"] == full["f1_weighted"]
+        and by_backend["accuracy"] == full["accuracy"]
+    )
     session = make_session(good)  # its batch is fixed at 1: every input its own call
     assert score(session, data) == by_backend
     batches = []

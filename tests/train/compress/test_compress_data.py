@@ -1,4 +1,5 @@
 """Dataset checks and VisDrone conversion: exact output, clear errors."""
+
 from pathlib import Path
 
 import cv2
@@ -19,7 +20,9 @@ def _cli(args, capsys):
 
 @pytest.fixture(scope="module")
 def shapes(tmp_path_factory):
-    return make_shapes_dataset(tmp_path_factory.mktemp("shapes") / "ds", n_train=4, n_val=2, size=64)
+    return make_shapes_dataset(
+        tmp_path_factory.mktemp("shapes") / "ds", n_train=4, n_val=2, size=64
+    )
 
 
 def test_generated_dataset_passes_the_checks(shapes):
@@ -30,8 +33,17 @@ def test_generated_dataset_passes_the_checks(shapes):
 
 
 def _finetune_args(data, tmp_path):
-    return ["finetune", "--model", "yolov8n.pt", "--data", str(data), "--epochs", "1",
-            "--out", str(tmp_path / "run")]
+    return [
+        "finetune",
+        "--model",
+        "yolov8n.pt",
+        "--data",
+        str(data),
+        "--epochs",
+        "1",
+        "--out",
+        str(tmp_path / "run"),
+    ]
 
 
 @pytest.mark.parametrize("case", ["missing", "bad_yaml", "no_label", "bad_class", "missing_split"])
@@ -46,8 +58,16 @@ def test_dataset_problems_are_one_clear_line(case, shapes, tmp_path, capsys):
     cv2.imwrite(str(root / "images" / "train" / "a.png"), img)
     (root / "labels" / "train" / "a.txt").write_text("1 0.5 0.5 0.2 0.2\n")
     cfg = root / "data.yaml"
-    cfg.write_text(yaml.safe_dump({"path": str(root), "train": "images/train", "val": "images/train",
-                                   "names": {0: "disc", 1: "box"}}))
+    cfg.write_text(
+        yaml.safe_dump(
+            {
+                "path": str(root),
+                "train": "images/train",
+                "val": "images/train",
+                "names": {0: "disc", 1: "box"},
+            }
+        )
+    )
     expect = {
         "missing": (root / "nope.yaml", "nope.yaml: no such file (datasets are never downloaded)"),
         "bad_yaml": (cfg, "data.yaml: not valid YAML at line 3"),
@@ -64,8 +84,19 @@ def test_dataset_problems_are_one_clear_line(case, shapes, tmp_path, capsys):
         (root / "labels" / "train" / "a.txt").write_text("7 0.5 0.5 0.2 0.2\n")
     elif case == "missing_split":
         cfg.write_text(cfg.read_text().replace("val: images/train", "val: images/val"))
-    ds_args = ["sparse", "--model", "yolov8n.yaml", "--data", str(path), "--epochs", "1",
-               "--imgsz", "64", "--out", str(tmp_path / "run")]
+    ds_args = [
+        "sparse",
+        "--model",
+        "yolov8n.yaml",
+        "--data",
+        str(path),
+        "--epochs",
+        "1",
+        "--imgsz",
+        "64",
+        "--out",
+        str(tmp_path / "run"),
+    ]
     rc, cap = _cli(ds_args, capsys)
     assert rc == 1, cap
     assert cap.err.startswith("glimmer-compress: error: ") and cap.err.count("\n") == 1, cap.err
@@ -75,10 +106,12 @@ def test_dataset_problems_are_one_clear_line(case, shapes, tmp_path, capsys):
 
 def test_bad_flags(capsys, tmp_path, shapes):
     base = ["sparse", "--data", str(shapes), "--out", str(tmp_path / "o")]
-    for extra, message in [(["--epochs", "0"], "--epochs must be at least 1"),
-                           (["--epochs", "1", "--imgsz", "100"], "--imgsz must be a multiple of 32"),
-                           (["--epochs", "1", "--sr", "-1"], "--sr must be >= 0"),
-                           (["--epochs", "1", "--model", "resnet50.yaml"], "expected yolov8n|s|m|l|x.yaml")]:
+    for extra, message in [
+        (["--epochs", "0"], "--epochs must be at least 1"),
+        (["--epochs", "1", "--imgsz", "100"], "--imgsz must be a multiple of 32"),
+        (["--epochs", "1", "--sr", "-1"], "--sr must be >= 0"),
+        (["--epochs", "1", "--model", "resnet50.yaml"], "expected yolov8n|s|m|l|x.yaml"),
+    ]:
         rc, cap = _cli(base + extra, capsys)
         assert rc == 1 and message in cap.err, cap.err
 
@@ -87,8 +120,20 @@ def test_out_folder_with_content_is_not_reused(capsys, tmp_path, shapes):
     out = tmp_path / "o"
     out.mkdir()
     (out / "keep.txt").write_text("precious")
-    rc, cap = _cli(["sparse", "--model", "yolov8n.yaml", "--data", str(shapes), "--epochs", "1",
-                    "--out", str(out)], capsys)
+    rc, cap = _cli(
+        [
+            "sparse",
+            "--model",
+            "yolov8n.yaml",
+            "--data",
+            str(shapes),
+            "--epochs",
+            "1",
+            "--out",
+            str(out),
+        ],
+        capsys,
+    )
     assert rc == 1 and "folder is not empty" in cap.err
     assert (out / "keep.txt").read_text() == "precious"
 
@@ -120,7 +165,11 @@ def test_visdrone2yolo_exact_lines_and_dropped_counts(tmp_path, capsys):
     ]
     assert "boxes kept: 3" in cap.out
     assert "boxes dropped: 3" in cap.out
-    for reason in ("ignored region (category 0): 1", "others (category 11): 1", "ignored box (score 0): 1"):
+    for reason in (
+        "ignored region (category 0): 1",
+        "others (category 11): 1",
+        "ignored box (score 0): 1",
+    ):
         assert reason in cap.out
     assert (out / "images" / "val" / "0001.jpg").is_file()
     data = yaml.safe_load((out / "data.yaml").read_text())

@@ -2,6 +2,7 @@
 
 The pipeline runs once per module (about 15 s on 2 cores); the tests read what it produced.
 """
+
 import csv
 import json
 
@@ -23,15 +24,35 @@ V8N_2CLS, V8N_2CLS_PRUNED = 3_011_238, 914_214
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    return make_shapes_dataset(tmp_path_factory.mktemp("shapes") / "ds", n_train=16, n_val=8, size=64)
+    return make_shapes_dataset(
+        tmp_path_factory.mktemp("shapes") / "ds", n_train=16, n_val=8, size=64
+    )
 
 
 @pytest.fixture(scope="module")
 def pipeline(tmp_path_factory, data):
     out = tmp_path_factory.mktemp("pipeline") / "run"
-    rc = compress_cli.main(["pipeline", "--model", "yolov8n.yaml", "--data", str(data), "--epochs", "1",
-                            "--imgsz", "64", "--batch", "4", "--workers", "0", "--latency-runs", "3",
-                            "--out", str(out)])
+    rc = compress_cli.main(
+        [
+            "pipeline",
+            "--model",
+            "yolov8n.yaml",
+            "--data",
+            str(data),
+            "--epochs",
+            "1",
+            "--imgsz",
+            "64",
+            "--batch",
+            "4",
+            "--workers",
+            "0",
+            "--latency-runs",
+            "3",
+            "--out",
+            str(out),
+        ]
+    )
     assert rc == 0
     return out
 
@@ -79,7 +100,11 @@ def test_pruned_model_is_exported_by_glimmer_exports_path_and_runs(pipeline):
     props = {p.key: p.value for p in model.metadata_props}
     meta = ModelMeta.from_props(props)
     assert METADATA_KEY in props and model.producer_name == "glimmer-export"
-    assert meta.task == "detect" and list(meta.class_names) == ["disc", "box"] and tuple(meta.input_size) == (64, 64)
+    assert (
+        meta.task == "detect"
+        and list(meta.class_names) == ["disc", "box"]
+        and tuple(meta.input_size) == (64, 64)
+    )
     assert meta.extra["exporter"] == "torch.onnx (TorchScript)"
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     (out,) = sess.run(None, {sess.get_inputs()[0].name: torch.zeros(1, 3, 64, 64).numpy()})
@@ -89,8 +114,17 @@ def test_pruned_model_is_exported_by_glimmer_exports_path_and_runs(pipeline):
 def test_sparse_training_lowers_gamma_l1(tmp_path, data):
     l1 = {}
     for sr in (0.0, 0.1):
-        args = train_args(data, tmp_path / f"sr{sr}", epochs=1, imgsz=64, batch=4, model="yolov8n.yaml",
-                          workers=0, nbs=4, val=False)
+        args = train_args(
+            data,
+            tmp_path / f"sr{sr}",
+            epochs=1,
+            imgsz=64,
+            batch=4,
+            model="yolov8n.yaml",
+            workers=0,
+            nbs=4,
+            val=False,
+        )
         model, _ = load_detector(run_training(SparseTrainer, args, sr=sr))
         l1[sr] = gamma_l1(model)
     # 4 steps at lr 0.01 move each of ~4,000 gammas by about lr*sr per step; far above run noise
@@ -121,8 +155,17 @@ def test_compressed_model_goes_through_glimmer_export_and_glimmer_run(pipeline, 
     export_cli = pytest.importorskip("glimmer.export.cli")
     from glimmer.runtime.core.metadata import METADATA_KEY, ModelMeta
 
-    rc = export_cli.main([str(pipeline / "4-distill" / "weights" / "best.pt"), "--out", str(tmp_path),
-                          "--img-size", "64", "--latency-runs", "1"])
+    rc = export_cli.main(
+        [
+            str(pipeline / "4-distill" / "weights" / "best.pt"),
+            "--out",
+            str(tmp_path),
+            "--img-size",
+            "64",
+            "--latency-runs",
+            "1",
+        ]
+    )
     assert rc == 0
     (onnx_path,) = [p for p in tmp_path.glob("*.onnx") if ".int8" not in p.name]
     props = {p.key: p.value for p in onnx.load(str(onnx_path)).metadata_props}
@@ -133,8 +176,21 @@ def test_compressed_model_goes_through_glimmer_export_and_glimmer_run(pipeline, 
     run_cli = pytest.importorskip("glimmer.runtime.tools.run")
     jsonl = tmp_path / "run.jsonl"
     images = data.parent / "images" / "val"
-    rc = run_cli.main(["--model", str(onnx_path), "--source", str(images), "--headless",
-                       "--backend", "onnxruntime", "--output", str(jsonl), "--max-frames", "3"])
+    rc = run_cli.main(
+        [
+            "--model",
+            str(onnx_path),
+            "--source",
+            str(images),
+            "--headless",
+            "--backend",
+            "onnxruntime",
+            "--output",
+            str(jsonl),
+            "--max-frames",
+            "3",
+        ]
+    )
     assert rc == 0
     lines = [json.loads(line) for line in jsonl.read_text().splitlines()]
     assert len(lines) == 3 and all(r["predictions"]["task"] == "detect" for r in lines)

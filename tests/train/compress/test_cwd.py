@@ -1,4 +1,5 @@
 """Channel-wise distillation loss (Shu et al. 2021): value, zero point, gradient flow."""
+
 import math
 
 import pytest
@@ -21,7 +22,11 @@ def test_cwd_matches_a_hand_computed_value():
 def test_cwd_averages_over_batch_and_channels():
     g = torch.Generator().manual_seed(0)
     s, t = torch.randn(3, 4, 5, 6, generator=g), torch.randn(3, 4, 5, 6, generator=g)
-    per_map = [cwd_loss(s[i:i + 1, c:c + 1], t[i:i + 1, c:c + 1], 6.0) for i in range(3) for c in range(4)]
+    per_map = [
+        cwd_loss(s[i : i + 1, c : c + 1], t[i : i + 1, c : c + 1], 6.0)
+        for i in range(3)
+        for c in range(4)
+    ]
     assert cwd_loss(s, t, 6.0).item() == pytest.approx(torch.stack(per_map).mean().item(), rel=1e-5)
 
 

@@ -1,4 +1,5 @@
 """Layer-wise pruning of YOLOv8: exact counts, output equivalence, ultralytics compatibility, errors."""
+
 import copy
 from pathlib import Path
 
@@ -48,16 +49,45 @@ def test_yolov8m_ten_classes_has_the_papers_parameter_count(v8m):
 
 #: FLOPs per layer of YOLOv8n (2 classes) at 64 px as glimmer-compress counted them with its own conv
 #: hooks before it used glimmer.models.macs: the one counter must give the same figures
-V8N_2CLS_FLOPS_64 = [884736, 2359296, 3670016, 2359296, 6291456, 2359296, 6291456, 2359296, 3670016, 1310720,
-                     0, 0, 4718592, 0, 0, 4718592, 1179648, 0, 3932160, 1179648, 0, 3932160, 29621760]
+V8N_2CLS_FLOPS_64 = [
+    884736,
+    2359296,
+    3670016,
+    2359296,
+    6291456,
+    2359296,
+    6291456,
+    2359296,
+    3670016,
+    1310720,
+    0,
+    0,
+    4718592,
+    0,
+    0,
+    4718592,
+    1179648,
+    0,
+    3932160,
+    1179648,
+    0,
+    3932160,
+    29621760,
+]
 
 
 def test_compress_counts_flops_with_the_models_mac_counter(v8n_random_bn):
     rows = layer_costs(v8n_random_bn, 64)
     assert [r["flops"] for r in rows] == V8N_2CLS_FLOPS_64
-    assert [r["type"] for r in rows][-1] == "Detect" and rows[0]["params"] == count_params(v8n_random_bn.model[0])
-    total, _ = count_macs(v8n_random_bn, 64, part=lambda name: "all" if name.startswith("model.") else None)
-    assert 2 * total == sum(V8N_2CLS_FLOPS_64) and gflops(v8n_random_bn, 64) == pytest.approx(2 * total / 1e9)
+    assert [r["type"] for r in rows][-1] == "Detect" and rows[0]["params"] == count_params(
+        v8n_random_bn.model[0]
+    )
+    total, _ = count_macs(
+        v8n_random_bn, 64, part=lambda name: "all" if name.startswith("model.") else None
+    )
+    assert 2 * total == sum(V8N_2CLS_FLOPS_64) and gflops(v8n_random_bn, 64) == pytest.approx(
+        2 * total / 1e9
+    )
 
 
 def test_yolov8m_at_640_costs_the_same_as_before(v8m):
@@ -78,8 +108,13 @@ def test_coupling_rules_hold_after_pruning(v8m):
         if type(layer).__name__ == "C2f":
             assert layer.cv1.conv.out_channels == 2 * layer.c  # chunk(2) halves equal
             if layer.m[0].add:  # residual: one shared mask for cv1's second half and every m.cv2
-                shared = [g for g in result.groups if g.members[0][0].endswith(".cv1") and len(g.members) > 1
-                          and g.members[0][0].startswith(f"model.{layer.i}.")]
+                shared = [
+                    g
+                    for g in result.groups
+                    if g.members[0][0].endswith(".cv1")
+                    and len(g.members) > 1
+                    and g.members[0][0].startswith(f"model.{layer.i}.")
+                ]
                 assert len(shared) == 1 and len(shared[0].members) == 1 + len(layer.m)
     head = model.model[-1]
     assert all(seq[2].out_channels == 64 for seq in head.cv2)  # 4 * reg_max box outputs kept
@@ -124,7 +159,9 @@ def pruned_pt(tmp_path_factory, v8n_random_bn):
     d = tmp_path_factory.mktemp("prune")
     src = save_detector(v8n_random_bn, d / "base.pt", {"stage": "test"})
     dst = d / "pruned.pt"
-    assert compress_cli.main(["prune", "--model", str(src), "--out", str(dst), "--imgsz", "64"]) == 0
+    assert (
+        compress_cli.main(["prune", "--model", str(src), "--out", str(dst), "--imgsz", "64"]) == 0
+    )
     return src, dst
 
 
@@ -141,16 +178,21 @@ def test_pruned_checkpoint_loads_with_ultralytics_yolo(pruned_pt, capsys):
 
 def test_prune_cli_prints_per_layer_table(tmp_path, pruned_pt, capsys):
     src, _ = pruned_pt
-    assert compress_cli.main(["prune", "--model", str(src), "--out", str(tmp_path / "p.pt"),
-                              "--imgsz", "64"]) == 0
+    assert (
+        compress_cli.main(
+            ["prune", "--model", str(src), "--out", str(tmp_path / "p.pt"), "--imgsz", "64"]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "| 22 | Detect |" in out and "params 3,011,238 -> 914,214" in out
 
 
 def test_prune_refuses_to_overwrite_its_input(pruned_pt, capsys):
     src, _ = pruned_pt
-    rc = compress_cli.run_cli("glimmer-compress", compress_cli.main,
-                              ["prune", "--model", str(src), "--out", str(src)])
+    rc = compress_cli.run_cli(
+        "glimmer-compress", compress_cli.main, ["prune", "--model", str(src), "--out", str(src)]
+    )
     assert rc == 1
     assert "would overwrite the unpruned --model" in capsys.readouterr().err
 
@@ -160,19 +202,29 @@ def test_not_a_yolov8_detector_is_one_clear_error(tmp_path, capsys):
     from glimmer.models.glimmernet import build_model
 
     glimmer_pt = tmp_path / "glimmer.pt"
-    save_checkpoint(glimmer_pt, build_model("glimmernet", num_classes=4), "glimmernet",
-                    ["a", "b", "c", "d"], (64, 64))
+    save_checkpoint(
+        glimmer_pt,
+        build_model("glimmernet", num_classes=4),
+        "glimmernet",
+        ["a", "b", "c", "d"],
+        (64, 64),
+    )
     v11 = ultralytics_modules()["DetectionModel"]("yolo11n.yaml", nc=2, verbose=False)
     v11_pt = save_detector(v11, tmp_path / "yolo11n.pt", {})
     junk = tmp_path / "junk.pt"
     junk.write_bytes(b"not a checkpoint")
-    cases = [(glimmer_pt, "not a YOLOv8 detector (a GlimmerNet checkpoint)"),
-             (v11_pt, "not a YOLOv8 detector (layer 2 is C3k2)"),
-             (junk, "not a YOLOv8 detector (not an ultralytics checkpoint)"),
-             (tmp_path / "missing.pt", "no such file")]
+    cases = [
+        (glimmer_pt, "not a YOLOv8 detector (a GlimmerNet checkpoint)"),
+        (v11_pt, "not a YOLOv8 detector (layer 2 is C3k2)"),
+        (junk, "not a YOLOv8 detector (not an ultralytics checkpoint)"),
+        (tmp_path / "missing.pt", "no such file"),
+    ]
     for path, message in cases:
-        rc = compress_cli.run_cli("glimmer-compress", compress_cli.main,
-                                  ["prune", "--model", str(path), "--out", str(tmp_path / "o.pt")])
+        rc = compress_cli.run_cli(
+            "glimmer-compress",
+            compress_cli.main,
+            ["prune", "--model", str(path), "--out", str(tmp_path / "o.pt")],
+        )
         err = capsys.readouterr().err
         assert rc == 1 and err.count("\n") == 1, err
         assert err.startswith("glimmer-compress: error: ") and message in err, err
@@ -186,7 +238,10 @@ def test_prune_ratio_out_of_range_is_rejected(v8m):
 
 def test_bad_ratio_flag(capsys, pruned_pt):
     src, _ = pruned_pt
-    rc = compress_cli.run_cli("glimmer-compress", compress_cli.main,
-                              ["prune", "--model", str(src), "--out", "x.pt", "--ratio", "1.5"])
+    rc = compress_cli.run_cli(
+        "glimmer-compress",
+        compress_cli.main,
+        ["prune", "--model", str(src), "--out", "x.pt", "--ratio", "1.5"],
+    )
     assert rc == 1 and "--ratio must be in [0, 1)" in capsys.readouterr().err
     assert not Path("x.pt").exists()
