@@ -100,8 +100,10 @@ def main() -> None:
         rows.append((threads, row))
 
     print(
-        f"GlimmerNet (default, 31,204 params) at {size}x{size}, batch 1; {platform.processor() or platform.machine()}, "
-        f"{cores} cores; torch {torch.__version__}, onnxruntime {__import__('onnxruntime').__version__}; "
+        f"GlimmerNet (default, 31,204 params) at {size}x{size}, batch 1; "
+        f"{platform.processor() or platform.machine()}, "
+        f"{cores} cores; torch {torch.__version__}, "
+        f"onnxruntime {__import__('onnxruntime').__version__}; "
         f"median of {args.runs} runs\n"
     )
     names = list(rows[0][1])
@@ -117,10 +119,12 @@ def main() -> None:
     vs_eager = one["PyTorch eager"] / one[best]
     print(f"\nsingle-threaded, best export form = {best}:")
     print(
-        f"- vs plain export: {vs_plain:.2f}x (target >= 1.3x: {'met' if vs_plain >= 1.3 else 'NOT met'})"
+        f"- vs plain export: {vs_plain:.2f}x "
+        f"(target >= 1.3x: {'met' if vs_plain >= 1.3 else 'NOT met'})"
     )
     print(
-        f"- vs PyTorch eager: {vs_eager:.2f}x (target >= 4x: {'met' if vs_eager >= 4 else 'NOT met'})"
+        f"- vs PyTorch eager: {vs_eager:.2f}x "
+        f"(target >= 4x: {'met' if vs_eager >= 4 else 'NOT met'})"
     )
     print(
         f"- INT8 vs FP32 ({fastest}): {one[fastest] / one[f'INT8 Q/DQ ({fastest})']:.2f}x "

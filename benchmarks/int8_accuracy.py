@@ -178,7 +178,8 @@ def main() -> int:
     lines = [
         f"FP32: Test weighted F1 {fp32_test:.4f} ({len(test.truth)} images; Val {len(val.truth)})",
         "",
-        "| weights | method | layer groups left float | Val F1 (sim.) | Test F1 simulated | Test F1 ORT CPU | "
+        "| weights | method | layer groups left float | Val F1 (sim.) | "
+        "Test F1 simulated | Test F1 ORT CPU | "
         "Test drop |",
         "|---|---|---|---|---|---|---|",
     ]

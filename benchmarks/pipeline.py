@@ -5,7 +5,8 @@ them), in one run:
 
 - decode only, preprocess only, model only (``backend.infer`` on one fixed batch): each stage alone;
 - a plain loop: read, preprocess, infer, postprocess, one frame after another;
-- the pipeline (``glimmer.runtime.stream.pipeline.Pipeline``): the same work, stages overlapped in threads.
+- the pipeline (``glimmer.runtime.stream.pipeline.Pipeline``): the same work, stages overlapped in
+  threads.
 
 Each is measured ``--runs`` times, interleaved; the table shows the best (the figure least disturbed
 by other work on a shared machine) and the median.
@@ -14,7 +15,8 @@ Targets: pipeline >= 1.5x the plain loop's FPS on this 2-core machine, and end-t
 within 10% of model-only FPS whenever decoding is not the slower stage. ``--long`` adds a memory
 run (20,000 frames from a looped file) reporting resident memory (VmRSS) at its start and end.
 
-    python benchmarks/pipeline.py [--frames 300] [--size 224] [--threads 1] [--long [--plot rss.png]]
+    python benchmarks/pipeline.py [--frames 300] [--size 224] [--threads 1]
+        [--long [--plot rss.png]]
 """
 
 import argparse
@@ -189,7 +191,8 @@ def main(argv=None) -> int:
         n_frames = per_label * len(CLASSES) * args.repeat
         print(
             f"clip: {per_label * len(CLASSES)} frames {args.width}x{args.height} mp4v, played "
-            f"{args.repeat}x; GlimmerNet {args.size}x{args.size}, random weights; ONNX Runtime CPU, "
+            f"{args.repeat}x; GlimmerNet {args.size}x{args.size}, random weights; "
+            "ONNX Runtime CPU, "
             f"{args.threads} intra-op thread(s)",
             file=sys.stderr,
         )
@@ -224,7 +227,8 @@ def main(argv=None) -> int:
     print("|---|---:|---:|---:|")
     for name, values in runs.items():
         print(
-            f"| {name} | {max(values):.1f} | {1000.0 / max(values):.2f} | {statistics.median(values):.1f} |"
+            f"| {name} | {max(values):.1f} | {1000.0 / max(values):.2f} | "
+            f"{statistics.median(values):.1f} |"
         )
     print(
         f"\n- pipeline / plain loop: **{pipe / plain:.2f}x** (target >= 1.5x; median "

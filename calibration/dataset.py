@@ -8,8 +8,8 @@ recursively under ``--calib DIR`` (a training split with class folders works), d
 resize or letterbox, channel order, scale, mean/std all come from the artifact.
 
 The selection is a seeded shuffle of the sorted file list, so a folder sorted by class still gives
-every class a share. Undecodable files are skipped and counted; fewer usable images than asked for is
-an error, never a silently smaller calibration set.
+every class a share. Undecodable files are skipped and counted; fewer usable images than asked for
+is an error, never a silently smaller calibration set.
 
 :class:`OrtCalibrationReader` feeds ONNX Runtime's ``quantize_static`` (any object with ``get_next``
 qualifies, so onnxruntime is not imported here); :meth:`CalibrationSet.batches` feeds TensorRT's
@@ -102,7 +102,8 @@ class CalibrationSet:
             self.paths.append(found[int(index)])
         if len(arrays) < self.count:
             raise GlimmerError(
-                f"{self.option} {self.root}: only {len(arrays)} usable images ({len(found)} found, {len(self.skipped)} unreadable), {self.count} needed for "
+                f"{self.option} {self.root}: only {len(arrays)} usable images "
+                f"({len(found)} found, {len(self.skipped)} unreadable), {self.count} needed for "
                 "calibration (lower --calib-count or add images)"
             )
         self._data = np.stack(arrays).astype(np.float32)

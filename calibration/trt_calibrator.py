@@ -4,9 +4,9 @@ Implements the implicit path of docs/tensorrt.md, "INT8 paths". TensorRT calls t
 building: ``get_batch_size``, then ``get_batch(names)`` until it returns None (each call hands over
 device pointers to one NCHW float32 batch), and it reads / writes a calibration cache so that a
 rebuild skips the images. The batches come from an iterable of numpy arrays already preprocessed by
-the runtime's :class:`~glimmer.runtime.core.preprocess.Preprocessor`, so calibration statistics see what
-the drone sees. Implicit calibration is deprecated from TensorRT 10.1 and removed in 11.0; there the
-explicitly quantized (Q/DQ) ONNX is the only INT8 path, and this module says so.
+the runtime's :class:`~glimmer.runtime.core.preprocess.Preprocessor`, so calibration statistics see
+what the drone sees. Implicit calibration is deprecated from TensorRT 10.1 and removed in 11.0;
+there the explicitly quantized (Q/DQ) ONNX is the only INT8 path, and this module says so.
 
 The ``IInt8EntropyCalibrator2`` base class exists only when ``tensorrt`` imports, so the subclass is
 made on first use rather than at import time.
@@ -46,9 +46,9 @@ def make_entropy_calibrator(
     ``batches`` is an iterable of NCHW float32 arrays, or an object with a ``batches()`` method
     (:class:`glimmer.calibration.dataset.CalibrationSet`); either is read only if TensorRT asks,
     so a valid calibration cache means no image is decoded. Pass the result as ``calibrator=`` to
-    :func:`glimmer.runtime.backends.trt.build.build_engine`. ``batch_size`` (default: ``batches.batch_size``)
-    is the batch of a dynamic network's calibration profile. Raises GlimmerError on TensorRT 11+,
-    which has no implicit calibration.
+    :func:`glimmer.runtime.backends.trt.build.build_engine`. ``batch_size`` (default:
+    ``batches.batch_size``) is the batch of a dynamic network's calibration profile. Raises
+    GlimmerError on TensorRT 11+, which has no implicit calibration.
     """
     trt = trt_compat.import_tensorrt()
     if not implicit_calibration_available(trt):

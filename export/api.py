@@ -76,7 +76,8 @@ class ExportSettings:
 
     @classmethod
     def of(cls, settings: Optional["ExportSettings"] = None, **options: Any) -> "ExportSettings":
-        """``settings`` (or the defaults) with ``options`` laid over; an unknown name is one error."""
+        """``settings`` (or the defaults) with ``options`` laid over; an unknown name is one
+        error."""
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(options) - known)
         if unknown:
@@ -163,7 +164,8 @@ def export(
         log(f"calibration: reading {calib.count} images from {settings.calib}")
         if settings.int8_mode == "calibrator" and meta.batch == 1:
             log(
-                "note: a static batch-1 network is calibrated by TensorRT one image at a time, which gives "
+                "note: a static batch-1 network is calibrated by TensorRT one image at a time, "
+                "which gives "
                 "poor entropy scales; --dynamic-batch calibrates in one large batch"
             )
         calib.data  # noqa: B018
@@ -184,9 +186,8 @@ def export(
     limit = FP32_TOLERANCE * max(1.0, check["max_abs_reference"])
     if check["max_abs_diff"] > limit:
         raise GlimmerError(
-            "FP32 ONNX disagrees with PyTorch: max abs difference {:.3g} > {:.3g}; nothing written".format(
-                check["max_abs_diff"], limit
-            )
+            "FP32 ONNX disagrees with PyTorch: max abs difference {:.3g} > {:.3g}; "
+            "nothing written".format(check["max_abs_diff"], limit)
         )
     fp32_latency = latency_ms(session, latency_input(meta), settings.latency_runs)
     report: Dict[str, Any] = {
@@ -256,7 +257,8 @@ def export(
         speedup = fp32_latency["median_ms"] / entry["onnxruntime_cpu_latency"]["median_ms"]
         report["int8"].update(faster_than_fp32_on_this_cpu=speedup > 1.0, speedup_vs_fp32=speedup)
         log(
-            f"wrote {int8_path} (ONNX Runtime CPU: INT8 {entry['onnxruntime_cpu_latency']['median_ms']:.2f} ms "
+            f"wrote {int8_path} (ONNX Runtime CPU: "
+            f"INT8 {entry['onnxruntime_cpu_latency']['median_ms']:.2f} ms "
             f"vs FP32 {fp32_latency['median_ms']:.2f} ms)"
         )
     next_step = None
@@ -300,7 +302,8 @@ def export_engines(
     settings: ExportSettings,
     log: Log = say,
 ) -> Tuple[Dict[str, Any], Optional[str]]:
-    """(the report's ``engines`` record, the command for the target when they cannot be built here)."""
+    """(the report's ``engines`` record, the command for the target when they cannot be built
+    here)."""
     usable, reason = trt_engines.tensorrt_status()
     flags = " ".join(f for f, on in (("--fp16", settings.fp16), ("--int8", settings.int8)) if on)
     if not usable:

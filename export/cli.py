@@ -45,9 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
         choices=MODES,
         default="auto",
         help="how GDBlock convs are lowered: "
-        "split (a conv per run of equal dilation), aligned (split with runs moved to multiples of 4 "
-        "channels, for ONNX Runtime's blocked kernels), embed (one conv, larger kernel), auto (time "
-        "them, keep the fastest; the default)",
+        "split (a conv per run of equal dilation), aligned (split with runs moved to multiples "
+        "of 4 channels, for ONNX Runtime's blocked kernels), embed (one conv, larger kernel), "
+        "auto (time them, keep the fastest; the default)",
     )
     p.add_argument(
         "--fp16", action="store_true", help="also build NAME.fp16.engine (TensorRT + GPU only)"
@@ -83,7 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_MAX_DROP,
         metavar="D",
         help="with --val: largest drop of weighted F1 from FP32 that INT8 may cost (simulated, as "
-        f"TensorRT computes); the most sensitive layers stay float until it holds (default {DEFAULT_MAX_DROP})",
+        "TensorRT computes); the most sensitive layers stay float until it holds "
+        f"(default {DEFAULT_MAX_DROP})",
     )
     p.add_argument(
         "--val",
@@ -124,7 +125,8 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 
 def int8_summary(record: Dict[str, Any]) -> List[str]:
-    """The INT8 lines of the summary: how accuracy was computed, what stayed float, TensorRT's view."""
+    """The INT8 lines of the summary: how accuracy was computed, what stayed float, TensorRT's
+    view."""
     from .int8 import summary_lines
 
     return summary_lines(record)

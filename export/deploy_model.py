@@ -21,7 +21,8 @@ is the rewrite's business. A rule also names the slot its rewrite fills, so the 
 ``stages.0.grn.shifts.0``, ``refiner.conv``, ``fc``) come from the rules, never from the training
 model's attribute paths: ONNX node and initializer names, the Q/DQ layer names and
 :mod:`glimmer.export.qat`'s table depend on them. A model variant built from the same blocks needs
-nothing new here. The slots must come in the order ``stem (blocks+ aggregator pool grn)+ refiner fc``.
+nothing new here. The slots must come in the order
+``stem (blocks+ aggregator pool grn)+ refiner fc``.
 
 The module is tied to one input size (the Aggregator's constant shapes, the GRN's eps); the batch is
 free.

@@ -52,7 +52,10 @@ def tensorrt_int8(target: QuantTarget, groups: int) -> str:
     if target.channels_per_group == 1:
         return "fp16: depthwise convolution (no INT8 gain on TensorRT)"
     if target.channels_per_group % 4:
-        return f"fp16: grouped convolution with {target.channels_per_group} channels per group (INT8 needs a multiple of 4)"
+        return (
+            f"fp16: grouped convolution with {target.channels_per_group} channels per group "
+            "(INT8 needs a multiple of 4)"
+        )
     return "int8"
 
 
@@ -68,7 +71,8 @@ def _groups(model: onnx.ModelProto) -> Dict[str, int]:
 def layer_table(
     model: onnx.ModelProto, targets: Sequence[QuantTarget], float_groups: Sequence[str]
 ) -> List[Dict[str, Any]]:
-    """One row per quantisable layer: its group, whether it stayed float, TensorRT's INT8 support."""
+    """One row per quantisable layer: its group, whether it stayed float, TensorRT's INT8
+    support."""
     groups = _groups(model)
     return [
         {
@@ -171,7 +175,8 @@ class Int8Builder:
 
 
 def int8_meta(meta: ModelMeta, record: Mapping[str, Any]) -> Dict[str, Any]:
-    """What the runtime needs to know about an INT8 file: weight grid, placement, origin of scales."""
+    """What the runtime needs to know about an INT8 file: weight grid, placement, origin of
+    scales."""
     return {
         "weight_bits": int(record.get("weight_bits", 8)),
         "placement": "tensorrt (Conv/Gemm inputs and weights)",
@@ -305,7 +310,8 @@ def build_int8(
             accuracy["int8_reduce_range_simulated"] = dict(
                 f1_weighted=f1(narrow, True),
                 how=(
-                    "7-bit weights (ONNX Runtime's reduce_range), simulated: what fused kernels compute on x86 "
+                    "7-bit weights (ONNX Runtime's reduce_range), simulated: "
+                    "what fused kernels compute on x86 "
                     "without VNNI, where 8-bit weights saturate"
                 ),
             )
@@ -319,7 +325,10 @@ def _even(x, batch: Optional[int]):
     return x[: max(size, len(x) // size * size)]
 
 
-SIMULATED_HOW = "Q/DQ simulated in float (ONNX Runtime with Q/DQ fusion off): what TensorRT computes, up to rounding"
+SIMULATED_HOW = (
+    "Q/DQ simulated in float (ONNX Runtime with Q/DQ fusion off): "
+    "what TensorRT computes, up to rounding"
+)
 KERNELS_HOW = (
     "ONNX Runtime CPU as glimmer-run runs the file on this machine (int8_kernels auto: see "
     "execution); integer_kernels: the nodes ONNX Runtime fuses into integer arithmetic when "
@@ -343,7 +352,8 @@ def summary_lines(record: Mapping[str, Any]) -> List[str]:
         sim = accuracy["int8_simulated"]["f1_weighted"]
         cpu = accuracy["int8_onnxruntime_cpu"]
         lines.append(
-            f"INT8 weighted F1: fp32 {accuracy['fp32']:.4f}, int8 simulated (as TensorRT) {sim:.4f}, "
+            f"INT8 weighted F1: fp32 {accuracy['fp32']:.4f}, "
+            f"int8 simulated (as TensorRT) {sim:.4f}, "
             f"ONNX Runtime CPU {cpu['f1_weighted']:.4f} on {cpu['cpu']} "
             f"({cpu['integer_kernels']} nodes as integer kernels)"
         )

@@ -4,7 +4,8 @@
   read with ``weights_only=True``: no code runs);
 - an ultralytics YOLOv8 ``.pt``, pruned ones included (``glimmer-compress`` saves them in
   ultralytics' own format). Read with ultralytics' own loader (:mod:`glimmer.models.yolo`), which
-  **unpickles the file**: a pickle can run code, so only export ``.pt`` files from a source you trust;
+  **unpickles the file**: a pickle can run code, so only export ``.pt`` files from a source you
+  trust;
 - an ``.onnx`` carrying our metadata (or ultralytics'), for the on-target engine step.
 
 The kind comes from :func:`glimmer.models.checkpoint.sniff_kind`, which reads the pickle's bytes

@@ -1,12 +1,12 @@
 """PyTorch -> ONNX for deployment: a clean static graph, our metadata, an op histogram.
 
-Exporter choice: torch 2.14's ``torch.onnx.export`` defaults to the dynamo exporter, which cannot emit
-opset 17 (it exports at 18 and its down-conversion fails on Reduce* axes), takes seconds per model,
-and is not what TensorRT 8.4-8.6's parsers were validated against. We call the TorchScript exporter
-(``dynamo=False``): for our models it honours the requested opset, folds constants into the graph
-without Shape/Gather chains when shapes are static, and marks a dynamic batch through
-``dynamic_axes``. Its ``Constant`` nodes are then moved into initializers, so the op histogram counts
-real work only.
+Exporter choice: torch 2.14's ``torch.onnx.export`` defaults to the dynamo exporter, which cannot
+emit opset 17 (it exports at 18 and its down-conversion fails on Reduce* axes), takes seconds per
+model, and is not what TensorRT 8.4-8.6's parsers were validated against. We call the TorchScript
+exporter (``dynamo=False``): for our models it honours the requested opset, folds constants into the
+graph without Shape/Gather chains when shapes are static, and marks a dynamic batch through
+``dynamic_axes``. Its ``Constant`` nodes are then moved into initializers, so the op histogram
+counts real work only.
 
 Output: an ONNX with our metadata, a static or dynamic batch, opset 17 by default; the metadata
 schema is in :mod:`glimmer.runtime.core.metadata`.
@@ -196,7 +196,8 @@ def load_onnx(path: Path) -> onnx.ModelProto:
         return onnx.load(str(path))
     except Exception as exc:  # protobuf DecodeError, OSError...
         raise GlimmerError(
-            f"{path}: not a readable ONNX model: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+            f"{path}: not a readable ONNX model: "
+            f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
         ) from None
 
 

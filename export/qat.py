@@ -3,8 +3,8 @@
 ``glimmer-train --qat-from`` (:mod:`glimmer.train.qat`) trains with fixed input ranges on modules of
 the training form and stores them in the checkpoint's ``qat`` entry by module name. The Q/DQ export
 quantises tensors of the deploy form (:mod:`glimmer.export.deploy_model`) instead, where the stem is
-cut by output channel into parts, each GDBlock into per-stream convs, and the head's Linear is ``fc``.
-Each quantised Conv / Gemm reads its range from the training module whose input it consumes:
+cut by output channel into parts, each GDBlock into per-stream convs, and the head's Linear is
+``fc``. Each quantised Conv / Gemm reads its range from the training module whose input it consumes:
 
 ======================================  ==============================  ===========================
 deploy layer (weight name)              training module                 deploy structure

@@ -2,7 +2,8 @@
 
 - classifier (GlimmerNet / TakuNet): the grouped dilated convs are lowered (``deploy_form``) in the
   mode asked for, or with ``auto`` in every mode that gives a different graph, timed against each
-  other (as TensorRT engines where TensorRT builds here, else ONNX Runtime CPU) and the fastest kept;
+  other (as TensorRT engines where TensorRT builds here, else ONNX Runtime CPU) and the fastest
+  kept;
 - detector (YOLOv8): Conv+BN fused and the Detect head in export mode (``prepare_detector``).
 
 A recipe returns the ONNX with its metadata attached, the PyTorch reference that the ONNX is
@@ -122,10 +123,11 @@ def recipe_for(task: str) -> Any:
 def time_modes(
     candidates: Dict[str, Any], meta: Any, settings: Any, log: Log
 ) -> Tuple[Dict[str, Any], str]:
-    """(comparison record, what timed it): batch latency of each candidate ONNX with TensorRT where it
-    can build here (FP16 if ``fp16``), else with ONNX Runtime CPU on one thread. The candidates are
-    held open together and timed in interleaved rounds, so load on a busy machine hits them alike,
-    and a difference within the measured noise goes to the preferred lowering (DILATION_PREFERENCE)."""
+    """(comparison record, what timed it): batch latency of each candidate ONNX with TensorRT where
+    it can build here (FP16 if ``fp16``), else with ONNX Runtime CPU on one thread. The candidates
+    are held open together and timed in interleaved rounds, so load on a busy machine hits them
+    alike, and a difference within the measured noise goes to the preferred lowering
+    (DILATION_PREFERENCE)."""
     import contextlib
     import tempfile
 
@@ -162,7 +164,8 @@ def time_modes(
             runners = {mode: ort_call(model) for mode, model in candidates.items()}
             timed_with = f"ONNX Runtime CPU, 1 thread, {runs}"
         log(
-            f"timing dilation modes {', '.join(runners)}: {rounds} interleaved rounds of {calls} calls"
+            f"timing dilation modes {', '.join(runners)}: "
+            f"{rounds} interleaved rounds of {calls} calls"
         )
         result = compare_latency(
             runners, DILATION_PREFERENCE, rounds=rounds, calls=calls, warmup=10

@@ -4,9 +4,9 @@ What an export must pass: max abs difference on random and on image-like inputs 
 within 1e-4 for our models), top-1 agreement for a classifier, box and score agreement for a
 detector, and ONNX Runtime CPU latency at batch 1 as a median of many runs.
 
-Both kinds of input go through the runtime's own :class:`Preprocessor`, so they lie in the domain the
-deployed model sees: "random" frames are uniform uint8 noise, "image-like" frames are smooth colour
-fields with edges and blobs (drawn with OpenCV), the statistics a photo has and noise lacks.
+Both kinds of input go through the runtime's own :class:`Preprocessor`, so they lie in the domain
+the deployed model sees: "random" frames are uniform uint8 noise, "image-like" frames are smooth
+colour fields with edges and blobs (drawn with OpenCV), the statistics a photo has and noise lacks.
 
 Sessions, timing and accuracy are the runtime's (backends/ort/session.py, core/timing.py,
 tools/evaluate.py), so an export figure means what the same figure on the drone means.
@@ -56,8 +56,9 @@ INTEGER_OPS = frozenset(
 
 
 def integer_kernels(model_bytes: bytes) -> int:
-    """How many nodes ONNX Runtime's CPU provider runs as integer kernels after its graph optimisations
-    (0 for TensorRT placement: it fuses only Q/DQ groups whose output is quantised too)."""
+    """How many nodes ONNX Runtime's CPU provider runs as integer kernels after its graph
+    optimisations (0 for TensorRT placement: it fuses only Q/DQ groups whose output is quantised
+    too)."""
     import tempfile
 
     import onnx
@@ -97,7 +98,8 @@ def _frame(rng: np.random.Generator, h: int, w: int, image_like: bool) -> np.nda
 
 
 def sample_inputs(meta: ModelMeta, count: int, image_like: bool, seed: int = 0) -> np.ndarray:
-    """``count`` preprocessed NCHW float32 inputs for ``meta`` (frames 4:3, so letterboxing shows)."""
+    """``count`` preprocessed NCHW float32 inputs for ``meta`` (frames 4:3, so letterboxing
+    shows)."""
     rng = np.random.default_rng(seed)
     h, w = meta.input_size
     frames = [_frame(rng, max(8, h * 3 // 4), w, image_like) for _ in range(count)]
@@ -153,9 +155,10 @@ def compare(
 def detection_agreement(ref: np.ndarray, out: np.ndarray, top_k: int = 10) -> Dict[str, float]:
     """Box and score agreement of ``[B, 4 + nc, anchors]`` outputs (xywh pixels, class scores).
 
-    ``top_k_agree``: of each image's ``top_k`` anchors by PyTorch's best class score, the share where
-    ONNX gives the same class, a score within 1e-3 and box centres within one pixel; ranking by score
-    rather than a confidence threshold keeps the check meaningful for untrained weights too.
+    ``top_k_agree``: of each image's ``top_k`` anchors by PyTorch's best class score, the share
+    where ONNX gives the same class, a score within 1e-3 and box centres within one pixel; ranking
+    by score rather than a confidence threshold keeps the check meaningful for untrained weights
+    too.
     """
     scores_r, scores_o = ref[:, 4:], out[:, 4:]
     best_r = scores_r.max(1)

@@ -1,12 +1,14 @@
 """Glimmer Edge: from a trained checkpoint to live camera inference on a drone's companion computer.
 
 Subpackages, lowest layer first (imports only point down):
-``runtime`` (no torch, Python 3.8) <- ``calibration`` <- ``export`` <- ``train``; ``models`` is torch only.
+``runtime`` (no torch, Python 3.8) <- ``calibration`` <- ``export`` <- ``train``; ``models`` is
+torch only.
 
 The Python API, imported on first use so that ``import glimmer`` loads nothing heavy and only
 ``export`` needs torch:
 
-- ``glimmer.load(path, backend="auto", ...)`` -> a :class:`~glimmer.runtime.api.Model`: ``model(frame)``;
+- ``glimmer.load(path, backend="auto", ...)`` -> a :class:`~glimmer.runtime.api.Model`:
+  ``model(frame)``;
 - ``glimmer.run(source, model, ...)`` -> per-frame results over a file, folder or camera;
 - ``glimmer.bench(model, ...)`` -> glimmer-bench's report;
 - ``glimmer.export(checkpoint, **settings)`` -> glimmer-export's report

@@ -1,8 +1,8 @@
 """Checkpoints: our self-describing format, the reference implementation's Lightning ``.ckpt``,
 and sniffing which kind a file is without unpickling code.
 
-Our file is a plain dict (tensors and primitives only, so ``torch.load(weights_only=True)`` reads it):
-``format``, ``version``, ``arch``, ``config`` (GlimmerConfig), ``class_names``, ``input_size``,
+Our file is a plain dict (tensors and primitives only, so ``torch.load(weights_only=True)`` reads
+it): ``format``, ``version``, ``arch``, ``config`` (GlimmerConfig), ``class_names``, ``input_size``,
 ``preprocess`` (channel order, scale, mean/std), ``state_dict``, ``provenance`` (dataset, epoch,
 metrics) and, in a training run's ``last.pt``, ``train_state`` for resuming. A checkpoint from
 quantisation-aware training (``glimmer-train --qat-from``) adds ``qat``: the fixed activation ranges
@@ -149,8 +149,8 @@ def load_checkpoint(path: Path, dilations: Optional[Sequence[int]] = None) -> Ch
     """Load our checkpoint or a reference ``.ckpt``; the kind is detected, not flagged.
 
     Args:
-        dilations: only for reference checkpoints without hyper-parameters, whose weights cannot tell
-            the dilations (every GD conv is 3x3); default (1, 2, 2, 3).
+        dilations: only for reference checkpoints without hyper-parameters, whose weights cannot
+            tell the dilations (every GD conv is 3x3); default (1, 2, 2, 3).
     """
     path = Path(path)
     raw = _torch_load(path)
@@ -253,7 +253,8 @@ def _load_state(model: torch.nn.Module, state: Mapping[str, torch.Tensor], path:
     for key, value in state.items():
         if tuple(value.shape) != tuple(own[key].shape):
             raise GlimmerError(
-                f"{path}: key {key!r} has shape {list(value.shape)}, the model expects {list(own[key].shape)}"
+                f"{path}: key {key!r} has shape {list(value.shape)}, "
+                f"the model expects {list(own[key].shape)}"
             )
     model.load_state_dict(state, strict=True)
 
@@ -393,7 +394,8 @@ def _from_reference(
             )  # the reference may keep GRN params channels-last
         if ours in own and tuple(value.shape) != tuple(own[ours].shape):
             raise GlimmerError(
-                f"{path}: key {prefix + key!r} has shape {list(value.shape)}, the model expects {list(own[ours].shape)}"
+                f"{path}: key {prefix + key!r} has shape {list(value.shape)}, "
+                f"the model expects {list(own[ours].shape)}"
             )
         mapped[ours] = value
     missing = [k for k in own if k not in mapped]
@@ -424,7 +426,8 @@ def _from_reference(
 
 
 def reference_state_dict(model: GlimmerNet, prefix: str = "model.") -> Dict[str, torch.Tensor]:
-    """Our weights laid out like the reference ``.ckpt`` (both containers), for tests and interop."""
+    """Our weights laid out like the reference ``.ckpt`` (both containers), for tests and
+    interop."""
     inverse: Dict[str, str] = {}
     for key in model.state_dict():
         for ref_key in _candidate_reference_keys(model, key):

@@ -4,7 +4,8 @@ One parameterised network covers both (docs/glimmernet.md): GlimmerNet's GDBlock
 channel groups its own dilation and its Aggregator recombines the groups before mixing; TakuNet is
 the same network with one undilated group, no recombination, and 4 inputs per pointwise group.
 
-Data path: Stem -> 4 x [GDBlock x depth -> Aggregator -> Downsampler (pool + GRN)] -> Refiner -> Head.
+Data path: Stem -> 4 x [GDBlock x depth -> Aggregator -> Downsampler (pool + GRN)] ->
+Refiner -> Head.
 """
 
 from dataclasses import asdict, dataclass
@@ -57,7 +58,8 @@ class GlimmerConfig:
         for w in self.widths:
             if w % len(self.dilations) or (2 * w) % self.pw_group_inputs:
                 raise ValueError(
-                    f"width {w} does not divide into {len(self.dilations)} dilation groups and pointwise groups "
+                    f"width {w} does not divide into {len(self.dilations)} dilation groups "
+                    "and pointwise groups "
                     f"of {self.pw_group_inputs} inputs"
                 )
 
@@ -81,7 +83,8 @@ def takunet_config(num_classes: int = 4) -> GlimmerConfig:
 
 
 class Stem(nn.Module):
-    """The only dense conv: 3x3 dilated stride-2 conv, then a stride-2 depthwise conv (224 -> 57)."""
+    """The only dense conv: 3x3 dilated stride-2 conv, then a stride-2 depthwise conv
+    (224 -> 57)."""
 
     def __init__(self, out_chs: int) -> None:
         super().__init__()

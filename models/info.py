@@ -46,7 +46,8 @@ def summarize(model, img_size: int) -> Dict[str, Any]:
         macs, macs_parts = count_macs(model, img_size)
     except RuntimeError as exc:
         raise GlimmerError(
-            f"--img-size {img_size} does not survive the network's downsampling: {str(exc).splitlines()[0]}"
+            f"--img-size {img_size} does not survive the network's downsampling: "
+            f"{str(exc).splitlines()[0]}"
         ) from None
     params_parts = params_per_part(model)
     return {
@@ -54,8 +55,8 @@ def summarize(model, img_size: int) -> Dict[str, Any]:
         "macs": macs,
         "macs_counted": COUNTED,
         "paper_compatible_flops": paper_compatible_flops(model, img_size),
-        "paper_compatible_note": "fvcore's count as the paper ran it: GDBlock convs skipped, BatchNorm "
-        "counted; for comparison with the paper only",
+        "paper_compatible_note": "fvcore's count as the paper ran it: GDBlock convs skipped, "
+        "BatchNorm counted; for comparison with the paper only",
         "img_size": img_size,
         "config": model.config.to_dict(),
         "parts": [

@@ -1,9 +1,10 @@
 """Building blocks shared by GlimmerNet and TakuNet.
 
-The grouped dilated depthwise conv is MixConv (Tan & Le, 2019) with dilation in place of kernel size:
-split the channels into contiguous groups, one depthwise 3x3 conv per group with its own dilation,
-concatenate. Written as split -> convs -> cat (never slice assignment into an empty tensor, which
-exports as ScatterND). Export lowers it further (``glimmer.export``); this is the readable form.
+The grouped dilated depthwise conv is MixConv (Tan & Le, 2019) with dilation in place of kernel
+size: split the channels into contiguous groups, one depthwise 3x3 conv per group with its own
+dilation, concatenate. Written as split -> convs -> cat (never slice assignment into an empty
+tensor, which exports as ScatterND). Export lowers it further (``glimmer.export``); this is the
+readable form.
 """
 
 from typing import List, Sequence

@@ -1,11 +1,12 @@
 """True multiply-accumulate counting for conv and linear layers.
 
 What is counted: one MAC per weight tap per output element of every ``nn.Conv2d`` (including each
-grouped dilated sub-conv) and ``nn.Linear``, plus one accumulate per input element of the head's global
-average pool (a linear map too; 2,160 at 224), batch 1. Not counted: bias adds, BatchNorm, activations,
-2x2 pooling, GRN, residual adds. Default GlimmerNet at 224: 26,464,280. The paper's "22.26M FLOPs" comes from fvcore skipping the GDBlock convs
-(docs/glimmernet.md, "FLOPs, counted honestly"); :func:`paper_compatible_flops` reproduces that
-figure for comparison and is always labelled as such.
+grouped dilated sub-conv) and ``nn.Linear``, plus one accumulate per input element of the head's
+global average pool (a linear map too; 2,160 at 224), batch 1. Not counted: bias adds, BatchNorm,
+activations, 2x2 pooling, GRN, residual adds. Default GlimmerNet at 224: 26,464,280. The paper's
+"22.26M FLOPs" comes from fvcore skipping the GDBlock convs (docs/glimmernet.md, "FLOPs, counted
+honestly"); :func:`paper_compatible_flops` reproduces that figure for comparison and is always
+labelled as such.
 
 The one MAC counter of the project: glimmer-compress counts YOLOv8 layers with it too (``part``).
 """

@@ -1,16 +1,18 @@
-"""The one place that imports ultralytics (8.4.190): its offline guard, the import, loading a .pt and
-its YOLO wrapper, so version-specific facts (docs/yolo-compression.md, "ultralytics facts") live here.
+"""The one place that imports ultralytics (8.4.190): its offline guard, the import, loading a .pt
+and its YOLO wrapper, so version-specific facts (docs/yolo-compression.md, "ultralytics facts") live
+here.
 
 - ``YOLO_OFFLINE=1`` is set when this module is imported, before ultralytics is (its ONLINE flag is
-  read at import); :func:`offline` also replaces the two checks that would still try the network: the
-  AMP check (downloads yolo26n.pt) and the font check inside ``check_det_dataset`` (HEAD request for
-  Arial.ttf).
+  read at import); :func:`offline` also replaces the two checks that would still try the network:
+  the AMP check (downloads yolo26n.pt) and the font check inside ``check_det_dataset`` (HEAD request
+  for Arial.ttf).
 - A ``.pt`` is loaded with ultralytics' own loader, which **unpickles the file**: a pickle can run
   code, so load only files from a source you trust. A missing file is refused first (ultralytics
   would try to download a missing name from GitHub).
 
-Exporting a detector is the export layer's (glimmer-export: Conv+BN fused, Detect head in export mode,
-torch.onnx), so there is one ONNX path for detectors. Nothing here imports torch or ultralytics until a function needs them.
+Exporting a detector is the export layer's (glimmer-export: Conv+BN fused, Detect head in export
+mode, torch.onnx), so there is one ONNX path for detectors. Nothing here imports torch or
+ultralytics until a function needs them.
 """
 
 import contextlib
@@ -58,7 +60,8 @@ def ultralytics_modules() -> Dict[str, Any]:
 
 
 def detection_trainer():
-    """ultralytics' ``DetectionTrainer`` class (version checked), for glimmer-compress to subclass."""
+    """ultralytics' ``DetectionTrainer`` class (version checked), for glimmer-compress to
+    subclass."""
     ultralytics_modules()
     from ultralytics.models.yolo.detect import DetectionTrainer
 
@@ -66,7 +69,8 @@ def detection_trainer():
 
 
 def _amp_offline(model: Any) -> bool:
-    """AMP only on accelerators; ultralytics' own check would download yolo26n.pt to compare outputs."""
+    """AMP only on accelerators; ultralytics' own check would download yolo26n.pt to compare
+    outputs."""
     try:
         return next(model.parameters()).device.type not in {"cpu", "mps"}
     except StopIteration:

@@ -43,7 +43,8 @@ def _stderr(line: str) -> None:
 
 
 def _settings(kind: type, value: TaskSettings, base: Optional[Mapping[str, Any]] = None) -> Any:
-    """A task's settings from an instance, or from ``base`` with a mapping of its fields laid over."""
+    """A task's settings from an instance, or from ``base`` with a mapping of its fields laid
+    over."""
     if isinstance(value, kind):
         return value
     if value is None or isinstance(value, Mapping):
@@ -141,7 +142,8 @@ class Model:
 
     def __repr__(self) -> str:
         return (
-            f"<glimmer Model {self.path.name}: {self.meta.task}, {len(self.meta.class_names)} classes, "
+            f"<glimmer Model {self.path.name}: {self.meta.task}, "
+            f"{len(self.meta.class_names)} classes, "
             f"input {self.meta.input_size[0]}x{self.meta.input_size[1]}, {self.backend.describe()}>"
         )
 

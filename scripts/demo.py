@@ -1,4 +1,5 @@
-"""The main job, end to end, on this machine: train -> export -> run on a clip (FPS report) -> checks.
+"""The main job, end to end, on this machine: train -> export -> run on a clip (FPS report) ->
+checks.
 
 No real dataset can be downloaded here, so the demo trains GlimmerNet for a few epochs on synthetic
 scenes (glimmer.train.synthetic) and says so: its weights are for showing the toolkit, not for use.
@@ -90,7 +91,8 @@ def main() -> int:
     )
     print("\n" + NOTE)
     print(
-        f"Artifacts: {DEMO}/ (glimmernet.onnx, glimmernet.int8.onnx, export-report.json, results.jsonl, "
+        f"Artifacts: {DEMO}/ (glimmernet.onnx, glimmernet.int8.onnx, export-report.json, "
+        "results.jsonl, "
         "report.json, run/metrics.json and plots)"
     )
     return 0

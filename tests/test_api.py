@@ -32,8 +32,8 @@ def readme_example() -> str:
 
 
 def mean_colour_classifier(path: Path, size: int = 32, batch="batch") -> Path:
-    """Logits from the mean colour (the input is RGB): 10 R -> Flood, 10 G -> Fire, 10 B -> Earthquake,
-    5 -> Normal, so a solid colour is its class with the same score each time."""
+    """Logits from the mean colour (the input is RGB): 10 R -> Flood, 10 G -> Fire, 10 B ->
+    Earthquake, 5 -> Normal, so a solid colour is its class with the same score each time."""
     weight = np.zeros((3, 4), np.float32)
     weight[0, 2], weight[1, 1], weight[2, 0] = (
         10.0,

@@ -1,4 +1,5 @@
-"""Invariants of Dockerfile.jetson (Docker cannot run here; hadolint is run by hand, see the README).
+"""Invariants of Dockerfile.jetson (Docker cannot run here; hadolint is run by hand, see the
+README).
 
 Parsed, not grepped: continuation lines are joined, comments dropped, ARG defaults expanded, and the
 pip-installed packages compared with the runtime dependencies that pyproject.toml declares.

@@ -18,7 +18,8 @@ PACKAGES = {
     "models": "models",
     "train": "train",
 }
-#: which top-level packages each one may import (models sits beside calibration/export, on the runtime)
+#: which top-level packages each one may import (models sits beside calibration/export, on the
+#: runtime)
 ALLOWED = {
     "runtime": {"runtime"},
     "calibration": {"runtime", "calibration"},
@@ -88,7 +89,8 @@ def test_imports_point_down():
                     and RUNTIME_LEVELS.get(target.split(".")[2], 0) > level
                 ):
                     wrong.append(
-                        f"{name} -> {target} (runtime subpackages: core < backends < stream < tools)"
+                        f"{name} -> {target} "
+                        "(runtime subpackages: core < backends < stream < tools)"
                     )
     assert not wrong, "\n".join(sorted(wrong))
 

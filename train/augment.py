@@ -6,10 +6,11 @@ given): resize (p 1), horizontal flip (p 0.5), perspective (scale 0.01-0.05), gr
 shift-scale-rotate (0.1, 0.1, 10 deg, p 0.2), colour jitter (0.4, 0.4, 0.4, 0.2, p 0.2),
 blur (limit 10), to-gray, random gamma (20-200).
 
-The resize and the tensor scaling are not albumentations': they are ``glimmer.runtime.core.preprocess``,
-the code the drone runs (cv2 INTER_LINEAR resize, BGR -> RGB, /255, no mean/std), so training sees
-exactly what deployment sees. The reference used albumentations 1.x; the parameters below carry its
-meaning over to 2.x (noted where the API changed).
+The resize and the tensor scaling are not albumentations': they are
+``glimmer.runtime.core.preprocess``, the code the drone runs (cv2 INTER_LINEAR resize, BGR -> RGB,
+/255, no mean/std), so training sees exactly what deployment sees. The reference used
+albumentations 1.x; the parameters below carry its meaning over to 2.x (noted where the API
+changed).
 """
 
 import math

@@ -202,7 +202,8 @@ def _resume_settings(args: argparse.Namespace, run_dir: Path) -> Dict[str, Any]:
 
 
 def _qat_source(path: Path) -> "Checkpoint":
-    """The --qat-from checkpoint: ours or a reference .ckpt, loaded; anything else one clear line."""
+    """The --qat-from checkpoint: ours or a reference .ckpt, loaded; anything else one clear
+    line."""
     from glimmer.models.checkpoint import load_checkpoint, sniff_kind
 
     if not path.is_file():

@@ -3,7 +3,8 @@
     glimmer-compress sparse   --model yolov8m.yaml|PATH.pt --data DATA.yaml --epochs E --out DIR
     glimmer-compress prune    --model PATH.pt [--ratio 0.5] --out PATH.pt
     glimmer-compress finetune --model PRUNED.pt --data DATA.yaml --epochs E --out DIR
-    glimmer-compress distill  --student PRUNED.pt --teacher PATH.pt --data DATA.yaml --epochs E --out DIR
+    glimmer-compress distill  --student PRUNED.pt --teacher PATH.pt --data DATA.yaml --epochs E
+                              --out DIR
     glimmer-compress pipeline --model yolov8m.yaml|PATH.pt --data DATA.yaml --epochs E --out DIR
     glimmer-compress visdrone2yolo RAW_DIR OUT_DIR
 

@@ -1,22 +1,25 @@
-"""Quantisation-aware training (QAT): fine-tune a trained GlimmerNet / TakuNet under the INT8 arithmetic
-that ``glimmer-export --int8`` writes, so the Q/DQ model loses less than post-training quantisation.
+"""Quantisation-aware training (QAT): fine-tune a trained GlimmerNet / TakuNet under the INT8
+arithmetic that ``glimmer-export --int8`` writes, so the Q/DQ model loses less than post-training
+quantisation.
 
-What training simulates is exactly what the exported Q/DQ ONNX computes (:mod:`glimmer.calibration.qdq`):
+What training simulates is exactly what the exported Q/DQ ONNX computes
+(:mod:`glimmer.calibration.qdq`):
 
 - every BatchNorm folded into the conv in front of it, and the BN itself set to an exact identity,
   frozen and kept in eval mode: the export quantises the folded weight, and batch statistics would
   change that weight from step to step;
 - per-tensor symmetric int8 (``amax / 127``) on the input of every conv and linear the deploy form
   turns into a quantised Conv / Gemm. A GDBlock's whole input shares one range: the export cuts its
-  channels into streams differently per dilation mode, and one scale makes every mode compute the same;
-- per-output-channel symmetric weights, ``max|w_c| / qmax(weight_bits)``, from the current weights at
-  every step; biases float.
+  channels into streams differently per dilation mode, and one scale makes every mode compute the
+  same;
+- per-output-channel symmetric weights, ``max|w_c| / qmax(weight_bits)``, from the current weights
+  at every step; biases float.
 
-torch's fake-quantise ops pass gradients straight through and round half to even, like QuantizeLinear.
-Activation ranges are calibrated once (max |x| over training images with deployment's preprocessing,
-on the folded float model) and then kept fixed, NVIDIA pytorch-quantization's QAT recipe: with a
-small learning rate the weights move little, and fixed scales keep every epoch's model exportable
-with the ranges stored beside it.
+torch's fake-quantise ops pass gradients straight through and round half to even, like
+QuantizeLinear. Activation ranges are calibrated once (max |x| over training images with
+deployment's preprocessing, on the folded float model) and then kept fixed, NVIDIA
+pytorch-quantization's QAT recipe: with a small learning rate the weights move little, and fixed
+scales keep every epoch's model exportable with the ranges stored beside it.
 
 The network stays a plain GlimmerNet: :class:`QATModel` wraps it (forward pre-hooks for activations,
 ``torch.func.functional_call`` for weights), so state_dict keys never change and ``best.pt`` loads
@@ -64,7 +67,8 @@ CALIBRATION = "max"
 
 
 def conv_bn_pairs(model: GlimmerNet) -> List[Tuple[List[nn.Conv2d], nn.BatchNorm2d]]:
-    """Every BatchNorm with the conv(s) in front of it (a GDBlock's BN follows all its group convs)."""
+    """Every BatchNorm with the conv(s) in front of it (a GDBlock's BN follows all its group
+    convs)."""
     pairs: List[Tuple[List[nn.Conv2d], nn.BatchNorm2d]] = []
     for module in model.modules():
         if isinstance(module, GDBlock):
@@ -86,8 +90,9 @@ def conv_bn_pairs(model: GlimmerNet) -> List[Tuple[List[nn.Conv2d], nn.BatchNorm
 
 @torch.no_grad()
 def fold_batchnorms(model: GlimmerNet) -> GlimmerNet:
-    """Fold every BN into its conv(s), in place (export/rewrites/fold_bn.py's maths, in float64), and make
-    the BN an exact identity (weight 1, bias 0, mean 0, var 1 - eps), frozen. Returns ``model``."""
+    """Fold every BN into its conv(s), in place (export/rewrites/fold_bn.py's maths, in float64),
+    and make the BN an exact identity (weight 1, bias 0, mean 0, var 1 - eps), frozen. Returns
+    ``model``."""
     model.eval()
     for convs, bn in conv_bn_pairs(model):
         scale, shift = bn_scale_shift(bn)
@@ -127,7 +132,8 @@ def quantized_inputs(model: GlimmerNet) -> List[str]:
 
 
 def fake_quantize_weight(weight: torch.Tensor, bits: int = 8) -> torch.Tensor:
-    """Per-output-channel symmetric fake quantisation, as ``qdq.weight_scales`` (a zero channel: 1)."""
+    """Per-output-channel symmetric fake quantisation, as ``qdq.weight_scales`` (a zero
+    channel: 1)."""
     top = qmax(bits)
     amax = weight.detach().abs().flatten(1).amax(dim=1)
     scale = torch.where(amax > 0, amax / top, torch.ones_like(amax))
@@ -200,7 +206,8 @@ class QATModel(nn.Module):
 def calibrate_amax(
     model: GlimmerNet, batches: Iterable[torch.Tensor], device: Union[str, torch.device] = "cpu"
 ) -> Tuple[Dict[str, float], int]:
-    """(max |x| at the input of each of :func:`quantized_inputs`, images seen), float model, eval mode."""
+    """(max |x| at the input of each of :func:`quantized_inputs`, images seen), float model, eval
+    mode."""
     amax = {n: 0.0 for n in quantized_inputs(model)}
     modules = dict(model.named_modules())
 
@@ -263,8 +270,8 @@ def calibration_split(train: Split, count: int, seed: int) -> Split:
 
 
 class QATTrainer(Trainer):
-    """Calibrate, then fine-tune ``source`` under fake quantisation; best Val weighted F1 (under fake
-    quantisation, the PTQ starting point included as epoch 0) is kept in ``best.pt``."""
+    """Calibrate, then fine-tune ``source`` under fake quantisation; best Val weighted F1 (under
+    fake quantisation, the PTQ starting point included as epoch 0) is kept in ``best.pt``."""
 
     def __init__(
         self,
@@ -322,7 +329,8 @@ class QATTrainer(Trainer):
             "val_ptq": {"f1_weighted": ptq["f1_weighted"], "accuracy": ptq["accuracy"]},
         }
         self.log(
-            f"QAT from {s.source}: calibrated {len(amax)} input ranges on {images} training images; "
+            f"QAT from {s.source}: calibrated {len(amax)} input ranges on {images} "
+            "training images; "
             f"val weighted F1 float {fp['f1_weighted']:.4f}, PTQ ({s.weight_bits}-bit weights) "
             f"{ptq['f1_weighted']:.4f}"
         )

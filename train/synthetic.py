@@ -1,4 +1,5 @@
-"""Synthetic aerial-like scenes for tests, the demo and benchmarks (no dataset can be downloaded here).
+"""Synthetic aerial-like scenes for tests, the demo and benchmarks (no dataset can be downloaded
+here).
 
 Four classes in the AIDERv2 layout whose visual cues are learnable but not constant: randomised
 textures, positions, sizes and noise. ``Earthquake``: grey rubble with dark cracks; ``Fire``: orange

@@ -19,7 +19,8 @@ elsewhere (zero taps add exact zeros).
              stage (runs of 10, 20, 10 channels) becomes streams of 12, 16, 12, the outer two with
              two channels of the middle dilation embedded.
 
-All accept the BatchNorm that follows the GD conv: BN is per channel, so it folds channel by channel.
+All accept the BatchNorm that follows the GD conv: BN is per channel, so it folds channel by
+channel.
 
 A GDBlock (GD conv -> BN -> ReLU6 -> + input) becomes :class:`DeployGDBlock`, which runs on streams
 (``streams``): per stream, the lowered conv -> Clip -> + that stream. The residual add is per
@@ -193,6 +194,6 @@ class DeployGDBlock(nn.Module):
 
 
 # For --dilation-mode auto, most preferred first: when two lowerings time within the measured noise,
-# the earlier wins. aligned is what ONNX Runtime's blocked kernels were measured fastest with and has
-# the fewest multiply-adds of the three; embed (a larger, mostly-zero kernel) the most.
+# the earlier wins. aligned is what ONNX Runtime's blocked kernels were measured fastest with and
+# has the fewest multiply-adds of the three; embed (a larger, mostly-zero kernel) the most.
 DILATION_PREFERENCE = ("aligned", "split", "embed")

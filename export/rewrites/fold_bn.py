@@ -9,8 +9,9 @@ so ``BN(conv(x)) == conv'(x)`` exactly (up to fp32 rounding). Same rule as onnxs
 ``_fuse_batchnorm`` rewrite, done on the PyTorch modules so the exported graph never holds a
 BatchNormalization node. Works for any conv shape (groups, dilation, bias or not).
 
-A conv -> BN -> ReLU6 sequence (``conv_bn_act``, the Refiner's conv -> BN) becomes :class:`ConvClip`:
-the folded conv, then ReLU6 as ``Clip(0, 6)``, which ONNX Runtime and TensorRT fuse into the conv.
+A conv -> BN -> ReLU6 sequence (``conv_bn_act``, the Refiner's conv -> BN) becomes
+:class:`ConvClip`: the folded conv, then ReLU6 as ``Clip(0, 6)``, which ONNX Runtime and TensorRT
+fuse into the conv.
 """
 
 from typing import Optional, Tuple
@@ -62,7 +63,8 @@ def fold_conv_bn(conv: nn.Conv2d, bn: Optional[nn.BatchNorm2d]) -> nn.Conv2d:
 
 
 def relu6(x: torch.Tensor) -> torch.Tensor:
-    """ReLU6, exported as ``Clip(0, 6)`` (fuses into the conv in front in ONNX Runtime and TensorRT)."""
+    """ReLU6, exported as ``Clip(0, 6)`` (fuses into the conv in front in ONNX Runtime and
+    TensorRT)."""
     return torch.clamp(x, 0.0, 6.0)
 
 

@@ -1,5 +1,5 @@
-"""FeatureMapsRecomb + MixedConcatenation as one Reshape/Transpose/Concat/Reshape chain with constant
-shapes, and the Aggregator built on it.
+"""FeatureMapsRecomb + MixedConcatenation as one Reshape/Transpose/Concat/Reshape chain with
+constant shapes, and the Aggregator built on it.
 
 The training form shuffles x (C channels, m groups: new channel ``k*m + i`` is old ``i*C/m + k``),
 then interleaves it with the stage input ``dense``: channel ``2j`` is ``x'[j]``, ``2j + 1`` is
@@ -49,7 +49,8 @@ class RecombInterleave(nn.Module):
 
 
 class DeployAggregator(nn.Module):
-    """Aggregator for inputs of ``spatial`` = (H, W): recombine + interleave, folded 1x1 conv, Clip."""
+    """Aggregator for inputs of ``spatial`` = (H, W): recombine + interleave, folded 1x1 conv,
+    Clip."""
 
     def __init__(self, agg: Aggregator, spatial: Tuple[int, int]) -> None:
         super().__init__()

@@ -1,4 +1,5 @@
-"""A conv's output channels ``[a, b)`` as a conv of their own, and the stem cut that way into streams.
+"""A conv's output channels ``[a, b)`` as a conv of their own, and the stem cut that way into
+streams.
 
 Output channel ``o`` of a conv reads only its own weights ``W[o]`` and bias ``b[o]``, so
 

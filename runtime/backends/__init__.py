@@ -1,1 +1,2 @@
-"""The Backend interface and its implementations (ONNX Runtime, TensorRT), and the factory that picks one."""
+"""The Backend interface and its implementations (ONNX Runtime, TensorRT), and the factory that
+picks one."""

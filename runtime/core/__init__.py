@@ -1,1 +1,2 @@
-"""Shared basics of every layer: errors, atomic files, console, model metadata, images, preprocessing, CPU facts."""
+"""Shared basics of every layer: errors, atomic files, console, model metadata, images,
+preprocessing, CPU facts."""

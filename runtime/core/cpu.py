@@ -49,7 +49,8 @@ def parse_cpu_flags(text: str, arch: str) -> FrozenSet[str]:
 
 
 def read_cpu_flags() -> FrozenSet[str]:
-    """This CPU's feature flags, empty where /proc/cpuinfo is absent or unreadable (tests stub this)."""
+    """This CPU's feature flags, empty where /proc/cpuinfo is absent or unreadable (tests stub
+    this)."""
     try:
         with open(CPUINFO, encoding="utf-8", errors="replace") as fh:
             return parse_cpu_flags(fh.read(), platform.machine())

@@ -51,9 +51,9 @@ def labelled_images(
         extra = sorted(set(found) - set(names))
         missing = sorted(set(names) - set(found))
         raise GlimmerError(
-            "{}: class folders {} do not match the model's classes {} (extra: {}, missing: {})".format(
-                root, found, names, extra or "none", missing or "none"
-            )
+            (
+                "{}: class folders {} do not match the model's classes {} (extra: {}, missing: {})"
+            ).format(root, found, names, extra or "none", missing or "none")
         )
     paths: List[Path] = []
     labels: List[int] = []

@@ -79,7 +79,8 @@ class ModelMeta:
             raise GlimmerError("metadata key 'class_names' is empty")
         if len(self.input_size) != 2 or min(self.input_size) <= 0:
             raise GlimmerError(
-                f"metadata key 'input_size' must be [height, width] > 0, got {list(self.input_size)!r}"
+                "metadata key 'input_size' must be [height, width] > 0, "
+                f"got {list(self.input_size)!r}"
             )
         if self.channel_order not in CHANNEL_ORDERS:
             raise GlimmerError(

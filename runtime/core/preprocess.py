@@ -29,7 +29,8 @@ def _cv2():
 
 @dataclass(frozen=True)
 class LetterboxTransform:
-    """Maps network-input coordinates back to the original frame: ``x_frame = (x - pad_x) / gain``."""
+    """Maps network-input coordinates back to the original frame:
+    ``x_frame = (x - pad_x) / gain``."""
 
     gain_x: float
     gain_y: float

@@ -1,16 +1,16 @@
 """Timing a call: warm-up, timed calls, robust statistics; and a fair comparison of candidates.
 
-Every latency figure in glimmer comes from here, so they all mean the same thing: ``time.perf_counter``
-around each call, untimed warm-up calls first (first calls allocate and tune), and statistics in
-trtexec's vocabulary (min / max / mean / median / p90 / p95 / p99 ms), medians and percentiles because
-a single slow call on a busy machine must not move the figure.
+Every latency figure in glimmer comes from here, so they all mean the same thing:
+``time.perf_counter`` around each call, untimed warm-up calls first (first calls allocate and tune),
+and statistics in trtexec's vocabulary (min / max / mean / median / p90 / p95 / p99 ms), medians and
+percentiles because a single slow call on a busy machine must not move the figure.
 
 Timing each candidate once, one after another, lets a burst of load that lands on one of them decide
-a comparison (``--dilation-mode auto`` once kept ``embed`` over a clearly faster ``aligned`` that way).
-:func:`compare_latency` times every candidate in each of several rounds, in an order that changes
-from round to round, so load hits them all alike; the spread of a candidate's round medians measures
-the noise, and candidates whose medians differ by no more than that noise count as tied: a fixed
-preference order then decides, so the choice is stable instead of a coin toss.
+a comparison (``--dilation-mode auto`` once kept ``embed`` over a clearly faster ``aligned`` that
+way). :func:`compare_latency` times every candidate in each of several rounds, in an order that
+changes from round to round, so load hits them all alike; the spread of a candidate's round medians
+measures the noise, and candidates whose medians differ by no more than that noise count as tied: a
+fixed preference order then decides, so the choice is stable instead of a coin toss.
 
 Only numpy and the standard library: this ships to the drone.
 """
@@ -103,7 +103,8 @@ class Comparison:
     decided_by: str  # SPEED or PREFERENCE
 
     def report(self) -> Dict[str, Any]:
-        """A JSON-ready record; ``timed_ms`` (candidate -> median ms) is the key older readers use."""
+        """A JSON-ready record; ``timed_ms`` (candidate -> median ms) is the key older readers
+        use."""
         return {
             "timed_ms": dict(self.median_ms),
             "noise_ms": dict(self.noise_ms),
@@ -246,6 +247,7 @@ def compare_latency(
     rel_floor: float = REL_FLOOR,
     clock: Optional[Clock] = None,
 ) -> Comparison:
-    """Time zero-argument ``candidates`` interleaved (:func:`interleave`) and choose one (:func:`decide`)."""
+    """Time zero-argument ``candidates`` interleaved (:func:`interleave`) and choose one
+    (:func:`decide`)."""
     medians, orders = interleave(candidates, rounds, calls, warmup, clock)
     return decide(medians, preference, rel_floor, orders, calls)

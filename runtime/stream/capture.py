@@ -59,7 +59,8 @@ def _cv2():
 
 @contextlib.contextmanager
 def _quiet_opencv() -> Iterator[None]:
-    """Silence OpenCV's own log while probing devices: its multi-line warnings would bury our one."""
+    """Silence OpenCV's own log while probing devices: its multi-line warnings would bury our
+    one."""
     cv2 = _cv2()
     log = getattr(getattr(cv2, "utils", None), "logging", None)
     if log is None:

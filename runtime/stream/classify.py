@@ -54,7 +54,8 @@ class ClassifySettings:
 
 
 class Classifier:
-    """Stateful postprocessor for one stream (its smoothing and alert counters carry across frames)."""
+    """Stateful postprocessor for one stream (its smoothing and alert counters carry across
+    frames)."""
 
     task = "classify"
 

@@ -1,9 +1,9 @@
 """Detection postprocessing for YOLOv8-style heads, in numpy: decode, threshold, NMS, rescale.
 
-The exported head (ultralytics' layout) is ``[B, 4 + nc, N]``: per anchor a box as centre x, centre y,
-width, height in network-input pixels, then one sigmoid score per class (no objectness). Boxes are
-kept above a confidence threshold, reduced by class-aware greedy non-maximum suppression (each
-class suppresses only itself, done in one pass by offsetting each class's boxes far apart, the
+The exported head (ultralytics' layout) is ``[B, 4 + nc, N]``: per anchor a box as centre x,
+centre y, width, height in network-input pixels, then one sigmoid score per class (no objectness).
+Boxes are kept above a confidence threshold, reduced by class-aware greedy non-maximum suppression
+(each class suppresses only itself, done in one pass by offsetting each class's boxes far apart, the
 trick torchvision's ``batched_nms`` and ultralytics use), and mapped back through the letterbox to
 frame pixels.
 """
@@ -109,7 +109,8 @@ class Detector:
             out = out[None]
         if out.ndim != 3:
             raise GlimmerError(
-                f"detection output must be [batch, 4 + classes, anchors], got shape {list(out.shape)}"
+                "detection output must be [batch, 4 + classes, anchors], "
+                f"got shape {list(out.shape)}"
             )
         if out.shape[1] == 4 + nc:
             return out
@@ -121,7 +122,8 @@ class Detector:
         )
 
     def decode(self, pred: np.ndarray) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """One frame's ``[4 + nc, N]`` -> (xyxy boxes in input pixels, scores, class ids), NMS done."""
+        """One frame's ``[4 + nc, N]`` -> (xyxy boxes in input pixels, scores, class ids), NMS
+        done."""
         s = self.settings
         pred = pred.astype(np.float32, copy=False)
         class_scores = pred[4:]

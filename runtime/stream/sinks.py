@@ -259,7 +259,8 @@ class ConsoleSink(Sink):
             self._last_print, self._last_label = now, label
             self.status.close()
             self.stream.write(
-                f"frame {result.index:>6}  t={result.timestamp:8.2f}s  {self.summarize(result.prediction)}\n"
+                f"frame {result.index:>6}  t={result.timestamp:8.2f}s  "
+                f"{self.summarize(result.prediction)}\n"
             )
             self.stream.flush()
             self.printed.append(result.index)

@@ -8,11 +8,12 @@
     photo.jpg                  one image
     folder/                    a folder of images, sorted by name
 
-Every source iterates ``(frame, timestamp, index)`` (BGR uint8, seconds, 0-based) and has ``close()``.
-Files yield every frame in order (``loop`` plays them again); live sources run a grabber thread
-that keeps only the newest frame and counts the ones it overwrote, because buffered stale frames are
-what makes latency grow on live streams (docs/runtime.md, "Recurring problems"). A live stream
-that stops delivering is reopened with bounded exponential back-off, then ends with a clear error.
+Every source iterates ``(frame, timestamp, index)`` (BGR uint8, seconds, 0-based) and has
+``close()``. Files yield every frame in order (``loop`` plays them again); live sources run a
+grabber thread that keeps only the newest frame and counts the ones it overwrote, because buffered
+stale frames are what makes latency grow on live streams (docs/runtime.md, "Recurring problems"). A
+live stream that stops delivering is reopened with bounded exponential back-off, then ends with a
+clear error.
 """
 
 import abc
@@ -98,7 +99,8 @@ def _flipped(frame: np.ndarray, flip: str) -> np.ndarray:
 
 
 class VideoFileSource(Source):
-    """Every frame of a video file, in order; timestamps are media time (index / the file's rate)."""
+    """Every frame of a video file, in order; timestamps are media time (index / the file's
+    rate)."""
 
     def __init__(self, path: Path, options: Optional[SourceOptions] = None) -> None:
         super().__init__(str(path))
@@ -245,7 +247,8 @@ class LiveSource(Source):
                 self._cond.notify_all()
 
     def _reconnect(self) -> bool:
-        """Reopen with exponential back-off; False (and a pending error) when every attempt failed."""
+        """Reopen with exponential back-off; False (and a pending error) when every attempt
+        failed."""
         opts = self.options
         delay, waited, reason = opts.backoff_s, 0.0, "no frame"
         self._cap.release()
@@ -349,9 +352,9 @@ def open_source(uri: str, options: Optional[SourceOptions] = None) -> Source:
         if not gstreamer_available():
             raise GlimmerError(
                 f"csi://{target} needs OpenCV built with GStreamer, and the installed OpenCV "
-                f"({cv2.__version__}, {Path(cv2.__file__).parent}) has none: on a Jetson use JetPack's "
-                "OpenCV (apt install python3-opencv, or the l4t-jetpack container) and remove the pip "
-                "wheels (pip uninstall opencv-python opencv-python-headless)"
+                f"({cv2.__version__}, {Path(cv2.__file__).parent}) has none: on a Jetson use "
+                "JetPack's OpenCV (apt install python3-opencv, or the l4t-jetpack container) and "
+                "remove the pip wheels (pip uninstall opencv-python opencv-python-headless)"
             )
         hint = (
             "failed to create capture session: check the ribbon cable and sensor-id, that no "
@@ -367,7 +370,8 @@ def open_source(uri: str, options: Optional[SourceOptions] = None) -> Source:
         present = _video_devices()
         hint = (
             "cannot open the camera ({}; cameras present: {}); check the cable, permissions "
-            "(group video) and that no other process holds it; in a container pass --device {}".format(
+            "(group video) and that no other process holds it; in a container pass "
+            "--device {}".format(
                 "no such device" if linux and not Path(device).exists() else "it did not start",
                 ", ".join(present) or "none",
                 device,

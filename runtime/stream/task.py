@@ -27,7 +27,8 @@ class Task(Protocol):
     def __call__(
         self, outputs: Sequence[np.ndarray], transforms: Sequence[Any] = ()
     ) -> List[Dict[str, Any]]:
-        """Outputs of one batch (and each frame's letterbox transform) -> one prediction per frame."""
+        """Outputs of one batch (and each frame's letterbox transform) -> one prediction per
+        frame."""
 
     def reset(self) -> None:
         """Forget per-stream state before a new stream."""

@@ -1,1 +1,2 @@
-"""The glimmer-run / glimmer-bench / glimmer-check front ends, deploy.toml, evaluation and baselines."""
+"""The glimmer-run / glimmer-bench / glimmer-check front ends, deploy.toml, evaluation and
+baselines."""

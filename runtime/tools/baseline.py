@@ -1,4 +1,5 @@
-"""``glimmer-check --update-baseline``: measured values written back into deploy.toml, for this device.
+"""``glimmer-check --update-baseline``: measured values written back into deploy.toml, for this
+device.
 
 Each bound of a measured check becomes the measured value with the user's margin of slack in the
 safe direction (``--margin 0.1``: ``min_fps = 0.9 * measured``, ``max_p99_ms = 1.1 * measured``),

@@ -1,6 +1,7 @@
 """glimmer-check: run deploy.toml's regression checks (FPS, latency, accuracy) on this machine.
 
-    glimmer-check [--config deploy.toml] [--only NAME] [--update-baseline] [--margin F] [--json out.json]
+    glimmer-check [--config deploy.toml] [--only NAME] [--update-baseline] [--margin F]
+                  [--json out.json]
 
 Prints one table (check, metric, baseline, measured, margin, status). Exit codes: 0 when every
 check passes or is skipped (its baseline belongs to another device), 1 when any bound fails, 2

@@ -140,7 +140,8 @@ def check_value(dotted: str, key: Key, value: Any, origin: str, base: Optional[P
 
 
 class DeployConfig:
-    """Validated settings: ``config["classify.alert_frames"]``; ``checks`` holds [checks] as read."""
+    """Validated settings: ``config["classify.alert_frames"]``; ``checks`` holds [checks] as
+    read."""
 
     def __init__(
         self,
@@ -165,7 +166,8 @@ class DeployConfig:
         return dict(self.values[name])
 
     def override(self, dotted: str, value: Any, origin: str = "command line") -> None:
-        """Set ``dotted`` from a flag (flags win over the file); ``None`` leaves the file's value."""
+        """Set ``dotted`` from a flag (flags win over the file); ``None`` leaves the file's
+        value."""
         if value is None:
             return
         section, name = dotted.split(".", 1)

@@ -203,7 +203,8 @@ def _yaml(path: Path) -> Dict[str, Any]:
 
 
 def label_path(image: Path) -> Path:
-    """ultralytics' rule: the last ``/images/`` of the path becomes ``/labels/``, suffix ``.txt``."""
+    """ultralytics' rule: the last ``/images/`` of the path becomes ``/labels/``, suffix
+    ``.txt``."""
     parts = list(image.parts)
     for i in range(len(parts) - 1, -1, -1):
         if parts[i] == "images":

@@ -1,5 +1,5 @@
-"""The regression checks of deploy.toml: the ``[checks.NAME]`` schema, validated on load, and running
-each check against this machine.
+"""The regression checks of deploy.toml: the ``[checks.NAME]`` schema, validated on load, and
+running each check against this machine.
 
 A check is one model on one kind of data with bounds it must stay within:
 
@@ -11,8 +11,9 @@ A check is one model on one kind of data with bounds it must stay within:
               reference to this model (e.g. FP32 -> INT8) is bounded too.
 
 ``int8_kernels`` (auto | fused | simulated) is how ONNX Runtime's CPU EP runs an INT8 model of the
-check (backends/ort/int8.py); the result notes which execution each INT8 model got, since fused kernels
-can lose accuracy where u8*s8 pair sums saturate (x86 without VNNI). FP32 models are unaffected.
+check (backends/ort/int8.py); the result notes which execution each INT8 model got, since fused
+kernels can lose accuracy where u8*s8 pair sums saturate (x86 without VNNI). FP32 models are
+unaffected.
 
 ``device`` names the machine the baseline was measured on (glimmer-bench's "device" line): on any
 other machine the check is SKIPPED with the reason, never passed. A check whose model or data is
@@ -86,7 +87,8 @@ class Check:
 
 
 def _data_path(value: str, base: Path) -> str:
-    """A relative file or folder is relative to deploy.toml; URIs and camera indices stay as given."""
+    """A relative file or folder is relative to deploy.toml; URIs and camera indices stay as
+    given."""
     if "://" in value or value.isdigit() or value.startswith("/dev/"):
         return value
     path = Path(value).expanduser()

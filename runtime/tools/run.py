@@ -201,7 +201,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         if int8:
             print(f"int8    {int8}")
         print(
-            f"source  {source.description} ({'live: newest frame only' if source.live else 'every frame'})"
+            f"source  {source.description} "
+            f"({'live: newest frame only' if source.live else 'every frame'})"
         )
         if note:
             print(f"note    {note}")

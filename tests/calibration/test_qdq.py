@@ -1,5 +1,5 @@
-"""TensorRT-style Q/DQ placement: exact op histograms, conventions, and what ONNX Runtime makes of it
-(simulated in float with the Q/DQ fusion off vs its fusion on)."""
+"""TensorRT-style Q/DQ placement: exact op histograms, conventions, and what ONNX Runtime makes of
+it (simulated in float with the Q/DQ fusion off vs its fusion on)."""
 
 from collections import Counter
 
@@ -52,8 +52,8 @@ def tiny_onnx():
 
 def test_placement_quantises_conv_and_gemm_inputs_and_weights_only(tiny_onnx):
     targets = quant_targets(tiny_onnx)
-    # stem conv + stem depthwise + 4 GD convs (embed: one per block) + 4 Aggregators + Refiner + head;
-    # the 4 GRN shift convs (unit 1x1 depthwise) are Adds and stay float.
+    # stem conv + stem depthwise + 4 GD convs (embed: one per block) + 4 Aggregators + Refiner +
+    # head; the 4 GRN shift convs (unit 1x1 depthwise) are Adds and stay float.
     assert len(targets) == 12
     assert [t.op for t in targets].count("Gemm") == 1
     assert not any(".grn.shifts." in t.layer for t in targets)
@@ -160,9 +160,9 @@ def test_simulated_mode_is_the_float_maths_of_the_grids():
 
 
 def test_tensorrt_placement_never_reaches_onnxruntime_integer_kernels(tiny_onnx, tmp_path):
-    """ONNX Runtime fuses a Q/DQ group into an integer kernel only when the conv's output is quantised
-    too; TensorRT placement leaves outputs float, so the CPU (VNNI or not) runs float convs on
-    dequantised values: the same figures on every build machine."""
+    """ONNX Runtime fuses a Q/DQ group into an integer kernel only when the conv's output is
+    quantised too; TensorRT placement leaves outputs float, so the CPU (VNNI or not) runs float
+    convs on dequantised values: the same figures on every build machine."""
     targets = quant_targets(tiny_onnx)
     model = insert_qdq(tiny_onnx, {t.activation: 3.0 for t in targets})
     assert not _optimised_ops(model, False, tmp_path).keys() & INTEGER_OPS

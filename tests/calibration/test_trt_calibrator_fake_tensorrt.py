@@ -147,7 +147,8 @@ def test_pascal_calibrator_path(tmp_path, monkeypatch):
 
 
 def test_calibration_set_from_an_image_folder_with_fake_tensorrt(tmp_path, monkeypatch, fake_cuda):
-    """The export path: images -> runtime preprocessing (CalibrationSet) -> calibrator -> builder."""
+    """The export path: images -> runtime preprocessing (CalibrationSet) -> calibrator ->
+    builder."""
     cv2 = pytest.importorskip("cv2")
     dataset = pytest.importorskip("glimmer.calibration.dataset")
     trt = install_fake_tensorrt(monkeypatch, "8.6", fake_cuda)

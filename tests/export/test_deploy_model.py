@@ -21,7 +21,8 @@ from glimmer.export.verify import compare, ort_session
 from glimmer.models.glimmernet import GlimmerNet, Head, Refiner, Stage, Stem, TakuNet
 from glimmer.runtime.core.metadata import ModelMeta
 
-# Default GlimmerNet (4,4,4,1) blocks, 4 stages: stem 2 convs + 13 GDBlocks + 4 Aggregators + Refiner.
+# Default GlimmerNet (4,4,4,1) blocks, 4 stages: stem 2 convs + 13 GDBlocks + 4 Aggregators +
+# Refiner.
 _STREAMED = {
     "Add": 50,
     "AveragePool": 1,
@@ -40,8 +41,9 @@ _STREAMED = {
     "Sqrt": 4,
     "Transpose": 4,
 }
-# split/aligned: 3 streams per stage. Conv: stem 2x3 + 13 blocks x 3 + 4 Aggregators + GRN unit convs
-# (3 + 3 + 3 + 1) + Refiner = 60; Add: 39 residuals + 2 per GRN + the 3 stage inputs (x*s + beta).
+# split/aligned: 3 streams per stage. Conv: stem 2x3 + 13 blocks x 3 + 4 Aggregators + GRN unit
+# convs (3 + 3 + 3 + 1) + Refiner = 60; Add: 39 residuals + 2 per GRN + the 3 stage inputs
+# (x*s + beta).
 # embed: one stream. Conv: 2 + 13 + 4 + 4 + 1 = 24; Add: 13 + 2 per GRN = 21.
 EXPECTED = {
     "split": _STREAMED,

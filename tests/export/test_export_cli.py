@@ -96,8 +96,8 @@ def test_full_export_writes_onnx_int8_and_report(full_run, workdir):
     assert (
         fp32["vs_pytorch"]["max_abs_diff"] <= 1e-4 and fp32["vs_pytorch"]["top1_agreement"] == 1.0
     )
-    # stem + GDBlock convs (2+1+1+1 blocks) + 4 Aggregators + GRN unit convs + Refiner; streams per stage:
-    # embed 1,1,1,1; split 3,3,3,3 (runs 2,4,2 ...); aligned 2,3,3,3 (stage 1: 4+4 channels)
+    # stem + GDBlock convs (2+1+1+1 blocks) + 4 Aggregators + GRN unit convs + Refiner; streams per
+    # stage: embed 1,1,1,1; split 3,3,3,3 (runs 2,4,2 ...); aligned 2,3,3,3 (stage 1: 4+4 channels)
     convs = {
         "embed": 2 + 5 + 4 + 4 + 1,
         "split": 6 + 15 + 4 + 10 + 1,
@@ -237,7 +237,8 @@ def test_yolov8_pt_exports_through_ultralytics_loader(tmp_path):
     torch.manual_seed(0)
     model = DetectionModel("yolov8n.yaml", nc=2, verbose=False)
     model.names = {0: "person", 1: "vehicle"}
-    # Saved the way ultralytics saves a trained .pt: the pickled model (half precision) plus train args.
+    # Saved the way ultralytics saves a trained .pt: the pickled model (half precision) plus train
+    # args.
     torch.save(
         {
             "epoch": -1,
@@ -270,7 +271,8 @@ def test_yolov8_pt_exports_through_ultralytics_loader(tmp_path):
     ]
     assert np.isfinite(check["box_max_abs_diff"])
 
-    # INT8: TensorRT placement on the detector too: one Q/DQ per Conv weight, one per distinct Conv input
+    # INT8: TensorRT placement on the detector too: one Q/DQ per Conv weight, one per distinct
+    # Conv input
     make_scene_dataset(tmp_path / "calib", {"Train": 2}, size=64)
     assert (
         export(
@@ -346,8 +348,8 @@ def test_auto_times_the_lowerings_as_tensorrt_engines_where_tensorrt_builds(
     workdir, tmp_path, monkeypatch, latency, chosen, decided_by
 ):
     """Bookkeeping only: with TensorRT usable, auto builds every candidate ONNX as an engine (here a
-    recorder whose engines take set times on a fake clock) instead of using ONNX Runtime, as FP16 for
-    --fp16, in a folder that is gone afterwards; all engines are open together and timed in
+    recorder whose engines take set times on a fake clock) instead of using ONNX Runtime, as FP16
+    for --fp16, in a folder that is gone afterwards; all engines are open together and timed in
     interleaved rounds, and equal times go to the preferred lowering. No real TensorRT runs here."""
     import contextlib
     import types

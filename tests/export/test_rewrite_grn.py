@@ -1,6 +1,6 @@
-"""grn: GRN against DeployGRN (``x * (gamma * N + 1) + beta`` through GlobalAveragePool, ``+ beta`` as
-unit 1x1 depthwise convs per stream), in PyTorch and ONNX Runtime, parameterised over the streams,
-the spatial size and the input scale (eps only matters for small inputs)."""
+"""grn: GRN against DeployGRN (``x * (gamma * N + 1) + beta`` through GlobalAveragePool, ``+ beta``
+as unit 1x1 depthwise convs per stream), in PyTorch and ONNX Runtime, parameterised over the
+streams, the spatial size and the input scale (eps only matters for small inputs)."""
 
 import numpy as np
 import pytest

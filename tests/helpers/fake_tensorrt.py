@@ -268,7 +268,8 @@ class FakeCudaRuntime:
 
 
 def install_fake_cuda(monkeypatch, rt: FakeCudaRuntime, layout: str = "bindings") -> None:
-    """Make ``from cuda.bindings import runtime`` (or the older ``from cuda import cudart``) give ``rt``."""
+    """Make ``from cuda.bindings import runtime`` (or the older ``from cuda import cudart``) give
+    ``rt``."""
     cuda_pkg = types.ModuleType("cuda")
     if layout == "bindings":
         bindings = types.ModuleType("cuda.bindings")
@@ -591,7 +592,8 @@ def make_fake_tensorrt(
             shapes = config._profiles[0].shapes if config._profiles else {}
             if any(t.name not in shapes for t in dynamic):
                 trt.log.append(
-                    "Network has dynamic or shape inputs, but no optimization profile has been defined."
+                    "Network has dynamic or shape inputs, "
+                    "but no optimization profile has been defined."
                 )
                 return None
             calibrator = getattr(config, "int8_calibrator", None)

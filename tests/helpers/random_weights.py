@@ -1,4 +1,5 @@
-"""Non-trivial weights for export tests: BN statistics and GRN parameters that are not identities."""
+"""Non-trivial weights for export tests: BN statistics and GRN parameters that are not
+identities."""
 
 import torch
 from torch import nn

@@ -1,4 +1,5 @@
-"""Helpers the rewrite parity tests share: run a module through ONNX Runtime, original or rewritten."""
+"""Helpers the rewrite parity tests share: run a module through ONNX Runtime, original or
+rewritten."""
 
 import io
 import warnings

@@ -20,7 +20,8 @@ from glimmer.train.synthetic import CLASSES
 
 
 def save_with_meta(graph: onnx.GraphProto, meta: ModelMeta, path: Path) -> Path:
-    """``graph`` as an opset-13 model with ``meta`` in its metadata, checked and saved to ``path``."""
+    """``graph`` as an opset-13 model with ``meta`` in its metadata, checked and saved to
+    ``path``."""
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
     model.ir_version = 8
     entry = model.metadata_props.add()
@@ -41,8 +42,8 @@ def add_meta(path: Path, meta: ModelMeta) -> None:
 def colour_classifier(
     path: Path, weight: np.ndarray, bias: np.ndarray, meta: ModelMeta, batch: Union[int, str] = 1
 ) -> Path:
-    """logits = mean RGB of the input @ ``weight`` [3, nc] + ``bias`` [nc]: GlobalAveragePool -> Gemm,
-    input ``images`` [batch, 3, size, size] with the size of ``meta``."""
+    """logits = mean RGB of the input @ ``weight`` [3, nc] + ``bias`` [nc]: GlobalAveragePool ->
+    Gemm, input ``images`` [batch, 3, size, size] with the size of ``meta``."""
     h, w = meta.input_size
     graph = helper.make_graph(
         [
@@ -85,7 +86,8 @@ def fit_centroids(root: Path) -> np.ndarray:
 def fixed_detector(
     path: Path, head: np.ndarray, class_names: Sequence[str] = ("person", "car"), size: int = 64
 ) -> Path:
-    """A detector whose output is always ``head`` [1, 4 + nc, N] (tied to the input, no dead node)."""
+    """A detector whose output is always ``head`` [1, 4 + nc, N] (tied to the input, no dead
+    node)."""
     graph = helper.make_graph(
         [
             helper.make_node("ReduceMean", ["images"], ["m"], axes=[1, 2, 3], keepdims=1),
@@ -121,7 +123,8 @@ def yolo_set(root: Path, boxes_xyxy: List[List[float]], classes: List[int], size
     lines = []
     for cls, (x1, y1, x2, y2) in zip(classes, boxes_xyxy):
         lines.append(
-            f"{cls} {(x1 + x2) / 2 / size} {(y1 + y2) / 2 / size} {(x2 - x1) / size} {(y2 - y1) / size}"
+            f"{cls} {(x1 + x2) / 2 / size} {(y1 + y2) / 2 / size} "
+            f"{(x2 - x1) / size} {(y2 - y1) / size}"
         )
     (root / "labels" / "a.txt").write_text("\n".join(lines) + "\n")
     return root

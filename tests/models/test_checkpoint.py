@@ -1,4 +1,5 @@
-"""Checkpoints: our format round-trips, the reference Lightning layout loads, bad files fail clearly."""
+"""Checkpoints: our format round-trips, the reference Lightning layout loads, bad files fail
+clearly."""
 
 import pytest
 import torch

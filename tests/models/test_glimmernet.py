@@ -1,4 +1,5 @@
-"""GlimmerNet / TakuNet: exact parameter counts, true MACs, shapes, and the blocks' defining maths."""
+"""GlimmerNet / TakuNet: exact parameter counts, true MACs, shapes, and the blocks' defining
+maths."""
 
 import pytest
 import torch

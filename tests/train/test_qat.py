@@ -247,7 +247,7 @@ def test_qat_recovers_the_accuracy_post_training_quantisation_loses():
     assert qat_acc >= ptq_acc + 0.2
 
 
-# ---- glimmer-train --qat-from ---------------------------------------------------------------------
+# ---- glimmer-train --qat-from --------------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
@@ -297,7 +297,8 @@ def write_classes(path):
             "three.pt",
             write_classes,
             [],
-            "--qat-from {src}: its classes ['Earthquake', 'Fire', 'Flood'] differ from the class folders of {train}",
+            "--qat-from {src}: its classes ['Earthquake', 'Fire', 'Flood'] differ from the "
+            "class folders of {train}",
         ),
         (None, None, ["--img-size", "96"], "--img-size 96 differs from --qat-from {src}'s 64"),
         (None, None, ["--resume"], "--resume cannot be combined with --qat-from"),

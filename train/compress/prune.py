@@ -10,8 +10,8 @@ the sum of |gamma| over the group's members:
 - C2f: ``cv1``'s output is split by ``chunk(2)``, so both halves keep the same number of channels;
   ``m.hidden`` (``C2f.c``) becomes that number and ``cv2``'s input is the concatenation of the kept
   halves and every bottleneck output.
-- Residual C2f (backbone, ``shortcut=True``): the second half of ``cv1`` and every bottleneck ``cv2``
-  output are summed, so they form one group.
+- Residual C2f (backbone, ``shortcut=True``): the second half of ``cv1`` and every bottleneck
+  ``cv2`` output are summed, so they form one group.
 - Concat: a consumer's input channels are the concatenation of its sources' kept channels.
 - SPPF: ``cv2``'s input is ``cv1``'s mask repeated four times (x, pool, pool^2, pool^3).
 - Detect: the inner convs of each branch are pruned; the final 1x1 convs keep their 4*reg_max box

@@ -1,9 +1,10 @@
 """Measure a compression stage: params, GFLOPs, mAP (ultralytics val), ONNX Runtime CPU latency.
 
 The pipeline's summary (one row per stage) is printed as a markdown table and written as JSON and
-a PNG chart. Each stage is exported to ONNX by glimmer-export's own path (:func:`glimmer.export.api.export`:
-Conv+BN fused, Detect head in export mode, torch.onnx, our metadata, checked against PyTorch) and
-timed in a session set up as glimmer-run sets it, so the latency column is what the deployed file costs.
+a PNG chart. Each stage is exported to ONNX by glimmer-export's own path
+(:func:`glimmer.export.api.export`: Conv+BN fused, Detect head in export mode, torch.onnx, our
+metadata, checked against PyTorch) and timed in a session set up as glimmer-run sets it, so the
+latency column is what the deployed file costs.
 """
 
 import json
@@ -46,7 +47,8 @@ def validate(weights: Path, data: Path, imgsz: int, batch: int, out: Path) -> Di
 
 
 def write_onnx(weights: Path, imgsz: int, batch: int = 1) -> Path:
-    """``<weights>.onnx`` beside the .pt, made by glimmer-export itself (checked against PyTorch)."""
+    """``<weights>.onnx`` beside the .pt, made by glimmer-export itself (checked against
+    PyTorch)."""
     import shutil
     import tempfile
 

@@ -5,10 +5,10 @@ Trap (docs/yolo-compression.md, "ultralytics facts"): the stock ``get_model`` re
 pruned model silently loses its weights. :class:`ModuleTrainer.get_model` returns the loaded module
 itself.
 
-:class:`DistillTrainer` adds ``alpha * CWD`` (``cwd.py``) on the student's neck layers: forward hooks
-capture the student's and the frozen eval-mode teacher's features, a criterion wrapper adds the term
-to the detection loss, and the alignment convs join the optimizer as one more parameter group.
-They are never part of the student, so the saved checkpoint holds the student alone.
+:class:`DistillTrainer` adds ``alpha * CWD`` (``cwd.py``) on the student's neck layers: forward
+hooks capture the student's and the frozen eval-mode teacher's features, a criterion wrapper adds
+the term to the detection loss, and the alignment convs join the optimizer as one more parameter
+group. They are never part of the student, so the saved checkpoint holds the student alone.
 """
 
 from pathlib import Path
@@ -45,8 +45,8 @@ class ModuleTrainer(DetectionTrainer):
         if weights.model[-1].nc != self.data["nc"]:
             if is_pruned(weights):
                 raise GlimmerError(
-                    f"{self.args.model}: the pruned model has {weights.model[-1].nc} classes but the "
-                    f"dataset has {self.data['nc']}; a pruned head cannot be rebuilt"
+                    f"{self.args.model}: the pruned model has {weights.model[-1].nc} classes "
+                    f"but the dataset has {self.data['nc']}; a pruned head cannot be rebuilt"
                 )
             return super().get_model(
                 cfg=cfg, weights=weights, verbose=verbose
@@ -57,14 +57,16 @@ class ModuleTrainer(DetectionTrainer):
         return model
 
     def extra_parameters(self) -> list:
-        """Trainable parameters outside the model (none here; the CWD alignment convs in distill)."""
+        """Trainable parameters outside the model (none here; the CWD alignment convs in
+        distill)."""
         return []
 
     def before_clip(self) -> None:
         """Called with unscaled gradients, before clipping: where the L1 sparsity term goes."""
 
     def optimizer_step(self):
-        """ultralytics' step (unscale -> clip -> step -> update -> zero_grad -> EMA) with a gradient hook."""
+        """ultralytics' step (unscale -> clip -> step -> update -> zero_grad -> EMA) with a gradient
+        hook."""
         self.scaler.unscale_(self.optimizer)
         self.before_clip()
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm=10.0)
@@ -79,7 +81,8 @@ class ModuleTrainer(DetectionTrainer):
 
 
 class _DistillCriterion:
-    """Detection loss + alpha * CWD; called by ``DetectionModel.loss`` in place of v8DetectionLoss."""
+    """Detection loss + alpha * CWD; called by ``DetectionModel.loss`` in place of
+    v8DetectionLoss."""
 
     def __init__(
         self,

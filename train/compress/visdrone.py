@@ -2,8 +2,8 @@
 
 A raw line is ``left,top,width,height,score,category,truncation,occlusion`` in pixels. Categories
 1-10 (pedestrian ... motor) become YOLO ids 0-9. Dropped, and counted in the report: category 0
-(ignored regions), 11 ('others', which as id 10 would make ultralytics discard the whole image), rows
-with score 0 (VisDrone's "ignore this box" flag) and boxes with no area inside the image.
+(ignored regions), 11 ('others', which as id 10 would make ultralytics discard the whole image),
+rows with score 0 (VisDrone's "ignore this box" flag) and boxes with no area inside the image.
 
 Input: ``RAW_DIR`` holding ``VisDrone2019-DET-<split>/{images,annotations}`` folders, or one
 ``images`` + ``annotations`` pair. Output: ``OUT_DIR/images/<split>`` (hard links where possible),

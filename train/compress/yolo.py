@@ -4,7 +4,8 @@ ultralytics itself (the offline guard, the import, loading a .pt) is :mod:`glimm
 this module holds what compression adds on top:
 
 - A pruned model keeps ultralytics' own module classes and is saved in ultralytics' checkpoint
-  layout (``{"model": ..., "train_args": ...}``), so ``YOLO(path)``, ``val`` and glimmer-export load it.
+  layout (``{"model": ..., "train_args": ...}``), so ``YOLO(path)``, ``val`` and glimmer-export
+  load it.
 - A model is accepted only if it is a YOLOv8 detector: Conv / C2f / SPPF / Upsample / Concat layers
   and a v8 (legacy) Detect head; anything else fails with one clear line.
 - Params and FLOPs per layer, with :func:`glimmer.models.macs.count_macs` (FLOPs = 2 x MACs, the
@@ -89,7 +90,8 @@ def save_detector(
     glimmer: Dict[str, Any],
     train_args: Optional[Dict[str, Any]] = None,
 ) -> Path:
-    """Write ``model`` in ultralytics' checkpoint layout, atomically; ``glimmer`` records provenance."""
+    """Write ``model`` in ultralytics' checkpoint layout, atomically; ``glimmer`` records
+    provenance."""
     import copy
 
     path = Path(path)

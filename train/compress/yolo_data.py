@@ -43,7 +43,8 @@ class DetectionDataset:
 
 
 def label_path(image: Path) -> Path:
-    """ultralytics' rule: the last ``/images/`` in the path becomes ``/labels/``, suffix ``.txt``."""
+    """ultralytics' rule: the last ``/images/`` in the path becomes ``/labels/``, suffix
+    ``.txt``."""
     parts = list(image.parts)
     for i in range(len(parts) - 2, -1, -1):
         if parts[i] == "images":

@@ -46,14 +46,16 @@ def check_int8_kernels(value: Any, name: str = "int8_kernels") -> str:
 
 
 def weight_bits(meta: ModelMeta) -> int:
-    """The weights' bit width from ``extra["int8"]["weight_bits"]``; older files without it are 8."""
+    """The weights' bit width from ``extra["int8"]["weight_bits"]``; older files without it
+    are 8."""
     info = (meta.extra or {}).get("int8")
     bits = info.get("weight_bits") if isinstance(info, dict) else None
     return bits if isinstance(bits, int) and not isinstance(bits, bool) and 2 <= bits <= 8 else 8
 
 
 def tensorrt_placement(meta: ModelMeta) -> bool:
-    """True for glimmer-export's TensorRT placement (``extra["int8"]["placement"]`` = "tensorrt...")."""
+    """True for glimmer-export's TensorRT placement (``extra["int8"]["placement"]`` =
+    "tensorrt...")."""
     info = (meta.extra or {}).get("int8")
     placement = info.get("placement") if isinstance(info, dict) else None
     return isinstance(placement, str) and placement.startswith("tensorrt")
@@ -91,7 +93,8 @@ def describe_int8(mode: str, reason: str) -> str:
 
 def int8_note(backend: Any) -> Optional[str]:
     """How an activated backend runs its INT8 model, for start-up lines and reports ("executed as
-    fused integer kernels (...)"; other backends: "executed by <backend>"); None for other models."""
+    fused integer kernels (...)"; other backends: "executed by <backend>"); None for other
+    models."""
     if backend.meta.precision != "int8":
         return None
     text = getattr(backend, "int8_execution", None)

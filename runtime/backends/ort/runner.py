@@ -120,7 +120,8 @@ class OnnxRuntimeBackend(Backend):
                             "trt_engine_cache_path": str(self.trt_cache_dir),
                             "trt_timing_cache_enable": True,
                             "trt_fp16_enable": precision in ("fp16", "int8"),
-                            # Q/DQ models need the INT8 flag on TensorRT 8.x; fp16 covers unquantized layers.
+                            # Q/DQ models need the INT8 flag on TensorRT 8.x; fp16 covers
+                            # unquantized layers.
                             "trt_int8_enable": precision == "int8",
                         },
                     )
@@ -229,8 +230,8 @@ class OnnxRuntimeBackend(Backend):
 
     @property
     def int8_execution(self) -> Optional[str]:
-        """How the CPU EP runs this INT8 model, with why (``ONNX Runtime's Q/DQ fusion on (x86_64, AVX-512
-        VNNI)``); None for other models and on GPU EPs."""
+        """How the CPU EP runs this INT8 model, with why (``ONNX Runtime's Q/DQ fusion on (x86_64,
+        AVX-512 VNNI)``); None for other models and on GPU EPs."""
         self._open()
         return describe_int8(*self._int8) if self._int8 else None
 

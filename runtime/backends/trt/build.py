@@ -7,8 +7,8 @@ built it, so a cached engine is keyed by the ONNX's sha256, the TensorRT version
 compute capability, the precision, the input shapes and the builder options; the key, the engine's
 own sha256 and the model metadata go into a sidecar JSON (``NAME.fp16.json`` beside
 ``NAME.fp16.engine``) written atomically after the engine. A cached engine whose sidecar is missing,
-damaged or keyed differently is rebuilt, never trusted. API differences between TensorRT versions are
-handled in :mod:`glimmer.runtime.backends.trt.compat`; CUDA device queries go through
+damaged or keyed differently is rebuilt, never trusted. API differences between TensorRT versions
+are handled in :mod:`glimmer.runtime.backends.trt.compat`; CUDA device queries go through
 :mod:`glimmer.runtime.backends.trt.cuda`.
 """
 
@@ -100,7 +100,10 @@ _SIDECAR_KEYS = (
 def read_sidecar(engine_path: Path) -> Dict[str, Any]:
     """The engine's sidecar JSON, checked; GlimmerError naming the file when missing or invalid."""
     path = sidecar_path(engine_path)
-    hint = "rebuild the engine from its ONNX (glimmer-export NAME.onnx --fp16, or glimmer-run --backend tensorrt)"
+    hint = (
+        "rebuild the engine from its ONNX "
+        "(glimmer-export NAME.onnx --fp16, or glimmer-run --backend tensorrt)"
+    )
     if not path.is_file():
         raise GlimmerError(
             f"{path}: engine sidecar not found; an engine is only used with the sidecar "

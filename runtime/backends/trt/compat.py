@@ -128,7 +128,8 @@ def supports_implicit_int8(trt: Any) -> bool:
 
 
 def network_tensor_types(trt: Any, network: Any) -> Dict[str, bool]:
-    """What the parsed network carries: FP16 tensors? Q/DQ layers? (decides strongly typed builds)."""
+    """What the parsed network carries: FP16 tensors? Q/DQ layers? (decides strongly typed
+    builds)."""
     half = getattr(trt.DataType, "HALF", None)
     qdq = {getattr(trt.LayerType, n, None) for n in ("QUANTIZE", "DEQUANTIZE")} - {None}
     has_half = has_qdq = False

@@ -7,8 +7,8 @@ of a given size the whole sequence (copies included) is captured into a CUDA gra
 GlimmerNet is ~50 small convolutions, so per-kernel launch overhead, not arithmetic, dominates on a
 Jetson and one graph launch replaces them all. If the engine cannot be captured (enqueue fails under
 capture) the capture is ended and the backend stays on plain enqueue. Both TensorRT execution
-generations (bindings, tensor names) come through :mod:`glimmer.runtime.backends.trt.compat`; CUDA calls
-through :mod:`glimmer.runtime.backends.trt.cuda`.
+generations (bindings, tensor names) come through :mod:`glimmer.runtime.backends.trt.compat`; CUDA
+calls through :mod:`glimmer.runtime.backends.trt.cuda`.
 """
 
 from pathlib import Path
@@ -26,7 +26,8 @@ from glimmer.runtime.core.metadata import ModelMeta
 
 
 class TensorRTBackend(Backend):
-    """A TensorRT ``.engine`` built by :mod:`glimmer.runtime.backends.trt.build` (its sidecar is required)."""
+    """A TensorRT ``.engine`` built by :mod:`glimmer.runtime.backends.trt.build` (its sidecar is
+    required)."""
 
     name = "tensorrt"
 
@@ -39,7 +40,8 @@ class TensorRTBackend(Backend):
         cuda: Optional[cuda_mem.CudaMem] = None,
         log: Optional[Callable[[str], None]] = None,
     ) -> None:
-        """``meta`` overrides the sidecar's metadata (e.g. read from the ONNX the engine came from)."""
+        """``meta`` overrides the sidecar's metadata (e.g. read from the ONNX the engine came
+        from)."""
         super().__init__()
         self.engine_path = Path(engine_path)
         if not self.engine_path.is_file():
@@ -156,7 +158,8 @@ class TensorRTBackend(Backend):
             raise
 
     def _allocate(self) -> None:
-        """Buffers for the largest shape the engine accepts, bound once (graphs need fixed addresses)."""
+        """Buffers for the largest shape the engine accepts, bound once (graphs need fixed
+        addresses)."""
         assert self._exec is not None and self._cuda is not None
         self._stream = self._cuda.stream()
         for t in self._tensors:
@@ -269,7 +272,8 @@ class TensorRTBackend(Backend):
                 flat = self._host[t.name].array.reshape(-1)[: int(np.prod(shape))]
                 outputs.append(flat.reshape(shape).copy())  # pinned buffers are reused next batch
         if self._graph is None and self._graph_note == "pending":
-            # The first plain run has flushed TensorRT's lazy setup; now the sequence can be captured.
+            # The first plain run has flushed TensorRT's lazy setup; now the sequence can be
+            # captured.
             self._capture(nbytes_in)
         return outputs
 

@@ -171,7 +171,8 @@ def meta_of(precision: str = "int8", extra=None) -> ModelMeta:
             SATURATING,
             "auto",
             "fused",
-            "x86_64, AVX2 without VNNI: u8*s8 pair sums saturate int16; 7-bit weights: pair sums fit int16",
+            "x86_64, AVX2 without VNNI: u8*s8 pair sums saturate int16; "
+            "7-bit weights: pair sums fit int16",
         ),
         (meta_of(), VNNI, "auto", "fused", "x86_64, AVX-512 VNNI"),
         (
@@ -186,7 +187,8 @@ def meta_of(precision: str = "int8", extra=None) -> ModelMeta:
             SATURATING,
             "fused",
             "fused",
-            "int8_kernels = fused; x86_64, AVX2 without VNNI: u8*s8 pair sums saturate int16; 8-bit weights",
+            "int8_kernels = fused; x86_64, AVX2 without VNNI: u8*s8 pair sums saturate int16; "
+            "8-bit weights",
         ),
         (
             meta_of(),
@@ -248,7 +250,8 @@ B = (_rng.integers(-64, 65, 4) * 2.0**-6).astype(np.float32)
 def qdq_classifier(path: Path, meta: ModelMeta) -> Path:
     """images -> Q/DQ -> Conv 3x3 (Q/DQ'd float weight, per channel; float bias) -> Q/DQ ->
     GlobalAveragePool -> logits [1, 4]: int8, zero point 0, with the conv's output quantised (ONNX
-    Runtime's own quantiser's placement), the group its CPU provider fuses into an integer kernel."""
+    Runtime's own quantiser's placement), the group its CPU provider fuses into an integer
+    kernel."""
     inits = [
         numpy_helper.from_array(np.array(SX, np.float32), "sx"),
         numpy_helper.from_array(np.array(SY, np.float32), "sy"),
@@ -284,7 +287,8 @@ def qdq_classifier(path: Path, meta: ModelMeta) -> Path:
 
 
 def simulate(x: np.ndarray) -> np.ndarray:
-    """The Q/DQ arithmetic in float (round half to even, int8 saturation): what TensorRT computes."""
+    """The Q/DQ arithmetic in float (round half to even, int8 saturation): what TensorRT
+    computes."""
 
     def qdq(v, scale):
         return np.clip(np.round(v / scale), -128, 127) * scale
@@ -318,7 +322,8 @@ def stub_cpu(monkeypatch):
 
 @pytest.fixture()
 def sessions(monkeypatch, tmp_path):
-    """Every InferenceSession made: its DISABLE_QDQ entry and the op types of ORT's optimized graph."""
+    """Every InferenceSession made: its DISABLE_QDQ entry and the op types of ORT's optimized
+    graph."""
     made = []
     real = onnxruntime.InferenceSession
 
@@ -461,7 +466,8 @@ def test_deploy_toml_key_and_flag(tmp_path, capsys):
     path.write_text('[model]\nint8_kernels = "fast"\n')
     assert run_cli("glimmer-run", main, ["--config", str(path)]) == 1
     assert capsys.readouterr().err.strip().splitlines() == [
-        f"glimmer-run: error: {path}: key 'model.int8_kernels' must be one of auto, fused, simulated, got 'fast'"
+        f"glimmer-run: error: {path}: key 'model.int8_kernels' must be one of auto, fused, "
+        "simulated, got 'fast'"
     ]
     assert (
         run_cli(
@@ -470,8 +476,8 @@ def test_deploy_toml_key_and_flag(tmp_path, capsys):
         == 1
     )
     assert capsys.readouterr().err.strip().splitlines() == [
-        "glimmer-run: error: --int8-kernels: key 'model.int8_kernels' must be one of auto, fused, simulated, "
-        "got 'fuse' (did you mean 'fused'?)"
+        "glimmer-run: error: --int8-kernels: key 'model.int8_kernels' must be one of auto, "
+        "fused, simulated, got 'fuse' (did you mean 'fused'?)"
     ]
     assert (
         bench_parser().parse_args(["--model", "m.onnx", "--int8-kernels", "simulated"]).int8_kernels
@@ -501,8 +507,8 @@ def test_glimmer_run_prints_the_int8_execution(int8_model, tmp_path, stub_cpu, c
     )
     out = capsys.readouterr().out
     line = (
-        "executed as simulated in float: Q/DQ left unfused (x86_64, AVX2 without VNNI: u8*s8 pair sums "
-        "saturate int16; 8-bit weights)"
+        "executed as simulated in float: Q/DQ left unfused (x86_64, AVX2 without VNNI: "
+        "u8*s8 pair sums saturate int16; 8-bit weights)"
     )
     assert f"\nint8    {line}\n" in out
     assert line in (tmp_path / "r.json").read_text()
@@ -547,8 +553,8 @@ def test_check_notes_the_int8_execution_and_validates_the_key(int8_model, tmp_pa
     assert result.status == "PASS", result.rows
     assert result.details["int8_execution"] == {
         "model": (
-            "executed as simulated in float: Q/DQ left unfused (x86_64, AVX2 without VNNI: u8*s8 pair sums "
-            "saturate int16; 8-bit weights)"
+            "executed as simulated in float: Q/DQ left unfused (x86_64, AVX2 without VNNI: "
+            "u8*s8 pair sums saturate int16; 8-bit weights)"
         )
     }  # the FP32 reference gets no note
     assert (

@@ -82,7 +82,8 @@ def test_ort_backend_reads_metadata_specs_and_agrees_with_numpy(model):
 
 
 def test_one_session_factory_for_paths_and_bytes(model):
-    """runtime/backends/ort/session.py: deployment's options, a path or serialized bytes, one error."""
+    """runtime/backends/ort/session.py: deployment's options, a path or serialized bytes, one
+    error."""
     from glimmer.runtime.backends.ort.session import make_session, session_options
 
     x = np.random.default_rng(1).random((3, 3, 32, 32), dtype=np.float32)
@@ -145,7 +146,8 @@ def test_ultralytics_metadata_is_understood(tmp_path):
         (
             "m.pt",
             "auto",
-            "expected an .onnx or a TensorRT .engine (a checkpoint: export it first with glimmer-export)",
+            "expected an .onnx or a TensorRT .engine "
+            "(a checkpoint: export it first with glimmer-export)",
         ),
         ("m.engine", "onnxruntime", "a TensorRT engine runs only with --backend tensorrt"),
         ("m.onnx", "cuda", "--backend must be one of auto, onnxruntime, tensorrt"),
@@ -173,7 +175,8 @@ def test_loader_auto_prefers_onnxruntime_then_tensorrt(model, monkeypatch):
 
 @pytest.fixture()
 def fake_trt_modules(monkeypatch, tmp_path):
-    """Stand-ins for glimmer.runtime.backends.trt.build / backend_trt recording how the loader calls them."""
+    """Stand-ins for glimmer.runtime.backends.trt.build / backend_trt recording how the loader calls
+    them."""
     calls = {}
     engine = tmp_path / "cache" / "linear.engine"
 

@@ -1,4 +1,5 @@
-"""Engine builder and engine cache, driven against the FAKE tensorrt module (tests/helpers/fake_tensorrt.py).
+"""Engine builder and engine cache, driven against the FAKE tensorrt module
+(tests/helpers/fake_tensorrt.py).
 
 These tests prove our version handling, sidecars, cache keying and error messages per TensorRT API
 generation. They do not prove that a real engine builds: no real TensorRT or GPU is used here.
@@ -76,7 +77,8 @@ def test_build_fp32_sidecar_with_fake_tensorrt(
     assert sidecar["outputs"] == [{"name": "logits", "shape": [1, 4], "dtype": "float32"}]
     opts = sidecar["builder_options"]
     assert opts["workspace_api"] == "set_memory_pool_limit"
-    # EXPLICIT_BATCH is set wherever the enum member exists (8.x needs it, 10 ignores it, 11 lacks it).
+    # EXPLICIT_BATCH is set wherever the enum member exists (8.x needs it, 10 ignores it, 11 lacks
+    # it).
     assert opts["explicit_batch_flag"] is GENERATIONS[generation]["explicit_flag"]
     assert opts["flags"] == [] and opts["typing"] == ("weak" if generation in WEAK else "strong")
     assert ModelMeta.from_dict(sidecar["meta"]) == tiny_meta(1)

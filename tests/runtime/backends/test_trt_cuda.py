@@ -1,8 +1,9 @@
 """The CUDA memory interface: binding selection, error mapping, copies and graph capture.
 
-The cuda-python adapter is exercised against the fake runtime of tests/helpers/fake_tensorrt.py (whose
-"device" memory is host memory, so copies really move bytes) and, for the no-GPU error, against the
-real cuda-python when it is installed; the pycuda adapter against a small fake driver module.
+The cuda-python adapter is exercised against the fake runtime of tests/helpers/fake_tensorrt.py
+(whose "device" memory is host memory, so copies really move bytes) and, for the no-GPU error,
+against the real cuda-python when it is installed; the pycuda adapter against a small fake driver
+module.
 """
 
 import ctypes

@@ -1,4 +1,5 @@
-"""TensorRTBackend against the FAKE tensorrt module and a fake CUDA runtime (tests/helpers/fake_tensorrt.py).
+"""TensorRTBackend against the FAKE tensorrt module and a fake CUDA runtime
+(tests/helpers/fake_tensorrt.py).
 
 The fake engine computes a known function of whatever sits in the device buffer bound to its input
 and writes the device buffer bound to its output, so correct outputs prove our copies, bindings,

@@ -1,4 +1,5 @@
-"""glimmer.runtime.core.console: a user error (GlimmerError) is one line on stderr and exit code 1."""
+"""glimmer.runtime.core.console: a user error (GlimmerError) is one line on stderr and exit
+code 1."""
 
 from glimmer.runtime.core.console import run_cli
 from glimmer.runtime.core.errors import GlimmerError

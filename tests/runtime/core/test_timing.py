@@ -92,7 +92,8 @@ def test_clearly_faster_candidate_wins_by_speed_over_the_preferred_one():
 
 @pytest.mark.parametrize("preference", [("a", "b"), ("b", "a")])
 def test_within_noise_the_preferred_candidate_wins_every_time(preference):
-    """``b`` is nominally 2% slower: inside the (generous) floor, so the preference decides, always."""
+    """``b`` is nominally 2% slower: inside the (generous) floor, so the preference decides,
+    always."""
     candidates = {"a": sleeper(2.0), "b": sleeper(2.04)}
     for _ in range(3):
         result = compare_latency(
@@ -204,8 +205,8 @@ def test_bad_input_raises_value_error(call):
 
 
 def test_tensorrt_runners_are_held_open_together_and_interleaved(tmp_path, monkeypatch, fake_cuda):
-    """engines.tensorrt_runner against the FAKE tensorrt module: an engine per candidate, all open at
-    once, each call one inference of the given batch. Nothing here ran real TensorRT."""
+    """engines.tensorrt_runner against the FAKE tensorrt module: an engine per candidate, all open
+    at once, each call one inference of the given batch. Nothing here ran real TensorRT."""
     from glimmer.runtime.backends.trt.engines import tensorrt_runner
 
     fake.install_fake_tensorrt(monkeypatch, "10.3", fake_cuda)

@@ -1,5 +1,5 @@
-"""Task postprocessing and the meter: softmax/top-k, smoothing, alerts after exactly K frames, NMS on
-hand-made boxes, boxes mapped back through a hand-made letterbox, latency statistics."""
+"""Task postprocessing and the meter: softmax/top-k, smoothing, alerts after exactly K frames, NMS
+on hand-made boxes, boxes mapped back through a hand-made letterbox, latency statistics."""
 
 import numpy as np
 import pytest

@@ -1,5 +1,5 @@
-"""glimmer-run end to end on generated clips and folders: a tiny exported GlimmerNet (random weights)
-and a hand-built detection graph, both with our metadata, in ONNX Runtime."""
+"""glimmer-run end to end on generated clips and folders: a tiny exported GlimmerNet (random
+weights) and a hand-built detection graph, both with our metadata, in ONNX Runtime."""
 
 import json
 import time

@@ -140,8 +140,8 @@ def test_a_peer_whose_import_fails_registers_as_unavailable(tiny, capsys, monkey
     )
     assert code == 0
     assert (
-        "| torch | unavailable: cannot import glimmer.export.bench_peers:TorchPeer: ImportError: libtorch_cpu.so"
-        in out
+        "| torch | unavailable: cannot import glimmer.export.bench_peers:TorchPeer: "
+        "ImportError: libtorch_cpu.so" in out
     )
 
 
@@ -254,11 +254,14 @@ def test_bench_and_check_modules_stay_on_the_runtime_floor():
 
     code = (
         "import sys\n"
-        "import glimmer.runtime.tools.bench, glimmer.runtime.tools.check, glimmer.runtime.tools.regression\n"
-        "import glimmer.runtime.tools.evaluate, glimmer.runtime.tools.baseline, glimmer.runtime.tools.peers as p\n"
+        "import glimmer.runtime.tools.bench, glimmer.runtime.tools.check, "
+        "glimmer.runtime.tools.regression\n"
+        "import glimmer.runtime.tools.evaluate, glimmer.runtime.tools.baseline, "
+        "glimmer.runtime.tools.peers as p\n"
         "p.discover()\n"
         "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'ultralytics') or\n"
-        "             m.startswith(('glimmer.export', 'glimmer.models', 'glimmer.train', 'glimmer.calibration')))\n"
+        "             m.startswith(('glimmer.export', 'glimmer.models', 'glimmer.train', "
+        "'glimmer.calibration')))\n"
         "print(bad)\n"
     )
     out = subprocess.run(

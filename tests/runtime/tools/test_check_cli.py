@@ -177,7 +177,8 @@ def test_missing_model_or_data_is_an_error_not_a_pass(work, capsys, edit, messag
         ),
         (
             ("max_drop = 0.05", "min_f1_weighted = 0.5"),
-            "key 'checks.int8-drop.max_drop' is missing (max_drop bounds the drop from a reference model: give both)",
+            "key 'checks.int8-drop.max_drop' is missing "
+            "(max_drop bounds the drop from a reference model: give both)",
         ),
     ],
 )

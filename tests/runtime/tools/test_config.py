@@ -1,4 +1,5 @@
-"""deploy.toml: typed keys, errors naming the key (with did-you-mean), [checks] handed on, flags win."""
+"""deploy.toml: typed keys, errors naming the key (with did-you-mean), [checks] handed on, flags
+win."""
 
 from pathlib import Path
 
@@ -56,7 +57,8 @@ def test_values_defaults_and_relative_paths(tmp_path):
         ("[detect]\nconf = 1.5\n", "key 'detect.conf' must be at most 1"),
         (
             '[model]\nbackend = "tensorrtt"\n',
-            "key 'model.backend' must be one of auto, onnxruntime, tensorrt, got 'tensorrtt' (did you mean 'tensorrt'?)",
+            "key 'model.backend' must be one of auto, onnxruntime, tensorrt, got 'tensorrtt' "
+            "(did you mean 'tensorrt'?)",
         ),
         ('[runtime]\nshow = "yes"\n', "key 'runtime.show' must be true or false"),
         (

@@ -122,7 +122,7 @@ def test_classifier_weighted_f1_and_per_class_through_runtime(scenes):
     assert worse["f1_weighted"] < report["f1_weighted"] - 0.3
 
 
-# -- one rule for unreadable images, one classifier scorer ------------------------------------------
+# -- one rule for unreadable images, one classifier scorer -----------------------------------------
 def test_unreadable_images_are_skipped_and_counted_for_both_tasks(scenes, tmp_path):
     """The rule (runtime/tools/evaluate.py): skip the file, count it, name it in the report."""
     import shutil

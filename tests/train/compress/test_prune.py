@@ -1,4 +1,5 @@
-"""Layer-wise pruning of YOLOv8: exact counts, output equivalence, ultralytics compatibility, errors."""
+"""Layer-wise pruning of YOLOv8: exact counts, output equivalence, ultralytics compatibility,
+errors."""
 
 import copy
 from pathlib import Path
@@ -47,8 +48,8 @@ def test_yolov8m_ten_classes_has_the_papers_parameter_count(v8m):
     assert count_params(v8m) == PAPER_BASE_M
 
 
-#: FLOPs per layer of YOLOv8n (2 classes) at 64 px as glimmer-compress counted them with its own conv
-#: hooks before it used glimmer.models.macs: the one counter must give the same figures
+#: FLOPs per layer of YOLOv8n (2 classes) at 64 px as glimmer-compress counted them with its own
+#: conv hooks before it used glimmer.models.macs: the one counter must give the same figures
 V8N_2CLS_FLOPS_64 = [
     884736,
     2359296,
