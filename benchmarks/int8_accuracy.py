@@ -31,7 +31,7 @@ from glimmer.export.int8 import METHODS, Int8Builder
 from glimmer.export.onnx_export import read_metadata
 from glimmer.export.verify import load_labelled, ort_session, score
 from glimmer.runtime.core.cpu import cpu_facts
-from glimmer.train.synthetic import make_scene_dataset
+from glimmer.train.synthetic import DEMO_TRAIN_FLAGS, make_scene_dataset
 
 BIN = Path(sys.executable).parent
 BUDGET = 0.01
@@ -67,14 +67,9 @@ def main() -> int:
             str(data),
             "--out",
             str(out / "run"),
+            *DEMO_TRAIN_FLAGS,
             "--epochs",
             str(args.epochs),
-            "--img-size",
-            "96",
-            "--batch-size",
-            "32",
-            "--lr",
-            "0.003",
             "--workers",
             "2",
         )

@@ -28,7 +28,7 @@ from glimmer.runtime.core.metadata import ModelMeta
 from glimmer.runtime.core.preprocess import Preprocessor
 from glimmer.runtime.stream.classify import ClassifySettings
 from glimmer.runtime.stream.detect import DetectSettings
-from glimmer.runtime.stream.pipeline import Pipeline, build_task
+from glimmer.runtime.stream.pipeline import Pipeline, build_task, check_one_frame
 from glimmer.runtime.stream.sinks import FrameResult, Sink
 from glimmer.runtime.stream.sources import Source, SourceOptions, open_source
 
@@ -76,7 +76,20 @@ def _frame(frame: Any) -> np.ndarray:
     return frame
 
 
-class Model:
+class _Closing:
+    """``with ...:`` support for what has a ``close()``."""
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+class Model(_Closing):
     """An activated backend with its model's preprocessing and task: ``model(frame)`` -> prediction.
 
     The prediction is the runtime's own: for a classifier ``label``, ``score`` and ``top`` (class
@@ -101,13 +114,7 @@ class Model:
             _settings(DetectSettings, detect),
         )
         self._preprocess = Preprocessor(self.meta)
-        spec = backend.inputs[0]
-        if isinstance(spec.shape[0], int) and spec.shape[0] > 1:
-            raise GlimmerError(
-                f"{self.path}: the model's input has a fixed batch of {spec.shape[0]}; "
-                "one frame at a time needs batch 1 or a dynamic batch"
-            )
-        self._dtype = np.dtype(spec.dtype)
+        self._dtype = np.dtype(check_one_frame(backend, str(self.path)).dtype)
 
     @property
     def task(self) -> str:
@@ -133,12 +140,6 @@ class Model:
 
     def close(self) -> None:
         self.backend.close()
-
-    def __enter__(self) -> "Model":
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         return (
@@ -218,7 +219,7 @@ class _Handoff(Sink):
         self._stopped.set()
 
 
-class Run:
+class Run(_Closing):
     """The per-frame results of :func:`run`, in frame order; ``report`` (glimmer-run's FPS and
     latency report) once the source has ended. ``close()`` (or leaving a ``with``) stops early."""
 
@@ -234,12 +235,6 @@ class Run:
 
     def close(self) -> None:
         self._frames.close()
-
-    def __enter__(self) -> "Run":
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
 
 
 def run(

@@ -26,7 +26,12 @@ def step(title: str, *cmd: str) -> None:
 
 
 def main() -> int:
-    from glimmer.train.synthetic import CLASSES, make_scene_dataset, make_scene_video
+    from glimmer.train.synthetic import (
+        CLASSES,
+        DEMO_TRAIN_FLAGS,
+        make_scene_dataset,
+        make_scene_video,
+    )
 
     data, run = DEMO / "data", DEMO / "run"
     if not (data / "Test").is_dir():
@@ -40,14 +45,7 @@ def main() -> int:
             str(data),
             "--out",
             str(run),
-            "--epochs",
-            "10",
-            "--img-size",
-            "96",
-            "--batch-size",
-            "32",
-            "--lr",
-            "0.003",
+            *DEMO_TRAIN_FLAGS,
             "--workers",
             "2",
         )

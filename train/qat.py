@@ -27,7 +27,6 @@ and exports like any checkpoint, with one extra ``qat`` entry (``models.checkpoi
 """
 
 import copy
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Tuple, Union
@@ -42,7 +41,6 @@ from glimmer.models.checkpoint import Checkpoint, load_checkpoint
 from glimmer.models.glimmernet import GDBlock, GlimmerNet, Refiner
 from glimmer.models.layers import GroupedDilatedConv2d
 from glimmer.runtime.core.errors import GlimmerError
-from glimmer.runtime.tools.metrics import classification_report
 
 from . import outputs
 from .augment import classifier_meta
@@ -55,9 +53,7 @@ from .trainer import (
     Trainer,
     build_optimizer,
     build_scheduler,
-    predict,
     seed_everything,
-    train_one_epoch,
 )
 
 CALIBRATION = "max"
@@ -294,12 +290,6 @@ class QATTrainer(Trainer):
                 f"{self.source.class_names} of --qat-from {self.source.path}"
             )
 
-    def _evaluate(
-        self, model: nn.Module, loader, names: List[str], desc: str
-    ) -> Tuple[float, Dict[str, Any]]:
-        loss, y_true, y_pred = predict(model, loader, self.device, desc)
-        return loss, classification_report(y_true, y_pred, names)
-
     def run(self) -> Dict[str, Any]:
         """Calibrate, fine-tune, select, test; returns the metrics document (also metrics.json)."""
         s: QATSettings = self.settings  # type: ignore[assignment]
@@ -349,19 +339,7 @@ class QATTrainer(Trainer):
             "qat_from": {"path": s.source, "sha256": self.source.sha256},
         }
 
-        def document(finished: bool, test=None, test_skipped=None) -> Dict[str, Any]:
-            doc = outputs.build_metrics(
-                settings,
-                data.summary(),
-                data.skipped,
-                self.history,
-                self.best,
-                finished,
-                test,
-                test_skipped,
-            )
-            doc["qat"] = self.summary
-            return doc
+        document = self._document(settings, data, qat=self.summary)
 
         def save(name: str, epoch: int, metrics: Dict[str, Any]) -> None:
             self._save(
@@ -383,46 +361,13 @@ class QATTrainer(Trainer):
         scheduler = build_scheduler(optimizer)
         train_loader = self._loader(data.train, meta, train=True)
         for epoch in range(1, s.epochs + 1):
-            t0 = time.perf_counter()
-            train_loader.sampler.set_epoch(epoch)
-            lr = optimizer.param_groups[0]["lr"]
-            train_loss, train_acc = train_one_epoch(
-                qmodel, train_loader, optimizer, self.device, f"QAT epoch {epoch}/{s.epochs}"
-            )
-            val_loss, val = self._evaluate(qmodel, val_loader, names, "val")
-            scheduler.step()
-            row = {
-                "epoch": epoch,
-                "lr": lr,
-                "train_loss": train_loss,
-                "train_accuracy": train_acc,
-                "val_loss": val_loss,
-                "val_accuracy": val["accuracy"],
-                "val_f1_weighted": val["f1_weighted"],
-                "seconds": round(time.perf_counter() - t0, 3),
-            }
-            self.history.append(row)
-            improved = (val["f1_weighted"], -val_loss) > (
-                self.best["val_f1_weighted"],
-                -self.best["val_loss"],
+            row, val, improved = self._epoch(
+                qmodel, (train_loader, val_loader), optimizer, scheduler, epoch, names, "QAT epoch"
             )
             if improved:
-                self.best = {
-                    "epoch": epoch,
-                    "val_f1_weighted": val["f1_weighted"],
-                    "val_loss": val_loss,
-                    "val_accuracy": val["accuracy"],
-                }
                 save(BEST, epoch, {"val": self.best})
             save(LAST, epoch, {"val": row})
-            outputs.write_metrics(self.run_dir, document(finished=False))
-            outputs.plot_curves(self.run_dir / outputs.CURVES_PNG, self.history, self.best["epoch"])
-            self.log(
-                f"QAT epoch {epoch:>3}/{s.epochs}  lr {lr:.3g}  train loss {train_loss:.4f} "
-                f"acc {train_acc:.3f}  val loss {val_loss:.4f} acc {val['accuracy']:.3f} "
-                f"F1 {val['f1_weighted']:.4f}  {row['seconds']:.1f}s"
-                + ("  * best" if improved else "")
-            )
+            self._after_epoch(document, "QAT epoch", row, val, improved)
         qmodel.remove()
         del train_loader, val_loader
         return self._finish(data, meta, document, self._test_qat)

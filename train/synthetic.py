@@ -13,6 +13,8 @@ from typing import Dict, Iterable, Optional, Sequence
 import numpy as np
 
 CLASSES = ("Earthquake", "Fire", "Flood", "Normal")
+#: glimmer-train's flags for the demo: the paper's recipe, shortened for 96 px generated scenes
+DEMO_TRAIN_FLAGS = ("--epochs", "10", "--img-size", "96", "--batch-size", "32", "--lr", "0.003")
 
 
 def _cv2():

@@ -319,52 +319,15 @@ class Trainer:
             "recipe": RECIPE,
         }
 
-        def document(finished: bool, test=None, test_skipped=None) -> Dict[str, Any]:
-            return outputs.build_metrics(
-                settings,
-                data.summary(),
-                data.skipped,
-                self.history,
-                self.best,
-                finished,
-                test,
-                test_skipped,
-            )
+        document = self._document(settings, data)
 
         train_loader = self._loader(data.train, meta, train=True)
         val_loader = self._loader(data.val, meta, train=False)
         for epoch in range(start + 1, s.epochs + 1):
-            t0 = time.perf_counter()
-            train_loader.sampler.set_epoch(epoch)
-            lr = optimizer.param_groups[0]["lr"]
-            train_loss, train_acc = train_one_epoch(
-                model, train_loader, optimizer, self.device, f"epoch {epoch}/{s.epochs}"
+            row, val, improved = self._epoch(
+                model, (train_loader, val_loader), optimizer, scheduler, epoch, names, "epoch"
             )
-            val_loss, y_true, y_pred = predict(model, val_loader, self.device, "val")
-            val = classification_report(y_true, y_pred, names)
-            scheduler.step()
-            row = {
-                "epoch": epoch,
-                "lr": lr,
-                "train_loss": train_loss,
-                "train_accuracy": train_acc,
-                "val_loss": val_loss,
-                "val_accuracy": val["accuracy"],
-                "val_f1_weighted": val["f1_weighted"],
-                "seconds": round(time.perf_counter() - t0, 3),
-            }
-            self.history.append(row)
-            # Ties in F1 (common on small Val sets) go to the lower Val loss.
-            key = (val["f1_weighted"], -val_loss)
-            best = self.best
-            improved = best is None or key > (best["val_f1_weighted"], -best["val_loss"])
             if improved:
-                self.best = {
-                    "epoch": epoch,
-                    "val_f1_weighted": val["f1_weighted"],
-                    "val_loss": val_loss,
-                    "val_accuracy": val["accuracy"],
-                }
                 self._save(
                     BEST, model, names, dict(provenance, epoch=epoch, metrics={"val": self.best})
                 )
@@ -385,16 +348,89 @@ class Trainer:
                 dict(provenance, epoch=epoch, metrics={"val": row}),
                 train_state=train_state,
             )
-            outputs.write_metrics(self.run_dir, document(finished=False))
-            outputs.plot_curves(self.run_dir / outputs.CURVES_PNG, self.history, self.best["epoch"])
-            self.log(
-                f"epoch {epoch:>3}/{s.epochs}  lr {lr:.3g}  train loss {train_loss:.4f} "
-                f"acc {train_acc:.3f}  val loss {val_loss:.4f} acc {val['accuracy']:.3f} "
-                f"F1 {val['f1_weighted']:.4f}  {row['seconds']:.1f}s"
-                + ("  * best" if improved else "")
-            )
+            self._after_epoch(document, "epoch", row, val, improved)
         del train_loader, val_loader  # shuts the persistent workers down before the test pass
         return self._finish(data, meta, document, self._test)
+
+    def _document(self, settings: Dict[str, Any], data: AiderDataset, **extra: Any):
+        """``document(finished, test=None, test_skipped=None)``: the run's metrics.json contents
+        now (history and best so far), with ``extra`` top-level entries."""
+
+        def document(finished: bool, test=None, test_skipped=None) -> Dict[str, Any]:
+            doc = outputs.build_metrics(
+                settings,
+                data.summary(),
+                data.skipped,
+                self.history,
+                self.best,
+                finished,
+                test,
+                test_skipped,
+            )
+            doc.update(extra)
+            return doc
+
+        return document
+
+    def _evaluate(
+        self, model: torch.nn.Module, loader, names: List[str], desc: str
+    ) -> Tuple[float, Dict[str, Any]]:
+        """(mean loss, classification report) of ``model`` on ``loader``."""
+        loss, y_true, y_pred = predict(model, loader, self.device, desc)
+        return loss, classification_report(y_true, y_pred, names)
+
+    def _epoch(
+        self, model, loaders, optimizer, scheduler, epoch: int, names: List[str], label: str
+    ):
+        """One epoch of training and validation: (history row, val report, improved on the best).
+
+        Ties in F1 (common on small Val sets) go to the lower Val loss; an improvement becomes
+        ``self.best`` (the caller saves best.pt).
+        """
+        train_loader, val_loader = loaders
+        t0 = time.perf_counter()
+        train_loader.sampler.set_epoch(epoch)
+        lr = optimizer.param_groups[0]["lr"]
+        train_loss, train_acc = train_one_epoch(
+            model, train_loader, optimizer, self.device, f"{label} {epoch}/{self.settings.epochs}"
+        )
+        val_loss, val = self._evaluate(model, val_loader, names, "val")
+        scheduler.step()
+        row = {
+            "epoch": epoch,
+            "lr": lr,
+            "train_loss": train_loss,
+            "train_accuracy": train_acc,
+            "val_loss": val_loss,
+            "val_accuracy": val["accuracy"],
+            "val_f1_weighted": val["f1_weighted"],
+            "seconds": round(time.perf_counter() - t0, 3),
+        }
+        self.history.append(row)
+        best = self.best
+        improved = best is None or (val["f1_weighted"], -val_loss) > (
+            best["val_f1_weighted"],
+            -best["val_loss"],
+        )
+        if improved:
+            self.best = {
+                "epoch": epoch,
+                "val_f1_weighted": val["f1_weighted"],
+                "val_loss": val_loss,
+                "val_accuracy": val["accuracy"],
+            }
+        return row, val, improved
+
+    def _after_epoch(self, document, label: str, row: Dict[str, Any], val, improved: bool) -> None:
+        """metrics.json and curves.png rewritten, and the epoch's line."""
+        outputs.write_metrics(self.run_dir, document(finished=False))
+        outputs.plot_curves(self.run_dir / outputs.CURVES_PNG, self.history, self.best["epoch"])
+        self.log(
+            f"{label} {row['epoch']:>3}/{self.settings.epochs}  lr {row['lr']:.3g}  "
+            f"train loss {row['train_loss']:.4f} acc {row['train_accuracy']:.3f}  "
+            f"val loss {row['val_loss']:.4f} acc {val['accuracy']:.3f} "
+            f"F1 {val['f1_weighted']:.4f}  {row['seconds']:.1f}s" + ("  * best" if improved else "")
+        )
 
     def _finish(self, data: AiderDataset, meta, document, test_fn) -> Dict[str, Any]:
         """The Test pass (when there is a Test split) and the final metrics.json."""

@@ -29,7 +29,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 
-from glimmer.runtime.backends.base import Backend
+from glimmer.runtime.backends.base import Backend, TensorSpec
 from glimmer.runtime.core.errors import GlimmerError
 from glimmer.runtime.core.metadata import ModelMeta
 from glimmer.runtime.core.preprocess import LetterboxTransform, Preprocessor
@@ -54,6 +54,17 @@ def build_task(
     if meta.task == "detect":
         return Detector(meta, detect)
     raise GlimmerError(f"metadata task {meta.task!r} has no postprocessor")
+
+
+def check_one_frame(backend: Backend, origin: str = "the model") -> TensorSpec:
+    """The input spec; frames run one at a time, so a fixed batch above 1 is refused."""
+    spec = backend.inputs[0]
+    if isinstance(spec.shape[0], int) and spec.shape[0] > 1:
+        raise GlimmerError(
+            f"{origin}: input {spec.name!r} has a fixed batch of {spec.shape[0]}; frames are run "
+            "one at a time (export with batch 1 or a dynamic batch)"
+        )
+    return spec
 
 
 @dataclass
@@ -113,14 +124,7 @@ class Pipeline:
         self._errors: List[BaseException] = []
         self._keep_frames = any(s.needs_frames for s in self.sinks)
         self.preprocess = Preprocessor(backend.meta)
-        spec = backend.inputs[0]
-        if isinstance(spec.shape[0], int) and spec.shape[0] > 1:
-            raise GlimmerError(
-                f"the model's input {spec.name!r} has a fixed batch of {spec.shape[0]}; "
-                "the camera runtime feeds one frame at a time (export with batch 1 "
-                "or a dynamic batch)"
-            )
-        self._dtype = np.dtype(spec.dtype)
+        self._dtype = np.dtype(check_one_frame(backend).dtype)
         self.interrupted = False
 
     # -- plumbing ------------------------------------------------------------------------------
