@@ -27,9 +27,9 @@ def import_onnxruntime():
         import onnxruntime
     except ImportError:
         raise GlimmerError(
-            "ONNX Runtime is not installed: pip install onnxruntime (x86) or NVIDIA's "
-            "onnxruntime-gpu wheel for JetPack; or run an .engine with --backend "
-            "tensorrt"
+            "ONNX Runtime is not installed: pip install 'glimmer-edge[ort]' (CPU) or "
+            "'glimmer-edge[ort-gpu]' (CUDA, not on a Jetson: there NVIDIA's onnxruntime-gpu "
+            "wheel, see docs/install.md); or run an .engine with --backend tensorrt"
         ) from None
     return onnxruntime
 
