@@ -1,12 +1,17 @@
 """Legacy implicit INT8 calibration for TensorRT 8.x / 10.x: an IInt8EntropyCalibrator2.
 
 Implements the implicit path of docs/tensorrt.md, "INT8 paths". TensorRT calls the calibrator while
-building: ``get_batch_size``, then ``get_batch(names)`` until it returns None (each call hands over
-device pointers to one NCHW float32 batch), and it reads / writes a calibration cache so that a
-rebuild skips the images. The batches come from an iterable of numpy arrays already preprocessed by
-the runtime's :class:`~glimmer.runtime.core.preprocess.Preprocessor`, so calibration statistics see
-what the drone sees. Implicit calibration is deprecated from TensorRT 10.1 and removed in 11.0;
-there the explicitly quantized (Q/DQ) ONNX is the only INT8 path, and this module says so.
+building: ``get_batch_size`` (8.x only: 10.x ignores it), then ``get_batch(names)`` until it
+returns None (each call hands over device pointers to one NCHW float32 batch), and it reads / writes
+a calibration cache so that a rebuild skips the images. TensorRT reads exactly the network's batch
+(or its calibration profile's) from each pointer, so the builder tells the calibrator that batch
+(``expect_batch``) and the images are cut into batches of that size (a short remainder is dropped).
+The batches come from an iterable of numpy arrays already preprocessed by the runtime's
+:class:`~glimmer.runtime.core.preprocess.Preprocessor`, so calibration statistics see what the drone
+sees. The builder closes the calibrator after the build, freeing its pinned and device buffers, its
+stream and, with pycuda, the context it pushed. Implicit calibration is deprecated from TensorRT
+10.1 and removed in 11.0; there the explicitly quantized (Q/DQ) ONNX is the only INT8 path, and this
+module says so.
 
 The ``IInt8EntropyCalibrator2`` base class exists only when ``tensorrt`` imports, so the subclass is
 made on first use rather than at import time.
@@ -94,9 +99,12 @@ def _calibrator_class(trt: Any) -> type:
             )
             self.batches_fed = 0
             self.batches_skipped = 0
+            self.images_dropped = 0
+            self.network_batch: Optional[int] = None
             self.error: Optional[str] = None
             self._source: Iterator[np.ndarray] = iter(batches)
             self._first: Optional[np.ndarray] = None
+            self._chunks: Optional[Iterator[np.ndarray]] = None
             self._cuda = cuda
             self._own_cuda = cuda is None
             self._host: Optional[cuda_mem.HostBuffer] = None
@@ -124,25 +132,50 @@ def _calibrator_class(trt: Any) -> type:
                 )
             return np.ascontiguousarray(batch)
 
+        def expect_batch(self, batch: Optional[int]) -> None:
+            """The batch TensorRT will read from every pointer (set by the builder)."""
+            self.network_batch = int(batch) if batch else None
+
         def get_batch_size(self) -> int:
             try:
-                return int(self._peek().shape[0])
+                return self._size()
             except Exception as exc:  # noqa: BLE001 - e.g. too few images; reported by build_engine
                 self.error = str(exc)
                 return 1
 
-        def _next(self) -> Optional[np.ndarray]:
-            if self._first is not None:
+        def _size(self) -> int:
+            return self.network_batch or int(self._peek().shape[0])
+
+        def _batches(self) -> Iterator[np.ndarray]:
+            self._peek()
+            while self._first is not None:
                 batch, self._first = self._first, None
-                return batch
+                yield batch
             for batch in self._source:
-                batch = self._checked(batch)
-                if self._host is not None and batch.shape != self._host.array.shape:
-                    # TensorRT calibrates at one fixed batch size: a short last batch is dropped.
-                    self.batches_skipped += 1
-                    continue
-                return batch
-            return None
+                yield self._checked(batch)
+
+        def _cut(self) -> Iterator[np.ndarray]:
+            """Batches of exactly the calibration size, whatever size the source yields."""
+            size = self._size()
+            pending: List[np.ndarray] = []
+            count = 0
+            for batch in self._batches():
+                pending.append(batch)
+                count += int(batch.shape[0])
+                while count >= size:
+                    joined = np.concatenate(pending) if len(pending) > 1 else pending[0]
+                    yield np.ascontiguousarray(joined[:size])
+                    rest = joined[size:]
+                    pending, count = ([rest] if len(rest) else []), int(rest.shape[0])
+            if count:
+                # TensorRT calibrates at one fixed batch size: a short remainder is dropped.
+                self.batches_skipped += 1
+                self.images_dropped += count
+
+        def _next(self) -> Optional[np.ndarray]:
+            if self._chunks is None:
+                self._chunks = self._cut()
+            return next(self._chunks, None)
 
         def get_batch(self, names: List[str], *_: Any) -> Optional[List[int]]:
             # Exceptions cannot cross back into TensorRT's C++ caller: record, then end calibration.
@@ -185,12 +218,17 @@ def _calibrator_class(trt: Any) -> type:
             )
 
         def close(self) -> None:
+            """Free the buffers and the stream, and close a CUDA binding opened here (which pops
+            pycuda's context); safe to call twice."""
             if self._cuda is not None:
                 for buf in (self._host, self._device):
                     if buf is not None:
                         self._cuda.free(buf)
+                if self._stream:
+                    self._cuda.destroy_stream(self._stream)
                 if self._own_cuda:
                     self._cuda.close()
             self._host = self._device = self._cuda = None
+            self._stream = 0
 
     return EntropyCalibrator

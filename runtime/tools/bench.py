@@ -1,6 +1,7 @@
 """glimmer-bench: how fast a model runs here, model-only and end to end, in trtexec's vocabulary.
 
-    glimmer-bench --model PATH [--source URI | --synthetic] [--batch N] [--warmup N] [--iters N]
+    glimmer-bench --model PATH [--meta FILE] [--source URI | --synthetic] [--batch N] [--warmup N]
+                  [--iters N]
                   [--threads N] [--backend B] [--int8-kernels auto|fused|simulated]
                   [--compare torch,onnx-naive=PATH,ultralytics]
                   [--json out.json] [--plot out.png]
@@ -395,6 +396,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--model", type=Path, required=True, metavar="PATH", help=".onnx with metadata or .engine"
     )
+    p.add_argument(
+        "--meta",
+        type=Path,
+        metavar="FILE",
+        help="metadata for an engine without a sidecar (trtexec): glimmer's metadata JSON or the "
+        "ONNX it was built from",
+    )
     where = p.add_mutually_exclusive_group()
     where.add_argument(
         "--source", metavar="URI", help="frames for both figures (file, folder, camera)"
@@ -481,6 +489,7 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
         threads=args.threads,
         int8_kernels=args.int8_kernels,
         log=lambda line: print(line, file=sys.stderr),
+        meta_path=args.meta,
     )
     with backend:
         meta: ModelMeta = backend.meta

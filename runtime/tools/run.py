@@ -1,6 +1,7 @@
 """glimmer-run: run a model on camera frames, print predictions and an FPS / latency report.
 
-    glimmer-run [--model PATH] [--camera N | --source URI] [--backend auto|tensorrt|onnxruntime]
+    glimmer-run [--model PATH] [--meta FILE] [--camera N | --source URI]
+                [--backend auto|tensorrt|onnxruntime]
                 [--output results.jsonl] [--save out.mp4] [--show | --headless] [--max-frames N]
                 [--duration S] [--report report.json] [--config deploy.toml] [--threads N]
                 [--int8-kernels auto|fused|simulated]
@@ -53,6 +54,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         metavar="PATH",
         help=".onnx with metadata, or .engine with its sidecar",
+    )
+    parser.add_argument(
+        "--meta",
+        type=Path,
+        metavar="FILE",
+        help="metadata for an engine without a sidecar (trtexec): glimmer's metadata JSON or the "
+        "ONNX it was built from",
     )
     where = parser.add_mutually_exclusive_group()
     where.add_argument("--camera", type=int, metavar="N", help="V4L2 / USB camera index")
@@ -187,6 +195,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             threads=config["model.threads"],
             int8_kernels=config["model.int8_kernels"],
             log=lambda line: print(line, file=sys.stderr),
+            meta_path=args.meta,
         )
         stack.enter_context(backend)
         meta = backend.meta

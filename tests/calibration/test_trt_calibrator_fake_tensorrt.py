@@ -10,13 +10,16 @@ import pytest
 from fake_tensorrt import (
     FakeCudaRuntime,
     install_fake_cuda,
+    install_fake_pycuda,
     install_fake_tensorrt,
+    make_fake_pycuda,
     tiny_meta,
     write_tiny_onnx,
 )
 
 from glimmer.calibration.trt_calibrator import make_entropy_calibrator
 from glimmer.runtime.backends.trt import build as trt_build
+from glimmer.runtime.backends.trt import cuda as cuda_mem
 from glimmer.runtime.core.errors import GlimmerError
 
 
@@ -42,7 +45,7 @@ def build_int8(tmp_path, calibrator, name="tiny", batch=None):
     )
 
 
-@pytest.mark.parametrize("generation", ["8.4", "10.3"])
+@pytest.mark.parametrize("generation", ["8.4", "8.5", "10.3"])
 def test_calibrator_feeds_batches_and_writes_its_cache_with_fake_tensorrt(
     generation, tmp_path, monkeypatch, fake_cuda
 ):
@@ -63,8 +66,7 @@ def test_calibrator_feeds_batches_and_writes_its_cache_with_fake_tensorrt(
         float(sum(b.sum() for b in data[:3])), rel=1e-5
     )
     assert cache.read_bytes() == b"fake-calibration-table"
-    calibrator.close()
-    assert fake_cuda.allocs == {}
+    assert fake_cuda.allocs == {}  # closed by the build
 
 
 def test_calibration_cache_skips_the_images_with_fake_tensorrt(tmp_path, monkeypatch, fake_cuda):
@@ -83,26 +85,83 @@ def test_calibration_cache_skips_the_images_with_fake_tensorrt(tmp_path, monkeyp
     assert sidecar["builder_options"]["calibration_cache_sha256"] == calibrator.cache_sha256
 
 
-def test_calibration_batch_must_match_the_network(tmp_path, monkeypatch, fake_cuda):
+@pytest.mark.parametrize("generation", ["8.6", "10.3"])
+def test_batches_are_cut_to_the_networks_batch_with_fake_tensorrt(
+    generation, tmp_path, monkeypatch, fake_cuda
+):
+    """A static batch-1 network fed batches of 2: 8.x compares get_batch_size with the network's
+    batch, 10.x ignores it and reads the network's batch from each pointer. Either way every image
+    must reach the builder, one at a time."""
+    trt = install_fake_tensorrt(monkeypatch, generation, fake_cuda)
+    data = batches([2, 3])
+    calibrator = make_entropy_calibrator(data, tmp_path / "a.cache", log=quiet)
+    sidecar = build_int8(tmp_path, calibrator, batch=1)
+    assert trt.stats["calibration_batches"] == trt.stats["calibration_images"] == 5
+    assert trt.stats["calibration_sum"] == pytest.approx(
+        float(sum(b.sum() for b in data)), rel=1e-5
+    )
+    assert (calibrator.batches_fed, calibrator.images_dropped) == (5, 0)
+    assert "calibration" not in sidecar["shapes"]["profile"]
+
+
+@pytest.mark.parametrize("generation", ["8.6", "10.3"])
+def test_a_short_remainder_is_dropped_with_fake_tensorrt(
+    generation, tmp_path, monkeypatch, fake_cuda
+):
+    trt = install_fake_tensorrt(monkeypatch, generation, fake_cuda)
+    data = batches([3, 2])  # 5 images at a calibration batch of 2: two batches, one image dropped
+    calibrator = make_entropy_calibrator(data, tmp_path / "a.cache", log=quiet, batch_size=2)
+    build_int8(tmp_path, calibrator)
+    joined = np.concatenate(data)
+    assert trt.stats["calibration_images"] == 4 and calibrator.images_dropped == 1
+    assert trt.stats["calibration_sum"] == pytest.approx(float(joined[:4].sum()), rel=1e-5)
+
+
+@pytest.mark.parametrize("generation, asked", [("8.6", True), ("10.3", False)])
+def test_get_batch_size_is_asked_on_8_only_with_fake_tensorrt(
+    generation, asked, tmp_path, monkeypatch, fake_cuda
+):
+    """The fake is as strict as TensorRT 10: get_batch_size is never called there, so feeding the
+    right batch cannot depend on it."""
+    install_fake_tensorrt(monkeypatch, generation, fake_cuda)
+    calibrator = make_entropy_calibrator(batches([2, 2]), tmp_path / "a.cache", log=quiet)
+    calls = []
+    original = calibrator.get_batch_size
+    calibrator.get_batch_size = lambda: calls.append(1) or original()
+    build_int8(tmp_path, calibrator, batch=2)
+    assert bool(calls) is asked and calibrator.batches_fed == 2
+
+
+def test_the_build_closes_the_calibrator_with_fake_tensorrt(tmp_path, monkeypatch, fake_cuda):
+    """No close() by the caller: the builder frees the pinned and device buffers and the stream."""
+    install_fake_tensorrt(monkeypatch, "10.3", fake_cuda)
+    calibrator = make_entropy_calibrator(batches([2, 2]), tmp_path / "a.cache", log=quiet)
+    build_int8(tmp_path, calibrator, batch=2)
+    assert calibrator.batches_fed == 2
+    assert fake_cuda.allocs == {} and fake_cuda.streams == {}
+    calibrator.close()  # a second close is harmless
+    # A borrowed CUDA binding stays open; the calibrator's own stream is gone.
+    shared = cuda_mem.open_cuda()
+    keep = shared.stream()
+    lent = make_entropy_calibrator(
+        batches([2]), tmp_path / "b.cache", log=quiet, cuda=shared, batch_size=2
+    )
+    build_int8(tmp_path, lent, name="lent", batch=2)
+    assert list(fake_cuda.streams) == [keep] and fake_cuda.allocs == {}
+    shared.close()
+
+
+def test_the_build_pops_the_calibrators_pycuda_context(tmp_path, monkeypatch, fake_cuda):
+    drv = make_fake_pycuda(fake_cuda)
+    install_fake_pycuda(monkeypatch, drv)
     trt = install_fake_tensorrt(monkeypatch, "8.6", fake_cuda)
-    with pytest.raises(
-        GlimmerError, match="could not build"
-    ):  # a static batch-1 network, batches of 2
-        build_int8(
-            tmp_path,
-            make_entropy_calibrator(batches([2]), tmp_path / "a.cache", log=quiet),
-            batch=1,
-        )
-    assert "Calibration batch 2 does not match the network's batch 1." in trt.log
-    sidecar = build_int8(
-        tmp_path,
-        make_entropy_calibrator(batches([1, 1]), tmp_path / "b.cache", log=quiet),
-        batch=1,
-        name="static",
+    data = batches([2, 2])
+    build_int8(tmp_path, make_entropy_calibrator(data, tmp_path / "a.cache", log=quiet), batch=2)
+    assert trt.stats["calibration_sum"] == pytest.approx(
+        float(sum(b.sum() for b in data)), rel=1e-5
     )
-    assert (
-        trt.stats["calibration_batches"] == 2 and "calibration" not in sidecar["shapes"]["profile"]
-    )
+    assert drv.stacks() == [[]] and drv.calls.count("push") == drv.calls.count("pop") == 2
+    assert fake_cuda.allocs == {}
 
 
 def test_calibrator_errors_surface_from_the_build_with_fake_tensorrt(

@@ -1,24 +1,31 @@
-"""A small fake of the ``tensorrt`` module per API generation, and a fake CUDA runtime.
+"""A small fake of the ``tensorrt`` module per API generation, and fake CUDA bindings.
 
 Real TensorRT cannot be installed on the build machines (docs/tensorrt.md, last section), so the
 TensorRT code is tested against this fake. It mimics the *surface* each generation offers and, just
-as important, what each one lacks (an attribute that is gone raises AttributeError, as in the real
-bindings): 8.4 (bindings API only, EXPLICIT_BATCH required), 8.6 (bindings and tensor names),
-10.3 (names only, no max_workspace_size, EXPLICIT_BATCH ignored) and 11.4 (strongly typed: no FP16 /
-INT8 flags, no calibrator, no EXPLICIT_BATCH). Its "engine" computes a simple, known function of its
-input, reading and writing the device buffers it was bound to, so tests can check our buffer
-bookkeeping numerically. It proves nothing about real engines.
+as important, what each one lacks or refuses (an attribute that is gone raises AttributeError, as in
+the real bindings): 8.4 (bindings API only, EXPLICIT_BATCH required), 8.5 (bindings and tensor
+names), 8.6 (both, plus the optimisation level), 10.3 (names only, no max_workspace_size,
+EXPLICIT_BATCH ignored) and 11.4 (strongly typed: no FP16 / INT8 flags, no calibrator, no
+EXPLICIT_BATCH). Its "engine" computes a simple, known function of its input, reading and writing
+the device buffers it was bound to, so tests can check our buffer bookkeeping numerically. It
+proves nothing about real engines.
+
+Where the real module is strict, the fake is too (:data:`STRICTNESS` lists each rule); the tests
+prove our code obeys these rules, not that the rules are complete.
 
 :class:`FakeCudaRuntime` mimics cuda-python's runtime module (every call returns an error code
 first). Its "device" memory is host memory from ctypes, so copies really move bytes; stream capture
-records work and graph launches replay it, as CUDA does.
+records work and graph launches replay it, as CUDA does. :func:`make_fake_pycuda` is a pycuda driver
+over the same memory.
 """
 
 import ctypes
 import enum
 import json
 import sys
+import threading
 import types
+from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
@@ -35,6 +42,11 @@ FEATURES = (
     "legacy_build",
     "strongly_typed_flag",
     "opt_level",
+    # trt.nptype builds its table with np.bool: AttributeError with numpy 1.24-1.26, the numpy a
+    # JetPack 5 Python 3.8 gets (fixed in 8.5.3)
+    "nptype_np_bool",
+    # implicit calibration asks get_batch_size (8.x); 10.x ignores it and uses the network shape
+    "calibration_batch_size",
 )
 _HAS = {
     "8.4": (
@@ -47,6 +59,23 @@ _HAS = {
             "calibrator",
             "bindings_api",
             "legacy_build",
+            "nptype_np_bool",
+            "calibration_batch_size",
+        },
+    ),
+    "8.5": (
+        "8.5.2.2",
+        {
+            "explicit_flag",
+            "explicit_required",
+            "max_workspace",
+            "precision_flags",
+            "calibrator",
+            "names_api",
+            "bindings_api",
+            "legacy_build",
+            "nptype_np_bool",
+            "calibration_batch_size",
         },
     ),
     "8.6": (
@@ -61,6 +90,7 @@ _HAS = {
             "bindings_api",
             "legacy_build",
             "opt_level",
+            "calibration_batch_size",
         },
     ),
     "10.3": (
@@ -76,11 +106,53 @@ _HAS = {
     ),
     "11.4": ("11.4.1.2", {"names_api", "strongly_typed_flag", "opt_level"}),
 }
+#: trt.DataType members by generation (UINT8 from 8.5, FP8 from 8.6, BF16 / INT64 / INT4 from 10)
+_DTYPES = {
+    "8.4": ("FLOAT", "HALF", "INT8", "INT32", "BOOL"),
+    "8.5": ("FLOAT", "HALF", "INT8", "INT32", "BOOL", "UINT8"),
+    "8.6": ("FLOAT", "HALF", "INT8", "INT32", "BOOL", "UINT8", "FP8"),
+    "10.3": ("FLOAT", "HALF", "INT8", "INT32", "BOOL", "UINT8", "FP8", "BF16", "INT64", "INT4"),
+    "11.4": (
+        "FLOAT",
+        "HALF",
+        "INT8",
+        "INT32",
+        "BOOL",
+        "UINT8",
+        "FP8",
+        "BF16",
+        "INT64",
+        "INT4",
+        "FP4",
+    ),
+}
 GENERATIONS = {
-    generation: dict(version=version, **{f: f in has for f in FEATURES})
+    generation: dict(version=version, dtypes=_DTYPES[generation], **{f: f in has for f in FEATURES})
     for generation, (version, has) in _HAS.items()
 }
 PLAN_MAGIC = b"FAKETRT\0"
+
+#: where the fake refuses or misbehaves as the real module does (each has a test of our code)
+STRICTNESS = (
+    "8.4 / 8.5.2: trt.nptype raises AttributeError (its table uses np.bool, gone in numpy "
+    "1.24-1.26)",
+    "every version: trt.nptype raises TypeError for a type without a numpy equivalent (BF16, FP8)",
+    "trt.DataType has only the members of its generation (no INT64 before 10, no BF16 before 10)",
+    "10.x: implicit calibration never calls get_batch_size; it reads the network's (or the "
+    "calibration profile's) batch from the pointers get_batch returns",
+    "8.x: implicit calibration fails when get_batch_size differs from the network's batch",
+    "platform_has_fast_fp16 is False on sm_50 / sm_52 / sm_61 (Pascal GTX 10xx); an FP16 build "
+    "there logs TensorRT's Half2 warning and runs FP16 at a fraction of the FP32 rate",
+    "the first enqueue after an input shape change (or on a new context) cannot be captured into a "
+    "CUDA graph: it invalidates the capture",
+    "a CUDA graph replayed after an input shape change runs the captured shape (counted as stale)",
+    "set_timing_cache(cache, ignore_mismatch=False) refuses a cache made on another GPU or "
+    "TensorRT version and returns False; with ignore_mismatch=True it uses the foreign timings",
+    "no NVIDIA driver or one too old for the CUDA runtime: cudaErrorInsufficientDriver (35), "
+    "cudaGetDeviceCount's count is None; no GPU: cudaErrorNoDevice (100); Builder() and Runtime() "
+    "then log 'CUDA initialization failure with error: N' and raise TypeError (nullptr)",
+    "deserialize_cuda_engine refuses bytes that do not start with the plan (a metadata header)",
+)
 
 
 # ================================================================ fake CUDA runtime (cuda-python)
@@ -109,7 +181,12 @@ _OK = cudaError_t.cudaSuccess
 
 
 class FakeCudaRuntime:
-    """cuda-python's ``runtime`` module surface, over host memory."""
+    """cuda-python's ``runtime`` module surface, over host memory.
+
+    ``driver_version`` / ``runtime_version`` are CUDA versions as CUDA writes them (12060 = 12.6);
+    a driver of 0 means no driver is loaded, and a driver of an older major version than the
+    runtime is too old for it (CUDA's minor-version compatibility stops at the major version).
+    """
 
     cudaError_t = cudaError_t
     cudaMemcpyKind = cudaMemcpyKind
@@ -117,11 +194,18 @@ class FakeCudaRuntime:
     cudaStreamNonBlocking = 1
 
     def __init__(
-        self, devices: int = 1, name: str = "Orin (fake)", cc: Tuple[int, int] = (8, 7)
+        self,
+        devices: int = 1,
+        name: str = "Orin (fake)",
+        cc: Tuple[int, int] = (8, 7),
+        driver_version: int = 12060,
+        runtime_version: int = 12060,
     ) -> None:
         self.devices = devices
         self.name = name
         self.cc = cc
+        self.driver_version = driver_version
+        self.runtime_version = runtime_version
         self.allocs: Dict[int, Any] = {}  # ptr -> ctypes buffer (host and "device" alike)
         self.kinds: Dict[int, str] = {}
         self.streams: Dict[int, Dict[str, Any]] = {}
@@ -137,11 +221,26 @@ class FakeCudaRuntime:
         self._next += 0x10
         return self._next
 
+    def init_error(self) -> int:
+        """The CUDA error code initialisation gives on this "machine" (0: none)."""
+        if not self.driver_version or self.driver_version // 1000 < self.runtime_version // 1000:
+            return int(cudaError_t.cudaErrorInsufficientDriver)
+        if not self.devices:
+            return int(cudaError_t.cudaErrorNoDevice)
+        return 0
+
     # -- device queries ---------------------------------------------------------------------
     def cudaGetDeviceCount(self):  # noqa: N802 - cuda-python's names
-        if not self.devices:
-            return (cudaError_t.cudaErrorNoDevice, 0)
+        code = self.init_error()
+        if code:
+            return (cudaError_t(code), None)
         return (_OK, self.devices)
+
+    def cudaDriverGetVersion(self):  # noqa: N802
+        return (_OK, self.driver_version)
+
+    def cudaRuntimeGetVersion(self):  # noqa: N802
+        return (_OK, self.runtime_version)
 
     def cudaSetDevice(self, device):  # noqa: N802
         return (_OK,) if device < self.devices else (cudaError_t.cudaErrorInvalidValue,)
@@ -202,19 +301,22 @@ class FakeCudaRuntime:
         return (_OK, handle)
 
     def cudaStreamDestroy(self, stream):  # noqa: N802
+        if int(stream) not in self.streams:
+            return (cudaError_t.cudaErrorInvalidValue,)
         self.streams.pop(int(stream))
         return (_OK,)
 
     def enqueue(self, stream: int, work: Callable[[], None]) -> None:
         """Run ``work`` now, or record it while the stream is being captured."""
-        state = self.streams[int(stream)]
-        if state["capturing"]:
+        state = self.streams.get(int(stream))
+        if state is not None and state["capturing"]:
             state["recorded"].append(work)
         else:
             work()
 
     def capturing(self, stream: int) -> bool:
-        return self.streams[int(stream)]["capturing"]
+        state = self.streams.get(int(stream))
+        return bool(state and state["capturing"])
 
     def invalidate(self, stream: int) -> None:
         self.streams[int(stream)]["invalid"] = True
@@ -289,30 +391,130 @@ def install_fake_cuda(monkeypatch, rt: FakeCudaRuntime, layout: str = "bindings"
     monkeypatch.setenv("GLIMMER_CUDA", "cuda-python")
 
 
+# ================================================================ fake pycuda (same memory)
+
+
+def make_fake_pycuda(rt: FakeCudaRuntime) -> types.ModuleType:
+    """``pycuda.driver`` whose device memory lives in ``rt`` (so the fake TensorRT can read it).
+
+    Contexts are current per thread, as in the CUDA driver: ``drv.stacks()`` gives each thread's
+    context stack, so a test can check that every push was popped.
+    """
+    drv = types.ModuleType("pycuda.driver")
+    drv.calls = []
+    per_thread = threading.local()
+    all_stacks: List[List[Any]] = []
+
+    def stack() -> List[Any]:
+        if not hasattr(per_thread, "stack"):
+            per_thread.stack = []
+            all_stacks.append(per_thread.stack)
+        return per_thread.stack
+
+    class Context:
+        @staticmethod
+        def get_current():
+            current = stack()
+            return current[-1] if current else None
+
+        def push(self):
+            drv.calls.append("push")
+            stack().append(self)
+
+        @staticmethod
+        def pop():
+            drv.calls.append("pop")
+            stack().pop()  # IndexError on an empty stack, as pycuda raises LogicError
+
+    primary = Context()
+
+    class Device:
+        @staticmethod
+        def count():
+            return rt.devices
+
+        def __init__(self, index):
+            self.index = index
+
+        def name(self):
+            return rt.name
+
+        def compute_capability(self):
+            return rt.cc
+
+        def retain_primary_context(self):
+            return primary
+
+    class Allocation:
+        def __init__(self, nbytes):
+            _, self.ptr = rt._alloc(int(nbytes), "device")
+
+        def __int__(self):
+            return self.ptr
+
+        def free(self):  # pycuda's free is idempotent; garbage collection frees again
+            if self.ptr in rt.allocs:
+                rt._free(self.ptr, "device")
+                drv.calls.append("free")
+
+    class Stream:
+        _next = [0xABC]
+
+        def __init__(self):
+            Stream._next[0] += 1
+            self.handle = Stream._next[0]
+
+        def synchronize(self):
+            drv.calls.append("sync")
+
+    def init():
+        if rt.init_error():
+            raise RuntimeError(f"cuInit failed: error {rt.init_error()}")
+
+    drv.init, drv.Device, drv.Stream, drv.Context = init, Device, Stream, Context
+    drv.pagelocked_empty = lambda shape, dtype: np.zeros(shape, dtype)
+    drv.mem_alloc = Allocation
+    drv.memcpy_htod_async = lambda dst, src, stream: ctypes.memmove(
+        int(dst), src.ctypes.data, src.nbytes
+    )
+    drv.memcpy_dtoh_async = lambda dst, src, stream: ctypes.memmove(
+        dst.ctypes.data, int(src), dst.nbytes
+    )
+    drv.stacks = lambda: [list(s) for s in all_stacks]
+    return drv
+
+
+def install_fake_pycuda(monkeypatch, drv: types.ModuleType) -> None:
+    pkg = types.ModuleType("pycuda")
+    pkg.driver = drv
+    monkeypatch.setitem(sys.modules, "pycuda", pkg)
+    monkeypatch.setitem(sys.modules, "pycuda.driver", drv)
+    monkeypatch.setenv("GLIMMER_CUDA", "pycuda")
+
+
 # ================================================================ fake tensorrt
 
-
-class DataType(enum.Enum):
-    FLOAT = "float32"
-    HALF = "float16"
-    INT8 = "int8"
-    INT32 = "int32"
-    INT64 = "int64"
-    BOOL = "bool"
-
-
+#: ONNX elem_type -> trt.DataType member name
 _ONNX_TYPES = {
-    1: DataType.FLOAT,
-    10: DataType.HALF,
-    3: DataType.INT8,
-    6: DataType.INT32,
-    7: DataType.INT64,
-    9: DataType.BOOL,
+    1: "FLOAT",
+    2: "UINT8",
+    3: "INT8",
+    6: "INT32",
+    7: "INT64",
+    9: "BOOL",
+    10: "HALF",
+    16: "BF16",
 }
-
-
-def nptype(dtype: DataType):
-    return np.dtype(dtype.value).type
+#: what the fake engine computes in (and what a working trt.nptype gives)
+_NUMPY = {
+    "FLOAT": np.float32,
+    "HALF": np.float16,
+    "INT8": np.int8,
+    "INT32": np.int32,
+    "INT64": np.int64,
+    "BOOL": np.bool_,
+    "UINT8": np.uint8,
+}
 
 
 class LayerType(enum.Enum):
@@ -343,7 +545,7 @@ class TensorIOMode(enum.Enum):
 
 
 class Tensor:
-    def __init__(self, name: str, shape, dtype: DataType) -> None:
+    def __init__(self, name: str, shape, dtype) -> None:
         self.name, self.shape, self.dtype = name, tuple(shape), dtype
 
 
@@ -358,9 +560,11 @@ class Layer:
 
 
 class Network:
-    def __init__(self, flags: int, explicit_required: bool) -> None:
+    def __init__(self, flags: int, explicit_required: bool, data_type: Any, log: List[str]) -> None:
         self.flags = flags
         self.implicit_batch = explicit_required and not flags & 1
+        self.data_type = data_type  # this generation's trt.DataType
+        self.log = log
         self.inputs: List[Tensor] = []
         self.outputs: List[Tensor] = []
         self.layers: List[Layer] = []
@@ -398,6 +602,17 @@ class OnnxParser:
     def get_error(self, i):
         return self.errors[i]
 
+    def _dtype(self, elem_type: int):
+        name = _ONNX_TYPES.get(elem_type, "FLOAT")
+        members = self.network.data_type.__members__
+        if name == "INT64" and name not in members:  # 8.x casts INT64 down, with a warning
+            self.network.log.append(
+                "Your ONNX model has been generated with INT64 weights, while TensorRT does not "
+                "natively support INT64. Attempting to cast down to INT32."
+            )
+            name = "INT32"
+        return members.get(name)
+
     def parse(self, data: bytes) -> bool:
         import onnx
 
@@ -420,9 +635,16 @@ class OnnxParser:
             )
             return False
         graph = model.graph
-        kinds: Dict[str, DataType] = {}
+        kinds: Dict[str, Any] = {}
         for vi in list(graph.input) + list(graph.output) + list(graph.value_info):
-            kinds[vi.name] = _ONNX_TYPES.get(vi.type.tensor_type.elem_type, DataType.FLOAT)
+            kind = self._dtype(vi.type.tensor_type.elem_type)
+            if kind is None:
+                self.errors.append(
+                    ParserError(-1, vi.name, "UNSUPPORTED_NODE", "unsupported data type")
+                )
+                return False
+            kinds[vi.name] = kind
+        default = self.network.data_type.FLOAT
         for i, node in enumerate(graph.node):
             if node.op_type not in SUPPORTED_OPS:
                 self.errors.append(
@@ -434,7 +656,7 @@ class OnnxParser:
                     )
                 )
                 continue
-            outs = [Tensor(o, (), kinds.get(o, DataType.FLOAT)) for o in node.output]
+            outs = [Tensor(o, (), kinds.get(o, default)) for o in node.output]
             self.network.layers.append(
                 Layer(_LAYER_TYPES.get(node.op_type, LayerType.ELEMENTWISE), outs)
             )
@@ -451,14 +673,6 @@ class OnnxParser:
         ]
         self.network.outputs = [Tensor(v.name, dims(v), kinds[v.name]) for v in graph.output]
         return not self.errors
-
-
-class TimingCache:
-    def __init__(self, entries: Dict[str, int]) -> None:
-        self.entries = dict(entries)
-
-    def serialize(self) -> bytes:
-        return b"FTC" + json.dumps(self.entries).encode()
 
 
 class OptimizationProfile:
@@ -479,7 +693,31 @@ def make_fake_tensorrt(
     trt = types.ModuleType("tensorrt")
     trt.__version__ = feat["version"]
     trt.log = []
-    trt.stats = {"builds": 0, "calibration_batches": 0, "enqueues": 0, "timing_cache_hits": 0}
+    trt.stats = {
+        "builds": 0,
+        "calibration_batches": 0,
+        "calibration_images": 0,
+        "enqueues": 0,
+        "timing_cache_hits": 0,
+        "foreign_timing_hits": 0,
+        "slow_fp16_builds": 0,
+        "stale_graph_replays": 0,
+        "nptype_calls": 0,
+    }
+    DataType = enum.Enum("DataType", {n: n.lower() for n in feat["dtypes"]})  # noqa: N806
+
+    def nptype(dtype):
+        trt.stats["nptype_calls"] += 1
+        if feat["nptype_np_bool"]:
+            # 8.4 / 8.5.2 build {..., bool: np.bool} on every call (fixed in 8.5.3).
+            raise AttributeError(
+                "module 'numpy' has no attribute 'bool'.\n`np.bool` was a deprecated alias for "
+                "the builtin `bool`."
+            )
+        if dtype.name not in _NUMPY:
+            raise TypeError("Could not resolve TensorRT datatype to an equivalent numpy datatype.")
+        return _NUMPY[dtype.name]
+
     trt.DataType, trt.nptype, trt.LayerType = DataType, nptype, LayerType
     trt.OnnxParser, trt.MemoryPoolType = OnnxParser, types.SimpleNamespace(WORKSPACE=0)
 
@@ -507,9 +745,27 @@ def make_fake_tensorrt(
         trt.TensorIOMode = TensorIOMode
 
     def no_device(what):
-        if not cuda.devices:
-            trt.log.append("CUDA initialization failure with error: 35")
+        code = cuda.init_error()
+        if code:
+            trt.log.append(
+                f"CUDA initialization failure with error: {code}. Please check your CUDA "
+                "installation: http://docs.nvidia.com/cuda/cuda-installation-guide-linux/index.html"
+            )
             raise TypeError("pybind11::init(): factory function returned nullptr")
+
+    def environment() -> Dict[str, Any]:
+        """What a timing cache's verification header records."""
+        return {"tensorrt": trt.__version__, "device": cuda.name, "cc": list(cuda.cc)}
+
+    class TimingCache:
+        def __init__(self, entries: Dict[str, int], header: Optional[Dict[str, Any]]) -> None:
+            self.entries, self.header, self.foreign = dict(entries), header, False
+
+        def serialize(self):
+            header = self.header if self.foreign else environment()
+            return memoryview(
+                b"FTC" + json.dumps({"header": header, "entries": self.entries}).encode()
+            )
 
     # -- calibrator base ---------------------------------------------------------------------
     if feat["calibrator"]:
@@ -554,12 +810,23 @@ def make_fake_tensorrt(
         def create_timing_cache(self, data):
             data = bytes(data)
             if not data:
-                return TimingCache({})
-            if not data.startswith(b"FTC"):
+                return TimingCache({}, None)
+            try:
+                assert data.startswith(b"FTC")
+                record = json.loads(data[3:])
+                return TimingCache(record["entries"], record["header"])
+            except (AssertionError, ValueError, KeyError, TypeError):
                 return None
-            return TimingCache(json.loads(data[3:]))
 
         def set_timing_cache(self, cache, ignore_mismatch):
+            foreign = cache.header is not None and cache.header != environment()
+            if foreign and not ignore_mismatch:
+                trt.log.append(
+                    "Timing cache mismatch: the cache was created with a different CUDA device "
+                    "property or TensorRT version"
+                )
+                return False
+            cache.foreign = foreign
             self._cache = cache
             return True
 
@@ -570,6 +837,7 @@ def make_fake_tensorrt(
 
         def set_calibration_profile(self, profile):
             self._calib_profile = profile
+            return True
 
         BuilderConfig.set_calibration_profile = set_calibration_profile
 
@@ -579,7 +847,7 @@ def make_fake_tensorrt(
             no_device("Builder")
 
         def create_network(self, flags=0):
-            return Network(flags, feat["explicit_required"])
+            return Network(flags, feat["explicit_required"], DataType, trt.log)
 
         def create_builder_config(self):
             return BuilderConfig()
@@ -596,6 +864,12 @@ def make_fake_tensorrt(
                     "but no optimization profile has been defined."
                 )
                 return None
+            if "FP16" in config._flags and not fast_fp16():
+                trt.log.append(
+                    "Half2 support requested on hardware without native FP16 support, "
+                    "performance will be negatively affected."
+                )
+                trt.stats["slow_fp16_builds"] += 1
             calibrator = getattr(config, "int8_calibrator", None)
             if "INT8" in config._flags and calibrator is not None:
                 network_shapes = {t.name: t.shape for t in network.inputs}
@@ -611,9 +885,11 @@ def make_fake_tensorrt(
                 if not _calibrate(calibrator, [t.name for t in network.inputs], network_shapes):
                     return None
             key = f"{[t.shape for t in network.inputs]}-{len(network.layers)}"
-            if config._cache is not None:
-                trt.stats["timing_cache_hits"] += int(key in config._cache.entries)
-                config._cache.entries[key] = 1
+            cache = config._cache
+            if cache is not None:
+                hit = int(key in cache.entries)
+                trt.stats["foreign_timing_hits" if cache.foreign else "timing_cache_hits"] += hit
+                cache.entries[key] = 1
             trt.stats["builds"] += 1
             plan = {
                 "version": trt.__version__,
@@ -625,25 +901,34 @@ def make_fake_tensorrt(
             }
             return memoryview(PLAN_MAGIC + json.dumps(plan).encode())
 
+    def fast_fp16() -> bool:
+        # What TensorRT reports: no fast FP16 on Maxwell desktop (5.0 / 5.2) nor on Pascal 6.1.
+        return cuda.cc >= (5, 3) and cuda.cc != (6, 1)
+
     def _calibrate(calibrator, names, network_shapes):
         assert getattr(calibrator, "_base_initialised", False), (
             "IInt8EntropyCalibrator2.__init__ not called"
         )
         cached = calibrator.read_calibration_cache()
         if not cached:
-            size = calibrator.get_batch_size()
             want = network_shapes[names[0]][0]
-            if want >= 0 and size != want:  # a static batch, or the calibration profile's OPT batch
-                trt.log.append(
-                    f"Calibration batch {size} does not match the network's batch {want}."
-                )
-                return False
+            if feat["calibration_batch_size"]:
+                size = calibrator.get_batch_size()
+                if want >= 0 and size != want:  # a static batch, or the calibration profile's OPT
+                    trt.log.append(
+                        f"Calibration batch {size} does not match the network's batch {want}."
+                    )
+                    return False
+            else:
+                size = want  # 10.x: get_batch_size is ignored, the network's shape rules
             shape = (size,) + tuple(network_shapes[names[0]][1:])
             while True:
                 ptrs = calibrator.get_batch(names)
                 if not ptrs:
                     break
                 trt.stats["calibration_batches"] += 1
+                trt.stats["calibration_images"] += size
+                # Reads exactly the network's batch: a smaller buffer fails the device-memory check.
                 trt.stats["calibration_sum"] = trt.stats.get("calibration_sum", 0.0) + float(
                     cuda.view(int(ptrs[0]), shape, np.float32).sum()
                 )
@@ -653,9 +938,7 @@ def make_fake_tensorrt(
     if feat["legacy_build"]:
         Builder.build_engine = lambda self, network, config: None
     if feat["precision_flags"]:
-        Builder.platform_has_fast_fp16 = property(
-            lambda self: cuda.cc >= (5, 3) and cuda.cc != (6, 1)
-        )
+        Builder.platform_has_fast_fp16 = property(lambda self: fast_fp16())
     trt.Builder = Builder
 
     # -- runtime, engine, context ------------------------------------------------------------
@@ -679,6 +962,8 @@ def make_fake_tensorrt(
             self.engine = engine
             self.shapes = {n: s for n, s, _, is_in in engine.io if is_in}
             self.addresses: Dict[str, int] = {}
+            # Deferred work (a new context, new shapes) runs in the next enqueue, uncapturable.
+            self.needs_flush = True
 
         def _set_shape(self, name, shape):
             declared = dict((n, s) for n, s, _, _ in self.engine.io)[name]
@@ -688,6 +973,7 @@ def make_fake_tensorrt(
             else:
                 ok = tuple(shape) == declared
             if ok:
+                self.needs_flush = self.needs_flush or self.shapes.get(name) != tuple(shape)
                 self.shapes[name] = tuple(shape)
             return ok
 
@@ -704,20 +990,26 @@ def make_fake_tensorrt(
             if -1 in shape or any(n not in self.addresses for n, _, _, _ in self.engine.io):
                 trt.log.append("enqueue: unbound tensor or unset input shape")
                 return False
-            if fail_under_capture and cuda.capturing(stream):
+            if cuda.capturing(stream) and (fail_under_capture or self.needs_flush):
                 cuda.invalidate(stream)
                 trt.log.append("enqueue: operation not permitted when stream is capturing")
                 return False
             trt.stats["enqueues"] += 1
             out_specs = [(n, self._out_shape(n), d) for n, d in outputs]
+            captured = dict(self.shapes)
 
             def kernel():
-                x = cuda.view(self.addresses[name], shape, nptype(dtype)).astype(np.float32)
+                if self.shapes != captured:  # a graph replayed after the shapes changed
+                    trt.stats["stale_graph_replays"] += 1
+                    trt.log.append("graph replay with the shapes it was captured for")
+                x = cuda.view(self.addresses[name], shape, _NUMPY[dtype.name]).astype(np.float32)
                 for out_name, out_shape, out_dtype in out_specs:
-                    cuda.view(self.addresses[out_name], out_shape, nptype(out_dtype))[...] = (
+                    cuda.view(self.addresses[out_name], out_shape, _NUMPY[out_dtype.name])[...] = (
                         reference_output(x, out_shape)
                     )
 
+            if not cuda.capturing(stream):
+                self.needs_flush = False
             cuda.enqueue(stream, kernel)
             return True
 
@@ -804,6 +1096,14 @@ def install_fake_tensorrt(
     trt = make_fake_tensorrt(generation, cuda, **kwargs)
     monkeypatch.setitem(sys.modules, "tensorrt", trt)
     return trt
+
+
+def tensorrt_stubs_wheel() -> Optional[Path]:
+    """TensorRT's real Python API stubs, a wheel kept in the virtualenv and never installed (its
+    ``tensorrt/`` folder would import as an empty namespace package); None when absent."""
+    folder = Path(__file__).resolve().parents[2] / ".venv" / "stubs"
+    found = sorted(folder.glob("tensorrt_stubs-*.whl"))
+    return found[-1] if found else None
 
 
 # ================================================================ test models

@@ -7,8 +7,11 @@ built it, so a cached engine is keyed by the ONNX's sha256, the TensorRT version
 compute capability, the precision, the input shapes and the builder options; the key, the engine's
 own sha256 and the model metadata go into a sidecar JSON (``NAME.fp16.json`` beside
 ``NAME.fp16.engine``) written atomically after the engine. A cached engine whose sidecar is missing,
-damaged or keyed differently is rebuilt, never trusted. API differences between TensorRT versions
-are handled in :mod:`glimmer.runtime.backends.trt.compat`; CUDA device queries go through
+damaged or keyed differently is rebuilt, never trusted. The precision in the name, key and sidecar
+is what the engine really is: an ``fp16`` request on a GPU without fast FP16 builds and says
+``fp32``. Timing caches are kept per TensorRT version and GPU too (the GPU and version go into the
+file name) and TensorRT is told to refuse another device's cache. API differences between TensorRT
+versions are handled in :mod:`glimmer.runtime.backends.trt.compat`; CUDA device queries go through
 :mod:`glimmer.runtime.backends.trt.cuda`.
 """
 
@@ -20,7 +23,7 @@ import re
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from glimmer.runtime.backends.trt import compat as trt_compat
 from glimmer.runtime.backends.trt import cuda as cuda_mem
@@ -29,6 +32,8 @@ from glimmer.runtime.core.files import atomic_write_bytes, atomic_write_text, sh
 from glimmer.runtime.core.metadata import METADATA_KEY, PRECISIONS, ModelMeta
 
 ENV_CACHE = "GLIMMER_ENGINE_CACHE"
+#: base name of timing caches; the file is keyed by TensorRT version and GPU (keyed_timing_cache)
+TIMING_CACHE = "timing.cache"
 SIDECAR_FORMAT = "glimmer-tensorrt-engine"
 SIDECAR_SCHEMA = 1
 #: Builder scratch memory. A Jetson shares it with the CPU, so it stays modest.
@@ -184,6 +189,48 @@ def _gpu() -> Tuple[str, Tuple[int, int], str]:
         cuda.close()
 
 
+def keyed_timing_cache(
+    path: Path, trt_version: str, gpu_name: str, compute_capability: Tuple[int, int]
+) -> Path:
+    """``DIR/timing.cache`` -> ``DIR/timing-10-3-0-30-orin-sm87.cache``: one file per TensorRT
+    version and GPU, so a folder shared by machines never hands one GPU's timings to another."""
+    path = Path(path)
+    major, minor = compute_capability
+    key = f"{_slug(trt_version)}-{_slug(gpu_name)}-sm{major}{minor}"
+    return path.with_name(f"{path.stem}-{key}{path.suffix or '.cache'}")
+
+
+def _renamed(engine_path: Path, asked: str, built: str) -> Path:
+    """``NAME.fp16.engine`` -> ``NAME.fp32.engine`` when the engine is not what was asked for."""
+    parts = engine_path.name.split(".")
+    for i in range(len(parts) - 2, 0, -1):  # the precision sits between the stem and the suffix
+        if parts[i] == asked:
+            parts[i] = built
+            return engine_path.with_name(".".join(parts))
+    return engine_path
+
+
+def built_engine_path(engine_path: Path, sidecar: Dict[str, Any]) -> Path:
+    """Where ``build_engine(..., engine_path, ...)`` wrote the engine (renamed if its precision
+    differs from the one asked for)."""
+    return Path(engine_path).with_name(Path(str(sidecar.get("engine", engine_path))).name)
+
+
+def _close_calibrator(calibrator: Optional[object]) -> None:
+    close = getattr(calibrator, "close", None)
+    if callable(close):
+        close()
+
+
+def _calibration_batch(profile_shapes: Dict[str, Dict[str, List[int]]]) -> Optional[int]:
+    """The batch TensorRT calibrates at: the calibration profile's, else the first input's OPT."""
+    if "calibration" in profile_shapes:
+        return int(profile_shapes["calibration"]["batch"][0])
+    for triple in profile_shapes.values():
+        return int(triple["opt"][0])
+    return None
+
+
 def build_engine(
     onnx_path: Path,
     engine_path: Path,
@@ -201,20 +248,56 @@ def build_engine(
 
     Writes nothing until TensorRT returns a plan, then the engine and the sidecar atomically, then
     the timing cache (so the next build of a similar network on this device is faster).
+    ``timing_cache`` names the folder and base name: the file used is keyed by TensorRT version and
+    GPU (:func:`keyed_timing_cache`). When the engine cannot be what ``precision`` asks (``fp16`` on
+    a GPU without fast FP16 builds FP32), a ``.fp16.`` in the file name becomes ``.fp32.``; the
+    sidecar's ``engine`` names the file written (:func:`built_engine_path`). A calibrator is closed
+    (its CUDA buffers, stream and context freed) once the build is over.
     """
-    onnx_path, engine_path = Path(onnx_path), Path(engine_path)
+    try:
+        return _build(
+            Path(onnx_path),
+            Path(engine_path),
+            precision,
+            meta=meta,
+            timing_cache=timing_cache,
+            calibrator=calibrator,
+            batch_options=(min_batch, opt_batch, max_batch),
+            log=log,
+        )
+    finally:
+        _close_calibrator(calibrator)
+
+
+def _build(
+    onnx_path: Path,
+    engine_path: Path,
+    precision: str,
+    *,
+    meta: ModelMeta,
+    timing_cache: Optional[Path],
+    calibrator: Optional[object],
+    batch_options: Tuple[Optional[int], Optional[int], Optional[int]],
+    log: Log,
+) -> Dict[str, Any]:
     if precision not in PRECISIONS:
         raise GlimmerError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     if not onnx_path.is_file():
         raise GlimmerError(f"{onnx_path}: ONNX file not found")
     data = onnx_path.read_bytes()
     onnx_sha = hashlib.sha256(data).hexdigest()
-    batch = _batch_profile(meta, min_batch, opt_batch, max_batch)
+    batch = _batch_profile(meta, *batch_options)
 
     trt = trt_compat.import_tensorrt()
+    trt_version = trt_compat.version(trt)
     logger = trt_compat.make_logger(trt)
     builder = trt_compat.create_builder(trt, logger)
     gpu_name, cc, binding = _gpu()
+    asked = precision
+    precision, why = trt_compat.effective_precision(trt, builder, asked)
+    if why:
+        engine_path = _renamed(engine_path, asked, precision)
+        log(f"{gpu_name} (sm_{cc[0]}{cc[1]}): {why}; writing {engine_path.name}")
     network, net_info = trt_compat.create_network(trt, builder)
     parser = trt_compat.parse_onnx(trt, network, logger, data, str(onnx_path))  # noqa: F841 - keeps weights alive
     config = builder.create_builder_config()
@@ -226,17 +309,27 @@ def build_engine(
     profile_shapes = trt_compat.add_batch_profile(
         trt, builder, config, network, *batch, calib_batch=calib_batch
     )
+    expect = getattr(calibrator, "expect_batch", None)
+    if callable(expect):
+        # TensorRT 10 reads the network's batch from each get_batch pointer whatever
+        # get_batch_size says, so the calibrator must cut its batches to exactly that size.
+        expect(_calibration_batch(profile_shapes))
+    cache_file = None
     cache_loaded = False
     if timing_cache is not None:
-        cached = Path(timing_cache).read_bytes() if Path(timing_cache).is_file() else b""
+        cache_file = keyed_timing_cache(Path(timing_cache), trt_version, gpu_name, cc)
+        cached = cache_file.read_bytes() if cache_file.is_file() else b""
         cache_loaded = trt_compat.load_timing_cache(config, cached)
         if cached and not cache_loaded:
-            log(f"timing cache {timing_cache} is unusable; starting a new one")
+            log(
+                f"timing cache {cache_file} is unusable (damaged, or made by another GPU or "
+                "TensorRT version); starting a new one"
+            )
 
     shapes, options = _requested(meta, batch, calibrator)
-    key = engine_key(onnx_sha, trt_compat.version(trt), gpu_name, cc, precision, shapes, options)
+    key = engine_key(onnx_sha, trt_version, gpu_name, cc, precision, shapes, options)
     log(
-        f"building {engine_path.name}: TensorRT {trt_compat.version(trt)}, {gpu_name} "
+        f"building {engine_path.name}: TensorRT {trt_version}, {gpu_name} "
         f"(sm_{cc[0]}{cc[1]}), {precision}, batch {batch[0]}..{batch[2]}; this takes a while, once"
     )
     start = time.perf_counter()
@@ -260,11 +353,12 @@ def build_engine(
         "engine_bytes": len(plan),
         "onnx": onnx_path.name,
         "onnx_sha256": onnx_sha,
-        "tensorrt_version": trt_compat.version(trt),
+        "tensorrt_version": trt_version,
         "gpu_name": gpu_name,
         "compute_capability": f"{cc[0]}.{cc[1]}",
         "cuda_binding": binding,
         "precision": precision,
+        "requested_precision": asked,
         "shapes": {"requested": shapes, "profile": profile_shapes},
         "inputs": io["inputs"],
         "outputs": io["outputs"],
@@ -280,12 +374,14 @@ def build_engine(
         "built_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "meta": engine_meta,
     }
+    if why:
+        sidecar["precision_note"] = why
     atomic_write_bytes(engine_path, plan)
     atomic_write_text(
         sidecar_path(engine_path), json.dumps(sidecar, indent=2, sort_keys=True) + "\n"
     )
-    if timing_cache is not None:
-        atomic_write_bytes(timing_cache, trt_compat.timing_cache_bytes(config))
+    if cache_file is not None:
+        atomic_write_bytes(cache_file, trt_compat.timing_cache_bytes(config))
     log(f"wrote {engine_path} ({len(plan) / 1e6:.1f} MB, {seconds:.1f} s)")
     return sidecar
 
@@ -315,19 +411,31 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9]+", "-", text).strip("-").lower() or "gpu"
 
 
-def _cached_ok(engine: Path, key: str) -> Optional[str]:
-    """None when ``engine`` can be reused, else why not."""
-    if not engine.is_file():
+def _cached_ok(engine_file: Path, key: str) -> Optional[str]:
+    """None when ``engine_file`` can be reused, else why not."""
+    if not engine_file.is_file():
         return "no cached engine"
     try:
-        sidecar = read_sidecar(engine)
+        sidecar = read_sidecar(engine_file)
     except GlimmerError as exc:
         return f"sidecar invalid ({exc})"
     if sidecar["engine_key"] != key:
         return "cached engine was built for another key"
-    if sha256_file(engine) != sidecar["engine_sha256"]:
+    if sha256_file(engine_file) != sidecar["engine_sha256"]:
         return "cached engine does not match its recorded sha256 (damaged or replaced)"
     return None
+
+
+def _effective_precision(trt: Any, precision: str) -> Tuple[str, Optional[str]]:
+    """What an engine built here for ``precision`` will be, known before any build.
+
+    Only an fp16 request on a TensorRT with precision flags depends on the GPU, so only then is a
+    Builder created to ask it (creating one costs a CUDA initialisation).
+    """
+    if precision != "fp16" or not trt_compat.has_precision_flags(trt):
+        return precision, None
+    builder = trt_compat.create_builder(trt, trt_compat.make_logger(trt))
+    return trt_compat.effective_precision(trt, builder, precision)
 
 
 def ensure_engine(
@@ -340,7 +448,11 @@ def ensure_engine(
     opt_batch: Optional[int] = None,
     max_batch: Optional[int] = None,
 ) -> Path:
-    """The cached engine for ``onnx_path`` on this device, built first if missing or stale."""
+    """The cached engine for ``onnx_path`` on this device, built first if missing or stale.
+
+    The name and key carry the precision the engine really has on this GPU (``fp16`` asked on a GPU
+    without fast FP16 gives ``NAME.fp32.KEY.engine``).
+    """
     onnx_path = Path(onnx_path)
     if not onnx_path.is_file():
         raise GlimmerError(f"{onnx_path}: ONNX file not found")
@@ -352,31 +464,31 @@ def ensure_engine(
     meta = onnx_meta(onnx_path)
     batch = _batch_profile(meta, min_batch, opt_batch, max_batch)
     gpu_name, cc, _ = _gpu()
+    built, why = _effective_precision(trt, precision)
+    if why:
+        log(f"{onnx_path.name} asks for {precision}, but on {gpu_name}: {why}")
     shapes, options = _requested(meta, batch, None)
     key = engine_key(
         hashlib.sha256(data).hexdigest(),
         trt_compat.version(trt),
         gpu_name,
         cc,
-        precision,
+        built,
         shapes,
         options,
     )
-    engine = cache / f"{onnx_path.stem}.{precision}.{key[:16]}.engine"
+    engine = cache / f"{onnx_path.stem}.{built}.{key[:16]}.engine"
     reason = _cached_ok(engine, key)
     if reason is None:
         log(f"using cached engine {engine}")
         return engine
     log(f"{reason}: building {engine.name} in {cache}")
-    timing = (
-        cache / f"timing-{_slug(trt_compat.version(trt))}-{_slug(gpu_name)}-sm{cc[0]}{cc[1]}.cache"
-    )
     build_engine(
         onnx_path,
         engine,
-        precision,
+        built,
         meta=meta,
-        timing_cache=timing,
+        timing_cache=cache / TIMING_CACHE,
         min_batch=batch[0],
         opt_batch=batch[1],
         max_batch=batch[2],

@@ -13,11 +13,15 @@ desktops may have 11.x, and point releases move APIs. What changes between gener
   (``num_io_tensors``, ``set_tensor_address``, ``execute_async_v3``) from 8.5, only names from 10.
 
 ``import tensorrt`` happens lazily here, with an actionable message, so that the ONNX Runtime path
-of the runtime never needs TensorRT installed.
+of the runtime never needs TensorRT installed. ``trt.nptype`` is never called: on 8.4 / 8.5.2 it
+raises AttributeError with numpy 1.24-1.26 (its table names ``np.bool``; 1.24 is the newest numpy on
+JetPack 5's Python 3.8), so TensorRT types are mapped to numpy by name here. Every ``trt.<name>``
+and TensorRT attribute used in this package is checked against TensorRT 10.13's API stubs by
+tests/runtime/backends/test_trt_api_conformance.py.
 """
 
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -40,7 +44,21 @@ def import_tensorrt() -> Any:
         raise GlimmerError(
             f"TensorRT's libraries cannot be loaded ({exc}); {_INSTALL_HINT}"
         ) from None
+    if not (hasattr(trt, "Builder") and hasattr(trt, "Runtime")):
+        # A folder named tensorrt without bindings (type stubs, a half-removed install) imports as
+        # an empty namespace package; failing here beats an AttributeError at the first build.
+        raise GlimmerError(
+            f"TensorRT is not installed (found only {_describe_module(trt)}, without TensorRT's "
+            f"bindings: type stubs or a broken install); {_INSTALL_HINT}"
+        )
     return trt
+
+
+def _describe_module(module: Any) -> str:
+    where = list(getattr(module, "__path__", None) or [])
+    if getattr(module, "__file__", None):
+        where = [module.__file__]
+    return "the package at " + ", ".join(str(w) for w in where) if where else repr(module)
 
 
 def version(trt: Any) -> str:
@@ -53,6 +71,16 @@ def make_logger(trt: Any, verbose: bool = False) -> Any:
 
 
 def _no_cuda(exc: BaseException, what: str) -> GlimmerError:
+    """Why TensorRT could not start: a driver too old for CUDA, or no GPU at all.
+
+    TensorRT logs the CUDA error but raises the same TypeError for both, so the CUDA binding is
+    asked which one it is; a driver problem needs another fix (update it) than a missing GPU.
+    """
+    from glimmer.runtime.backends.trt import cuda as cuda_mem
+
+    problem = cuda_mem.driver_problem()
+    if problem:
+        return GlimmerError(f"TensorRT could not create its {what} ({exc}): {problem}")
     return GlimmerError(
         f"no CUDA device: TensorRT could not create its {what} ({exc}); TensorRT needs "
         "an NVIDIA GPU and driver (in Docker: --runtime nvidia). Build engines on "
@@ -60,28 +88,28 @@ def _no_cuda(exc: BaseException, what: str) -> GlimmerError:
     )
 
 
-def _create(trt: Any, factory: str, logger: Any) -> Any:
-    # Without a GPU the bindings log "CUDA initialization failure" and pybind11 raises
-    # "TypeError: pybind11::init(): factory function returned nullptr".
+def _create(factory: Callable[[], Any], what: str) -> Any:
+    # Without a usable GPU the bindings log "CUDA initialization failure with error: N" and
+    # pybind11 raises "TypeError: pybind11::init(): factory function returned nullptr".
     try:
-        obj = getattr(trt, factory)(logger)
+        obj = factory()
     except TypeError as exc:
         if "nullptr" in str(exc) or "CUDA" in str(exc):
-            raise _no_cuda(exc, factory) from None
+            raise _no_cuda(exc, what) from None
         raise
     except RuntimeError as exc:
-        raise _no_cuda(exc, factory) from None
+        raise _no_cuda(exc, what) from None
     if obj is None:
-        raise _no_cuda(RuntimeError("factory returned None"), factory)
+        raise _no_cuda(RuntimeError("factory returned None"), what)
     return obj
 
 
 def create_builder(trt: Any, logger: Any) -> Any:
-    return _create(trt, "Builder", logger)
+    return _create(lambda: trt.Builder(logger), "Builder")
 
 
 def create_runtime(trt: Any, logger: Any) -> Any:
-    return _create(trt, "Runtime", logger)
+    return _create(lambda: trt.Runtime(logger), "Runtime")
 
 
 # -- building -------------------------------------------------------------------------------------
@@ -122,6 +150,26 @@ def has_precision_flags(trt: Any) -> bool:
     return hasattr(trt.BuilderFlag, "FP16") and hasattr(trt.BuilderFlag, "INT8")
 
 
+def fast_fp16(builder: Any) -> bool:
+    """TensorRT's own answer (False on Pascal GTX 10xx, sm_61, where FP16 runs at 1/64 rate)."""
+    return bool(getattr(builder, "platform_has_fast_fp16", True))
+
+
+def effective_precision(trt: Any, builder: Any, precision: str) -> Tuple[str, Optional[str]]:
+    """(what the engine will really be, why it differs from ``precision`` or None).
+
+    Where FP16 is set by a builder flag, a GPU without fast FP16 gets no flag (FP16 there only
+    slows the engine down), so an ``fp16`` request builds FP32; the engine's name, key and sidecar
+    must then say fp32. Strongly typed TensorRT (11+) takes the types from the ONNX as they are.
+    """
+    if precision == "fp16" and has_precision_flags(trt) and not fast_fp16(builder):
+        return "fp32", (
+            "this GPU has no fast FP16 (TensorRT's platform_has_fast_fp16 is False), so the "
+            "engine is built FP32"
+        )
+    return precision, None
+
+
 def supports_implicit_int8(trt: Any) -> bool:
     """The legacy calibrator path: 8.x-10.x only (removed in 11)."""
     return hasattr(trt, "IInt8EntropyCalibrator2") and has_precision_flags(trt)
@@ -131,7 +179,8 @@ def network_tensor_types(trt: Any, network: Any) -> Dict[str, bool]:
     """What the parsed network carries: FP16 tensors? Q/DQ layers? (decides strongly typed
     builds)."""
     half = getattr(trt.DataType, "HALF", None)
-    qdq = {getattr(trt.LayerType, n, None) for n in ("QUANTIZE", "DEQUANTIZE")} - {None}
+    qdq = {getattr(trt.LayerType, "QUANTIZE", None), getattr(trt.LayerType, "DEQUANTIZE", None)}
+    qdq.discard(None)
     has_half = has_qdq = False
     for i in range(int(network.num_layers)):
         layer = network.get_layer(i)
@@ -172,21 +221,26 @@ def apply_precision(
             )
         return {"flags": [], "typing": "strong", **types}
     flags: List[str] = []
-    if precision in ("fp16", "int8"):
-        # Pascal (GTX 1080) runs FP16 at 1/64 rate: asking for it there only slows the engine.
-        if getattr(builder, "platform_has_fast_fp16", True):
-            flags.append("FP16")
+    if precision == "fp16" and not fast_fp16(builder):
+        # build_engine asks effective_precision first; an FP32 engine must never be labelled fp16.
+        raise GlimmerError(
+            f"{origin}: this GPU has no fast FP16 (TensorRT's platform_has_fast_fp16 is False); "
+            "build --precision fp32 (or int8)"
+        )
+    if precision in ("fp16", "int8") and fast_fp16(builder):
+        # Pascal (GTX 1080) runs FP16 at 1/64 rate: INT8 there falls back to FP32, not FP16.
+        config.set_flag(trt.BuilderFlag.FP16)
+        flags.append("FP16")
     if precision == "int8":
         if calibrator is None and not types["qdq"]:
             raise GlimmerError(
                 f"{origin}: INT8 needs either Q/DQ nodes in the ONNX (glimmer-export "
                 "--int8 writes NAME.int8.onnx) or a calibrator (--calib DIR)"
             )
+        config.set_flag(trt.BuilderFlag.INT8)
         flags.append("INT8")
         if calibrator is not None:
             config.int8_calibrator = calibrator
-    for name in flags:
-        config.set_flag(getattr(trt.BuilderFlag, name))
     return {"flags": flags, "typing": "weak", "calibrator": calibrator is not None, **types}
 
 
@@ -241,18 +295,21 @@ def add_batch_profile(
 
 
 def load_timing_cache(config: Any, data: bytes) -> bool:
-    """Attach a timing cache (``data`` may be empty); False when the bytes were unusable."""
+    """Attach a timing cache (``data`` may be empty); False when the bytes were not used.
+
+    ``ignore_mismatch=False``: TensorRT then refuses a cache whose header names another GPU, which
+    would otherwise feed that GPU's timings into this build; we start an empty one instead.
+    """
     cache = None
-    try:
-        cache = config.create_timing_cache(bytes(data))
-    except (RuntimeError, TypeError, ValueError):
-        cache = None
-    loaded = cache is not None and bool(data)
-    if cache is None:
-        cache = config.create_timing_cache(b"")
-    # ignore_mismatch: a cache from another device or version is skipped, not fatal.
-    config.set_timing_cache(cache, True)
-    return loaded
+    if data:
+        try:
+            cache = config.create_timing_cache(bytes(data))
+        except (RuntimeError, TypeError, ValueError):
+            cache = None
+        if cache is not None and config.set_timing_cache(cache, False) is not False:
+            return True
+    config.set_timing_cache(config.create_timing_cache(b""), False)
+    return False
 
 
 def timing_cache_bytes(config: Any) -> bytes:
@@ -271,11 +328,11 @@ def build_serialized(builder: Any, network: Any, config: Any, origin: str) -> by
 
 
 def describe_network_io(trt: Any, network: Any) -> Dict[str, List[Dict[str, Any]]]:
-    def spec(t: Any) -> Dict[str, Any]:
+    def spec(tensor: Any) -> Dict[str, Any]:
         return {
-            "name": t.name,
-            "shape": [int(d) for d in t.shape],
-            "dtype": numpy_dtype(trt, t.dtype).name,
+            "name": tensor.name,
+            "shape": [int(d) for d in tensor.shape],
+            "dtype": numpy_dtype(trt, tensor.dtype).name,
         }
 
     return {
@@ -286,6 +343,7 @@ def describe_network_io(trt: Any, network: Any) -> Dict[str, List[Dict[str, Any]
 
 # -- execution ------------------------------------------------------------------------------------
 
+#: trt.DataType member name -> numpy; BF16, FP8, INT4, FP4 have no numpy type
 _DTYPE_NAMES = {
     "FLOAT": np.float32,
     "HALF": np.float16,
@@ -298,14 +356,17 @@ _DTYPE_NAMES = {
 
 
 def numpy_dtype(trt: Any, dtype: Any) -> np.dtype:
-    if hasattr(trt, "nptype"):
-        try:
-            return np.dtype(trt.nptype(dtype))
-        except TypeError:
-            pass
+    """numpy dtype of a ``trt.DataType``, by member name.
+
+    Not ``trt.nptype``: on 8.4 / 8.5.2 it raises AttributeError with numpy 1.24-1.26 (``np.bool``)
+    and elsewhere TypeError for types numpy lacks.
+    """
     name = str(getattr(dtype, "name", dtype)).split(".")[-1].upper()
     if name not in _DTYPE_NAMES:
-        raise GlimmerError(f"TensorRT tensor type {dtype} has no numpy equivalent")
+        raise GlimmerError(
+            f"TensorRT tensor type {name} has no numpy equivalent; build the engine with "
+            "float32, float16, int8, int32, int64, bool or uint8 inputs and outputs"
+        )
     return np.dtype(_DTYPE_NAMES[name])
 
 

@@ -86,6 +86,9 @@ class CudaMem(abc.ABC):
     def synchronize(self, stream: int) -> None:
         """Wait for everything queued on ``stream``."""
 
+    def destroy_stream(self, stream: int) -> None:  # noqa: B027 - pycuda frees streams by GC
+        """Release one stream now: a borrowed CudaMem is not closed by the borrower."""
+
     # CUDA graphs: optional, see supports_graphs.
     def begin_capture(self, stream: int) -> None:
         raise GlimmerError(f"CUDA graphs are not available through {self.name}")
@@ -125,23 +128,16 @@ class CudaPython(CudaMem):
         self._rt = cudart
         self._device = device
         self._streams: List[Any] = []
-        count = self._call("cudaGetDeviceCount", allow_no_device=True)
-        if not count:
-            raise GlimmerError(
-                "no CUDA device: the CUDA runtime finds no GPU (is this a machine "
-                "with an NVIDIA GPU and driver, or a container run without "
-                "--runtime nvidia?)"
-            )
+        problem = _cudart_problem(cudart)
+        if problem:
+            raise GlimmerError(problem)
         self._call("cudaSetDevice", device)
         self._props = self._call("cudaGetDeviceProperties", device)
 
-    def _call(self, fn: str, *args: Any, allow_no_device: bool = False) -> Any:
+    def _call(self, fn: str, *args: Any) -> Any:
         out = getattr(self._rt, fn)(*args)
         err, rest = (out[0], out[1:]) if isinstance(out, tuple) else (out, ())
-        code = int(getattr(err, "value", err))
-        if code != 0:
-            if allow_no_device and code in _NO_DEVICE_CODES:
-                return 0
+        if _code(err) != 0:
             raise GlimmerError(f"CUDA error in {fn}: {self._error_text(err)}")
         if not rest:
             return None
@@ -229,6 +225,12 @@ class CudaPython(CudaMem):
         elif isinstance(buffer, DeviceBuffer):
             self._call("cudaFree", buffer.ptr)
 
+    def destroy_stream(self, stream: int) -> None:
+        for handle in list(self._streams):
+            if int(handle) == int(stream):
+                self._streams.remove(handle)
+                self._call("cudaStreamDestroy", handle)
+
     def close(self) -> None:
         while self._streams:
             self._call("cudaStreamDestroy", self._streams.pop())
@@ -245,6 +247,11 @@ class PyCuda(CudaMem):
             driver.init()
             count = driver.Device.count()
         except Exception as exc:  # noqa: BLE001 - pycuda raises its own LogicError/RuntimeError
+            if "insufficient" in str(exc).lower():
+                raise GlimmerError(
+                    f"the NVIDIA driver is too old for pycuda's CUDA ({exc}); update the driver "
+                    "(on a Jetson: JetPack), or rebuild pycuda against the CUDA the driver supports"
+                ) from None
             raise GlimmerError(f"no CUDA device: pycuda cannot initialise CUDA ({exc})") from None
         if not count:
             raise GlimmerError("no CUDA device: pycuda finds no GPU")
@@ -309,15 +316,101 @@ class PyCuda(CudaMem):
         if owner is not None and hasattr(owner, "free"):
             owner.free()
 
+    def destroy_stream(self, stream: int) -> None:
+        self._streams = [s for s in self._streams if int(s.handle) != int(stream)]
+
     def close(self) -> None:
         self._streams.clear()
-        if self._ctx is not None:
+        # Pop the context pushed in __init__, and only if it is still ours on top: popping another
+        # library's context would leave it without one.
+        if self._ctx is not None and self._drv.Context.get_current() == self._ctx:
             self._ctx.pop()
-            self._ctx = None
+        self._ctx = None
 
 
-# cudaErrorInsufficientDriver (35) and cudaErrorNoDevice (100): what a machine without a GPU says.
-_NO_DEVICE_CODES = (35, 100)
+_INSUFFICIENT_DRIVER = 35  # cudaErrorInsufficientDriver; also what a machine without a driver says
+_NO_DEVICE = 100  # cudaErrorNoDevice
+
+
+def _code(err: Any) -> int:
+    return int(getattr(err, "value", err))
+
+
+def _cuda_version(encoded: int) -> str:
+    return f"{encoded // 1000}.{encoded % 1000 // 10}"
+
+
+def _cudart_problem(cudart: Any, user: str = "cuda-python") -> Optional[str]:
+    """Why the CUDA runtime offers no device (one line), or None when it offers one.
+
+    cudaGetDeviceCount says cudaErrorInsufficientDriver both when no driver is loaded and when the
+    driver is older than the runtime; the driver's version (0 when absent) tells them apart, and
+    they need different fixes. ``user`` names what needs the newer CUDA.
+    """
+    out = cudart.cudaGetDeviceCount()
+    err, count = (out[0], out[1]) if isinstance(out, tuple) else (out, None)
+    code = _code(err)
+    if code == _INSUFFICIENT_DRIVER:
+        driver = _version_of(cudart, "cudaDriverGetVersion")
+        if driver:
+            runtime = _version_of(cudart, "cudaRuntimeGetVersion")
+            built = f"CUDA {_cuda_version(runtime)}" if runtime else "a newer CUDA"
+            return (
+                "the NVIDIA driver is too old for this CUDA runtime (cudaErrorInsufficientDriver): "
+                f"the driver supports CUDA {_cuda_version(driver)}, {user} was built for {built}; "
+                f"install {user} for CUDA {driver // 1000}.x (cuda-python: pip install "
+                f"'cuda-python=={driver // 1000}.*'), or update the driver (on a Jetson: JetPack)"
+            )
+        return (
+            "no CUDA device: no NVIDIA driver is loaded (is this a machine with an NVIDIA GPU "
+            "and driver, or a container run without --runtime nvidia?)"
+        )
+    if code == _NO_DEVICE or (code == 0 and not count):
+        return (
+            "no CUDA device: the CUDA runtime finds no GPU (is this a machine "
+            "with an NVIDIA GPU and driver, or a container run without "
+            "--runtime nvidia?)"
+        )
+    if code != 0:
+        return f"no CUDA device: cudaGetDeviceCount failed with CUDA error {code}"
+    return None
+
+
+def _version_of(cudart: Any, fn: str) -> int:
+    try:
+        out = getattr(cudart, fn)()
+        err, value = (out[0], out[1]) if isinstance(out, tuple) else (0, out)
+        return int(value or 0) if _code(err) == 0 else 0
+    except Exception:  # noqa: BLE001 - only a better message is at stake
+        return 0
+
+
+def driver_problem() -> Optional[str]:
+    """Why TensorRT cannot start CUDA when it is not a missing GPU, else None (never raises).
+
+    TensorRT fails the same way for a missing GPU and an old driver, so its callers ask cuda-python.
+    With a GPU visible to cuda-python, TensorRT's own CUDA may still want a newer driver; the line
+    then says so, with the driver's version.
+    """
+    try:
+        cudart = _import_cudart()
+    except ImportError:
+        return None
+    try:
+        problem = _cudart_problem(cudart, "TensorRT (and cuda-python)")
+        driver = _version_of(cudart, "cudaDriverGetVersion")
+    except Exception:  # noqa: BLE001 - a diagnosis must not raise
+        return None
+    if problem is None and driver:
+        return (
+            f"cuda-python sees a GPU with a driver for CUDA {_cuda_version(driver)}, so TensorRT's "
+            "own CUDA may need a newer driver ('CUDA initialization failure with error: 35' in "
+            f"TensorRT's log); install the TensorRT build for CUDA {driver // 1000}.x, or update "
+            "the driver (on a Jetson: JetPack)"
+        )
+    if problem is None or problem.startswith("no CUDA device"):
+        return None
+    return problem
 
 
 def _check_size(nbytes: int, host: int, device: int) -> None:

@@ -4,7 +4,8 @@ exist, else say where and how they will be built (docs/tensorrt.md).
 It lives in the runtime, beside the builder, so that the drone builds with the same code as the
 export machine. The builder (:mod:`glimmer.runtime.backends.trt.build`) and the backend are imported
 only when an engine is wanted, so importing this module never needs TensorRT. The legacy INT8
-calibrator is made by the caller: it reads calibration images, a layer above.
+calibrator is made by the caller: it reads calibration images, a layer above. Timing caches share
+the engines' folder under one base name; the builder keys each file by TensorRT version and GPU.
 """
 
 import contextlib
@@ -14,6 +15,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 from glimmer.runtime.core.metadata import ModelMeta
 from glimmer.runtime.core.timing import median_ms
 
+#: base name; the builder adds the TensorRT version and GPU (trt_build.keyed_timing_cache)
 TIMING_CACHE = "timing.cache"
 
 
@@ -41,11 +43,11 @@ def tensorrt_runner(
     """One inference of ``batch`` (copy in, compute, copy out) by an engine built from ``onnx_path``
     in ``work_dir``, as a zero-argument callable valid inside the ``with``: ``--dilation-mode auto``
     holds one per lowering so that their timing can be interleaved."""
-    from glimmer.runtime.backends.trt.build import build_engine
+    from glimmer.runtime.backends.trt.build import build_engine, built_engine_path
     from glimmer.runtime.backends.trt.runner import TensorRTBackend
 
     engine = Path(work_dir) / f"{Path(onnx_path).stem}.{precision}.engine"
-    build_engine(
+    sidecar = build_engine(
         Path(onnx_path),
         engine,
         precision,
@@ -53,7 +55,7 @@ def tensorrt_runner(
         timing_cache=Path(work_dir) / TIMING_CACHE,
         log=lambda _msg: None,
     )
-    with TensorRTBackend(engine, meta=meta) as backend:
+    with TensorRTBackend(built_engine_path(engine, sidecar), meta=meta) as backend:
         yield lambda: backend.infer(batch)
 
 
@@ -81,8 +83,10 @@ def build_engines(
     max_batch: int,
     log: Callable[[str], None] = print,
 ) -> List[Dict[str, Any]]:
-    """Build each job ``{onnx, engine, precision[, meta][, calibrator]}``; returns the sidecars."""
-    from glimmer.runtime.backends.trt.build import build_engine
+    """Build each job ``{onnx, engine, precision[, meta][, calibrator]}``; returns the sidecars,
+    each with the path and precision of the engine really written (an fp16 job on a GPU without
+    fast FP16 writes ``NAME.fp32.engine``)."""
+    from glimmer.runtime.backends.trt import build as trt_build
 
     batches: Dict[str, Optional[int]] = {}
     if dynamic_batch:
@@ -90,7 +94,7 @@ def build_engines(
     results = []
     for job in jobs:
         log(f"building {job['engine']} ({job['precision']}) from {job['onnx']}")
-        sidecar = build_engine(
+        sidecar = trt_build.build_engine(
             Path(job["onnx"]),
             Path(job["engine"]),
             job["precision"],
@@ -100,7 +104,12 @@ def build_engines(
             log=log,
             **batches,
         )
-        results.append(
-            {"path": str(job["engine"]), "precision": job["precision"], "sidecar": sidecar}
-        )
+        built = {
+            "path": str(trt_build.built_engine_path(Path(job["engine"]), sidecar)),
+            "precision": sidecar.get("precision", job["precision"]),
+            "sidecar": sidecar,
+        }
+        if built["precision"] != job["precision"]:
+            built["requested_precision"] = job["precision"]
+        results.append(built)
     return results

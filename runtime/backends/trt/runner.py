@@ -6,11 +6,15 @@ stream, async H2D -> enqueue -> async D2H and a single synchronize per batch. Af
 of a given size the whole sequence (copies included) is captured into a CUDA graph and replayed:
 GlimmerNet is ~50 small convolutions, so per-kernel launch overhead, not arithmetic, dominates on a
 Jetson and one graph launch replaces them all. If the engine cannot be captured (enqueue fails under
-capture) the capture is ended and the backend stays on plain enqueue. Both TensorRT execution
-generations (bindings, tensor names) come through :mod:`glimmer.runtime.backends.trt.compat`; CUDA
-calls through :mod:`glimmer.runtime.backends.trt.cuda`.
+capture) the capture is ended and the backend stays on plain enqueue. A new batch size drops the
+graph: TensorRT's first enqueue after a shape change cannot be captured, so it runs plainly and the
+graph is captured again after it. Both TensorRT execution generations (bindings, tensor names) come
+through :mod:`glimmer.runtime.backends.trt.compat`; CUDA calls through
+:mod:`glimmer.runtime.backends.trt.cuda`. An engine without a sidecar (trtexec, ultralytics) gets
+its metadata from :mod:`glimmer.runtime.backends.trt.foreign`.
 """
 
+import dataclasses
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional
 
@@ -20,14 +24,15 @@ from glimmer.runtime.backends.base import Backend, TensorSpec
 from glimmer.runtime.backends.trt import build as trt_build
 from glimmer.runtime.backends.trt import compat as trt_compat
 from glimmer.runtime.backends.trt import cuda as cuda_mem
+from glimmer.runtime.backends.trt import foreign as trt_foreign
 from glimmer.runtime.core.errors import GlimmerError
 from glimmer.runtime.core.files import sha256_file
 from glimmer.runtime.core.metadata import ModelMeta
 
 
 class TensorRTBackend(Backend):
-    """A TensorRT ``.engine`` built by :mod:`glimmer.runtime.backends.trt.build` (its sidecar is
-    required)."""
+    """A TensorRT ``.engine``: built by :mod:`glimmer.runtime.backends.trt.build` (with its
+    sidecar), or by trtexec / ultralytics (metadata from :mod:`~.foreign`)."""
 
     name = "tensorrt"
 
@@ -36,22 +41,33 @@ class TensorRTBackend(Backend):
         engine_path: Path,
         *,
         meta: Optional[ModelMeta] = None,
+        meta_path: Optional[Path] = None,
         cuda_graphs: bool = True,
         cuda: Optional[cuda_mem.CudaMem] = None,
         log: Optional[Callable[[str], None]] = None,
     ) -> None:
-        """``meta`` overrides the sidecar's metadata (e.g. read from the ONNX the engine came
-        from)."""
+        """``meta`` (or ``meta_path``, a file for :func:`foreign.load_meta_file`) overrides the
+        sidecar's metadata, e.g. read from the ONNX the engine came from; the precision stays the
+        sidecar's, since that is what the engine is."""
         super().__init__()
         self.engine_path = Path(engine_path)
         if not self.engine_path.is_file():
             raise GlimmerError(f"{self.engine_path}: engine file not found")
-        self.sidecar = trt_build.read_sidecar(self.engine_path)
-        self._meta = (
-            meta
-            if meta is not None
-            else ModelMeta.from_dict(self.sidecar["meta"], origin=str(self.engine_path))
-        )
+        self.sidecar: Optional[Dict[str, Any]] = None
+        self.foreign: Optional[trt_foreign.ForeignEngine] = None
+        if trt_build.sidecar_path(self.engine_path).is_file():
+            self.sidecar = trt_build.read_sidecar(self.engine_path)
+            if meta is None and meta_path is not None:
+                meta = trt_foreign.load_meta_file(meta_path)
+            if meta is None:
+                meta = ModelMeta.from_dict(self.sidecar["meta"], origin=str(self.engine_path))
+            if meta.precision != self.sidecar["precision"]:
+                meta = dataclasses.replace(meta, precision=self.sidecar["precision"])
+            self._plan_offset = 0
+        else:
+            self.foreign = trt_foreign.resolve(self.engine_path, meta, meta_path)
+            meta, self._plan_offset = self.foreign.meta, self.foreign.plan_offset
+        self._meta = meta
         self._want_graphs = cuda_graphs
         self._cuda = cuda
         self._own_cuda = cuda is None
@@ -97,6 +113,12 @@ class TensorRTBackend(Backend):
                 for t in self._tensors
                 if t.is_input == is_input
             ]
+        if self.sidecar is None:
+            # Until activation reads the engine, the input is what the metadata describes.
+            if not is_input:
+                return []
+            height, width = self._meta.input_size
+            return [TensorSpec("input", (self._meta.batch, 3, height, width), "float32")]
         key = "inputs" if is_input else "outputs"
         return [
             TensorSpec(
@@ -122,6 +144,15 @@ class TensorRTBackend(Backend):
         sc = self.sidecar
         api = self._exec.api if self._exec is not None else "not active"
         via = self._cuda.name if self._cuda is not None else "?"
+        if sc is None:
+            assert self.foreign is not None
+            version = trt_compat.version(self._trt) if self._trt is not None else "?"
+            gpu = self._cuda.device_name() if self._cuda is not None else "?"
+            return (
+                f"tensorrt {version} [{api}], {gpu}, {self._meta.precision} as its metadata "
+                f"({self.foreign.source}) says (engine from {self.foreign.tool}: precision not "
+                f"recorded), CUDA graphs {self._graph_note}, via {via}"
+            )
         return (
             f"tensorrt {sc['tensorrt_version']} [{api}], {sc['gpu_name']} "
             f"(sm {sc['compute_capability']}), {sc['precision']}, CUDA graphs {self._graph_note}, "
@@ -131,7 +162,10 @@ class TensorRTBackend(Backend):
     # -- life cycle ----------------------------------------------------------------------------
     def _activate(self) -> None:
         origin = str(self.engine_path)
-        if sha256_file(self.engine_path) != self.sidecar["engine_sha256"]:
+        if (
+            self.sidecar is not None
+            and sha256_file(self.engine_path) != self.sidecar["engine_sha256"]
+        ):
             raise GlimmerError(
                 f"{origin}: engine does not match the sha256 in its sidecar (damaged or "
                 "replaced); rebuild it from its ONNX"
@@ -141,9 +175,8 @@ class TensorRTBackend(Backend):
         if self._cuda is None:
             self._cuda = cuda_mem.open_cuda()
         try:
-            self._engine = trt_compat.deserialize(
-                trt, runtime, self.engine_path.read_bytes(), origin
-            )
+            plan = self.engine_path.read_bytes()[self._plan_offset :]  # no metadata header
+            self._engine = trt_compat.deserialize(trt, runtime, plan, origin)
             self._context = self._engine.create_execution_context()
             if self._context is None:
                 raise GlimmerError(

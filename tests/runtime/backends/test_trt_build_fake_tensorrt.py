@@ -8,7 +8,9 @@ generation. They do not prove that a real engine builds: no real TensorRT or GPU
 import hashlib
 import json
 import sys
+import zipfile
 
+import numpy as np
 import pytest
 from fake_tensorrt import (
     GENERATIONS,
@@ -16,6 +18,8 @@ from fake_tensorrt import (
     FakeCudaRuntime,
     install_fake_cuda,
     install_fake_tensorrt,
+    make_fake_tensorrt,
+    tensorrt_stubs_wheel,
     tiny_meta,
     write_tiny_onnx,
 )
@@ -83,6 +87,9 @@ def test_build_fp32_sidecar_with_fake_tensorrt(
     assert opts["flags"] == [] and opts["typing"] == ("weak" if generation in WEAK else "strong")
     assert ModelMeta.from_dict(sidecar["meta"]) == tiny_meta(1)
     assert trt.stats["builds"] == 1
+    # trt.nptype is never called: on the fake 8.4 / 8.5 it raises AttributeError, as with numpy
+    # >= 1.24 on the real ones.
+    assert trt.stats["nptype_calls"] == 0
 
 
 def test_create_network_on_11_does_not_touch_the_removed_flag(monkeypatch, fake_cuda):
@@ -140,14 +147,109 @@ def test_int8_needs_qdq_or_a_calibrator_with_fake_tensorrt(
     assert sidecar["builder_options"]["qdq"] is True
 
 
-def test_pascal_int8_skips_slow_fp16_with_fake_tensorrt(tmp_path, monkeypatch):
+def pascal(monkeypatch, generation="8.6"):
     rt = FakeCudaRuntime(name="NVIDIA GeForce GTX 1080", cc=(6, 1))
     install_fake_cuda(monkeypatch, rt)
-    install_fake_tensorrt(monkeypatch, "8.6", rt)
+    return rt, install_fake_tensorrt(monkeypatch, generation, rt)
+
+
+def test_pascal_int8_skips_slow_fp16_with_fake_tensorrt(tmp_path, monkeypatch):
+    _, trt = pascal(monkeypatch)
     qdq = write_tiny_onnx(tmp_path / "q.onnx", variant="qdq")
     _, sidecar = build(tmp_path, qdq, "int8")
     assert sidecar["builder_options"]["flags"] == ["INT8"]
     assert sidecar["compute_capability"] == "6.1"
+    assert trt.stats["slow_fp16_builds"] == 0
+
+
+def test_fake_pascal_has_no_fast_fp16_and_warns_when_fp16_is_forced(monkeypatch):
+    """The fake is as strict as TensorRT: FP16 on sm_61 builds, slowly, with the Half2 warning."""
+    _, trt = pascal(monkeypatch)
+    builder = trt.Builder(None)
+    assert builder.platform_has_fast_fp16 is False
+    network = builder.create_network(1)
+    config = builder.create_builder_config()
+    config.set_flag(trt.BuilderFlag.FP16)
+    assert builder.build_serialized_network(network, config) is not None
+    assert trt.stats["slow_fp16_builds"] == 1 and "Half2 support requested" in trt.log[-1]
+
+
+@pytest.mark.parametrize("generation", WEAK)
+def test_fp16_on_pascal_is_built_and_named_fp32_with_fake_tensorrt(
+    generation, tmp_path, monkeypatch, onnx_file
+):
+    _, trt = pascal(monkeypatch, generation)
+    lines = []
+    sidecar = trt_build.build_engine(
+        onnx_file, tmp_path / "tiny.fp16.engine", "fp16", meta=tiny_meta(), log=lines.append
+    )
+    engine = tmp_path / "tiny.fp32.engine"
+    assert trt_build.built_engine_path(tmp_path / "tiny.fp16.engine", sidecar) == engine
+    assert engine.is_file() and not (tmp_path / "tiny.fp16.engine").exists()
+    assert (sidecar["engine"], sidecar["precision"], sidecar["requested_precision"]) == (
+        "tiny.fp32.engine",
+        "fp32",
+        "fp16",
+    )
+    assert sidecar["meta"]["precision"] == "fp32" and "no fast FP16" in sidecar["precision_note"]
+    assert sidecar["builder_options"]["flags"] == [] and trt.stats["slow_fp16_builds"] == 0
+    assert trt_build.read_sidecar(engine) == sidecar
+    assert "no fast FP16" in lines[0] and "tiny.fp32.engine" in lines[0]
+    # The key is an fp32 engine's key: the same engine as an fp32 request.
+    _, fp32 = build(tmp_path, onnx_file, "fp32", name="plain")
+    assert fp32["engine_key"] == sidecar["engine_key"]
+
+
+def test_apply_precision_refuses_fp16_without_fast_fp16(monkeypatch):
+    """The last guard: an FP32 engine can never get an fp16 label through apply_precision."""
+    _, trt = pascal(monkeypatch)
+    builder = trt.Builder(None)
+    with pytest.raises(GlimmerError, match="no fast FP16.*--precision fp32"):
+        trt_compat.apply_precision(
+            trt,
+            builder,
+            builder.create_builder_config(),
+            builder.create_network(1),
+            "fp16",
+            None,
+            "m.onnx",
+        )
+
+
+def test_ensure_engine_on_pascal_keys_and_names_fp16_as_fp32(tmp_path, monkeypatch, onnx_file):
+    _, trt = pascal(monkeypatch, "10.3")
+    cache = tmp_path / "cache"
+    lines = []
+    engine = trt_build.ensure_engine(onnx_file, "fp16", cache, log=lines.append)
+    assert engine.name.startswith("tiny.fp32.") and "asks for fp16" in lines[0]
+    assert trt_build.read_sidecar(engine)["precision"] == "fp32"
+    assert trt_build.ensure_engine(onnx_file, "fp32", cache, log=quiet) == engine
+    assert trt_build.ensure_engine(onnx_file, "fp16", cache, log=quiet) == engine
+    assert trt.stats["builds"] == 1 and sorted(p.name for p in cache.glob("*.engine")) == [
+        engine.name
+    ]
+
+
+def test_strongly_typed_fp16_on_pascal_stays_fp16_with_fake_tensorrt(tmp_path, monkeypatch):
+    """On 11 the ONNX's own FP16 types are the engine's: no flag to drop, so fp16 is the truth."""
+    pascal(monkeypatch, "11.4")
+    half = write_tiny_onnx(tmp_path / "half.onnx", variant="fp16")
+    engine, sidecar = build(tmp_path, half, "fp16", name="half")
+    assert engine.is_file() and sidecar["precision"] == "fp16"
+    assert "precision_note" not in sidecar
+
+
+def test_export_engine_jobs_report_what_was_built_on_pascal(tmp_path, monkeypatch, onnx_file):
+    from glimmer.runtime.backends.trt import engines
+
+    pascal(monkeypatch, "10.3")
+    jobs = [{"onnx": onnx_file, "engine": tmp_path / "tiny.fp16.engine", "precision": "fp16"}]
+    (built,) = engines.build_engines(
+        jobs, tiny_meta(), tmp_path, dynamic_batch=False, max_batch=1, log=quiet
+    )
+    assert built["path"] == str(tmp_path / "tiny.fp32.engine")
+    assert (built["precision"], built["requested_precision"]) == ("fp32", "fp16")
+    assert list(tmp_path.glob("timing-10-3-0-30-nvidia-geforce-gtx-1080-sm61.cache"))
 
 
 @pytest.mark.parametrize("generation", ["8.4", "11.4"])
@@ -198,13 +300,15 @@ def test_timing_cache_is_saved_and_reused_with_fake_tensorrt(
 ):
     trt = install_fake_tensorrt(monkeypatch, "10.3", fake_cuda)
     cache = tmp_path / "timing.cache"
+    keyed = tmp_path / "timing-10-3-0-30-orin-fake-sm87.cache"
     _, first = build(tmp_path, onnx_file, timing_cache=cache)
+    assert not cache.exists()  # the name given is a base: the file is keyed by version and GPU
     assert (
-        cache.read_bytes().startswith(b"FTC") and first["builder_options"]["timing_cache"] is False
+        keyed.read_bytes().startswith(b"FTC") and first["builder_options"]["timing_cache"] is False
     )
     _, second = build(tmp_path, onnx_file, name="again", timing_cache=cache)
     assert second["builder_options"]["timing_cache"] is True and trt.stats["timing_cache_hits"] == 1
-    cache.write_bytes(b"garbage")
+    keyed.write_bytes(b"garbage")
     lines = []
     trt_build.build_engine(
         onnx_file,
@@ -215,7 +319,57 @@ def test_timing_cache_is_saved_and_reused_with_fake_tensorrt(
         log=lines.append,
     )
     assert any("is unusable" in line for line in lines)
-    assert cache.read_bytes().startswith(b"FTC")
+    assert keyed.read_bytes().startswith(b"FTC")
+
+
+def test_timing_caches_are_kept_per_gpu_and_tensorrt_version_with_fake_tensorrt(
+    tmp_path, monkeypatch, fake_cuda, onnx_file
+):
+    """One folder shared by two GPUs and two TensorRT versions (the export path's out folder):
+    each gets its own file, and no build starts from another's timings."""
+    cache = tmp_path / "timing.cache"
+    trt = install_fake_tensorrt(monkeypatch, "10.3", fake_cuda)
+    build(tmp_path, onnx_file, timing_cache=cache)
+    fake_cuda.name, fake_cuda.cc = "Xavier (fake)", (7, 2)
+    trt = install_fake_tensorrt(monkeypatch, "10.3", fake_cuda)
+    _, xavier = build(tmp_path, onnx_file, name="xavier", timing_cache=cache)
+    trt86 = install_fake_tensorrt(monkeypatch, "8.6", fake_cuda)
+    _, old = build(tmp_path, onnx_file, name="old", timing_cache=cache)
+    assert sorted(p.name for p in tmp_path.glob("timing*")) == [
+        "timing-10-3-0-30-orin-fake-sm87.cache",
+        "timing-10-3-0-30-xavier-fake-sm72.cache",
+        "timing-8-6-2-3-xavier-fake-sm72.cache",
+    ]
+    assert xavier["builder_options"]["timing_cache"] is False
+    assert old["builder_options"]["timing_cache"] is False
+    assert trt.stats["foreign_timing_hits"] == trt86.stats["foreign_timing_hits"] == 0
+
+
+def test_another_gpus_timing_cache_is_refused_not_used_with_fake_tensorrt(
+    tmp_path, monkeypatch, fake_cuda, onnx_file
+):
+    """A cache copied under this GPU's name: ignore_mismatch=False makes TensorRT refuse it, and
+    the build starts a new one (with True, the fake, like TensorRT, would use Orin's timings)."""
+    install_fake_tensorrt(monkeypatch, "10.3", fake_cuda)
+    build(tmp_path, onnx_file, timing_cache=tmp_path / "timing.cache")
+    orin = tmp_path / "timing-10-3-0-30-orin-fake-sm87.cache"
+    fake_cuda.name, fake_cuda.cc = "Xavier (fake)", (7, 2)
+    trt = install_fake_tensorrt(monkeypatch, "10.3", fake_cuda)
+    (tmp_path / "timing-10-3-0-30-xavier-fake-sm72.cache").write_bytes(orin.read_bytes())
+    lines = []
+    sidecar = trt_build.build_engine(
+        onnx_file,
+        tmp_path / "x.engine",
+        "fp32",
+        meta=tiny_meta(),
+        timing_cache=tmp_path / "timing.cache",
+        log=lines.append,
+    )
+    assert sidecar["builder_options"]["timing_cache"] is False
+    assert any("made by another GPU or TensorRT version" in line for line in lines)
+    assert "Timing cache mismatch" in trt.log[0] and trt.stats["foreign_timing_hits"] == 0
+    config = trt.Builder(None).create_builder_config()
+    assert config.set_timing_cache(config.create_timing_cache(orin.read_bytes()), True) is True
 
 
 def test_no_gpu_is_one_clear_error_with_fake_tensorrt(tmp_path, monkeypatch, onnx_file, capsys):
@@ -224,7 +378,7 @@ def test_no_gpu_is_one_clear_error_with_fake_tensorrt(tmp_path, monkeypatch, onn
     trt = install_fake_tensorrt(monkeypatch, "10.3", rt)
     with pytest.raises(GlimmerError, match="^no CUDA device"):
         build(tmp_path, onnx_file)
-    assert "CUDA initialization failure" in trt.log[0]
+    assert "CUDA initialization failure with error: 100" in trt.log[0]
     ok, reason = trt_build.tensorrt_status()
     assert not ok and reason.startswith("no CUDA device")
     assert not list(tmp_path.glob("*.engine"))
@@ -235,6 +389,35 @@ def test_no_gpu_is_one_clear_error_with_fake_tensorrt(tmp_path, monkeypatch, onn
     assert err.startswith(
         "glimmer-export: error: no CUDA device: TensorRT could not create its Builder"
     )
+
+
+def test_old_driver_is_reported_as_such_not_as_no_gpu_with_fake_tensorrt(
+    tmp_path, monkeypatch, onnx_file
+):
+    """A JetPack 5 driver (CUDA 11.4) under a CUDA 12 cuda-python / TensorRT: error 35."""
+    rt = FakeCudaRuntime(driver_version=11040, runtime_version=12060)
+    install_fake_cuda(monkeypatch, rt)
+    trt = install_fake_tensorrt(monkeypatch, "10.3", rt)
+    with pytest.raises(GlimmerError) as err:
+        build(tmp_path, onnx_file)
+    message = str(err.value)
+    assert message.startswith("TensorRT could not create its Builder")
+    assert "NVIDIA driver is too old" in message and "driver supports CUDA 11.4" in message
+    assert "CUDA 12.6" in message and "update the driver" in message
+    assert "no CUDA device" not in message and "error: 35" in trt.log[0]
+    ok, reason = trt_build.tensorrt_status()
+    assert not ok and "NVIDIA driver is too old" in reason
+
+
+def test_no_driver_at_all_is_still_no_cuda_device_with_fake_tensorrt(
+    tmp_path, monkeypatch, onnx_file
+):
+    """Error 35 with driver version 0 (what this GPU-less machine's real cuda-python says)."""
+    rt = FakeCudaRuntime(driver_version=0)
+    install_fake_cuda(monkeypatch, rt)
+    install_fake_tensorrt(monkeypatch, "10.3", rt)
+    with pytest.raises(GlimmerError, match="^no CUDA device: TensorRT could not create"):
+        build(tmp_path, onnx_file)
 
 
 def test_status_reports_usable_and_missing_tensorrt(monkeypatch, fake_cuda):
@@ -366,3 +549,68 @@ def test_read_sidecar_errors_name_the_file(tmp_path):
     (tmp_path / "m.fp16.json").write_text(json.dumps({"format": "glimmer-tensorrt-engine"}))
     with pytest.raises(GlimmerError, match="lacks key 'engine_sha256'"):
         trt_build.read_sidecar(engine)
+
+
+@pytest.mark.parametrize("generation", ALL)
+def test_fake_nptype_is_as_strict_as_the_real_one(generation, fake_cuda):
+    """8.4 / 8.5.2 build nptype's table with np.bool (AttributeError on numpy 1.24-1.26); every
+    version raises TypeError for a type numpy lacks."""
+    trt = make_fake_tensorrt(generation, fake_cuda)
+    if GENERATIONS[generation]["nptype_np_bool"]:
+        with pytest.raises(AttributeError, match="np.bool"):
+            trt.nptype(trt.DataType.FLOAT)
+    else:
+        assert trt.nptype(trt.DataType.FLOAT) is np.float32
+        with pytest.raises(TypeError):
+            trt.nptype(trt.DataType.FP8)
+    assert hasattr(trt.DataType, "INT64") is (generation in ("10.3", "11.4"))
+
+
+@pytest.mark.parametrize("generation", ALL)
+def test_numpy_dtype_maps_by_name_without_nptype(generation, fake_cuda):
+    trt = make_fake_tensorrt(generation, fake_cuda)
+    got = {m: trt_compat.numpy_dtype(trt, trt.DataType[m]).name for m in ("FLOAT", "HALF", "INT8")}
+    assert got == {"FLOAT": "float32", "HALF": "float16", "INT8": "int8"}
+    assert trt_compat.numpy_dtype(trt, trt.DataType.BOOL) == np.bool_
+    assert trt.stats["nptype_calls"] == 0
+    if hasattr(trt.DataType, "BF16"):
+        with pytest.raises(
+            GlimmerError, match="^TensorRT tensor type BF16 has no numpy equivalent"
+        ):
+            trt_compat.numpy_dtype(trt, trt.DataType.BF16)
+
+
+def stub_folders(tmp_path):
+    """An empty ``tensorrt`` folder, and TensorRT's real stubs when the wheel is here."""
+    empty = tmp_path / "empty"
+    (empty / "tensorrt").mkdir(parents=True)
+    (empty / "tensorrt" / "__init__.pyi").write_text("def nptype(t): ...\n")
+    folders = [empty]
+    wheel = tensorrt_stubs_wheel()
+    if wheel is not None:
+        with zipfile.ZipFile(wheel) as z:
+            z.extractall(tmp_path / "stubs")
+        folders.append(tmp_path / "stubs")
+    return folders
+
+
+def test_tensorrt_without_bindings_is_not_installed(tmp_path, monkeypatch):
+    """A ``tensorrt`` folder without bindings (the stubs wheel, a half-removed install) imports as
+    an empty namespace package: it is reported as TensorRT missing, and auto never picks it."""
+    from glimmer.runtime.backends import factory
+
+    for folder in stub_folders(tmp_path):
+        with monkeypatch.context() as m:
+            m.delitem(sys.modules, "tensorrt", raising=False)
+            m.syspath_prepend(str(folder))
+            assert factory._installed("tensorrt") is False
+            with pytest.raises(GlimmerError) as err:
+                trt_compat.import_tensorrt()
+            message = str(err.value)
+            assert message.startswith(
+                f"TensorRT is not installed (found only the package at {folder / 'tensorrt'}"
+            )
+            assert "type stubs or a broken install" in message and "pypi.nvidia.com" in message
+            assert factory._installed("tensorrt") is False  # now in sys.modules: still not
+            ok, reason = trt_build.tensorrt_status()
+            assert not ok and reason == message

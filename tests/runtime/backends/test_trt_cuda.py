@@ -106,6 +106,37 @@ def test_no_device_and_probe(monkeypatch):
     assert cuda_mem.probe() == (True, "Orin (fake) (sm_87) via cuda-python")
 
 
+def test_old_driver_is_not_reported_as_no_gpu(monkeypatch):
+    """cudaErrorInsufficientDriver with a driver loaded: too old for the runtime, say so."""
+    rt = FakeCudaRuntime(driver_version=11040, runtime_version=12060)
+    install_fake_cuda(monkeypatch, rt)
+    with pytest.raises(GlimmerError) as err:
+        cuda_mem.open_cuda()
+    message = str(err.value)
+    assert message.startswith("the NVIDIA driver is too old for this CUDA runtime")
+    assert "driver supports CUDA 11.4, cuda-python was built for CUDA 12.6" in message
+    assert "pip install 'cuda-python==11.*'" in message and "\n" not in message
+    ok, reason = cuda_mem.probe()
+    assert not ok and reason == message
+    assert "TensorRT (and cuda-python)" in cuda_mem.driver_problem()
+    rt.driver_version = 0  # no driver at all gives the same error code
+    assert cuda_mem.probe()[1].startswith("no CUDA device: no NVIDIA driver is loaded")
+    assert cuda_mem.driver_problem() is None
+
+
+def test_driver_problem_with_a_visible_gpu_points_at_tensorrts_cuda(fake_cuda):
+    assert "TensorRT's own CUDA may need a newer driver" in cuda_mem.driver_problem()
+
+
+def test_destroy_stream_frees_only_that_stream(fake_cuda):
+    cuda = cuda_mem.open_cuda()
+    first, second = cuda.stream(), cuda.stream()
+    cuda.destroy_stream(first)
+    assert list(fake_cuda.streams) == [second]
+    cuda.close()
+    assert fake_cuda.streams == {}
+
+
 def fake_pycuda():
     """Just enough of ``pycuda.driver`` for the adapter: host-memory "device" allocations."""
     drv = types.ModuleType("pycuda.driver")
@@ -192,3 +223,15 @@ def test_pycuda_adapter_round_trip(monkeypatch):
     cuda.free(dev)
     cuda.close()
     assert drv.calls == ["push", "sync", "push", "sync", "free", "pop"]
+
+
+def test_pycuda_close_pops_only_its_own_context(monkeypatch, fake_cuda):
+    from fake_tensorrt import install_fake_pycuda, make_fake_pycuda
+
+    drv = make_fake_pycuda(fake_cuda)
+    install_fake_pycuda(monkeypatch, drv)
+    cuda = cuda_mem.open_cuda()
+    other = drv.Context()
+    other.push()  # another library's context on top of ours
+    cuda.close()
+    assert drv.stacks() == [[drv.Device(0).retain_primary_context(), other]]

@@ -88,9 +88,9 @@ def test_graphs_can_be_switched_off_with_fake_tensorrt(tmp_path, monkeypatch, fa
     assert trt.stats["enqueues"] == 3 and "graph_launch" not in fake_cuda.counts
 
 
-@pytest.mark.parametrize("generation", ["8.4", "8.6", "11.4"])
+@pytest.mark.parametrize("generation", ["8.4", "8.5", "8.6", "11.4"])
 def test_dynamic_batch_shapes_with_fake_tensorrt(generation, tmp_path, monkeypatch, fake_cuda):
-    install_fake_tensorrt(monkeypatch, generation, fake_cuda)
+    trt = install_fake_tensorrt(monkeypatch, generation, fake_cuda)
     engine = make_engine(tmp_path, batch=None)
     with TensorRTBackend(engine) as backend:
         assert backend.inputs == [TensorSpec("images", (None, 3, 8, 8), "float32")]
@@ -99,8 +99,42 @@ def test_dynamic_batch_shapes_with_fake_tensorrt(generation, tmp_path, monkeypat
             (y,) = backend.infer(x)
             assert y.shape == (n, 4)
             np.testing.assert_allclose(y, reference_output(x, (n, 4)), rtol=1e-6)
+            assert backend.graph_state == "on"  # re-captured after every new batch size
         with pytest.raises(GlimmerError, match="batch of 5 exceeds the engine's maximum batch 4"):
             backend.infer(frames(1, batch=5)[0])
+    # Each new size: one plain enqueue (TensorRT's first after a shape change cannot be captured),
+    # then one captured; the repeated 3 is the only graph launch. No graph ran a stale shape.
+    assert trt.stats["enqueues"] == 6 and fake_cuda.counts["graph_launch"] == 1
+    assert trt.stats["stale_graph_replays"] == 0
+
+
+def test_fake_refuses_capture_after_a_shape_change(tmp_path, monkeypatch, fake_cuda):
+    """The fake is as strict as TensorRT: the first enqueue on a new context or after new input
+    shapes does deferred work that cannot be captured; a plain enqueue first makes it capturable,
+    and a graph replayed after the shapes changed is counted as stale."""
+    trt = install_fake_tensorrt(monkeypatch, "10.3", fake_cuda)
+    engine = make_engine(tmp_path, batch=None)
+    runtime = trt.Runtime(None)
+    context = runtime.deserialize_cuda_engine(engine.read_bytes()).create_execution_context()
+    stream = fake_cuda.cudaStreamCreateWithFlags(1)[1]
+    buffers = {n: fake_cuda.cudaMalloc(4 * 3 * 8 * 8 * 4)[1] for n in ("images", "logits")}
+    for name, ptr in buffers.items():
+        context.set_tensor_address(name, ptr)
+
+    def captured():
+        fake_cuda.cudaStreamBeginCapture(stream, 1)
+        ok = context.execute_async_v3(stream)
+        err, graph = fake_cuda.cudaStreamEndCapture(stream)
+        return ok and err == 0
+
+    assert context.set_input_shape("images", (2, 3, 8, 8))
+    assert not captured()  # a new context
+    assert context.execute_async_v3(stream) and captured()
+    graph_exec = fake_cuda.cudaGraphInstantiateWithFlags(max(fake_cuda.graphs), 0)[1]
+    assert context.set_input_shape("images", (3, 3, 8, 8))
+    assert not captured()  # new shapes: capture again only after a plain enqueue
+    fake_cuda.cudaGraphLaunch(graph_exec, stream)  # the old graph: still batch 2
+    assert trt.stats["stale_graph_replays"] == 1
 
 
 def test_specs_come_from_the_sidecar_before_activation(tmp_path, monkeypatch, fake_cuda):
@@ -138,7 +172,8 @@ def test_damaged_or_orphaned_engine_is_refused(tmp_path, monkeypatch, fake_cuda)
     with pytest.raises(GlimmerError, match="does not match the sha256 in its sidecar"):
         TensorRTBackend(engine).activate()
     trt_build.sidecar_path(engine).unlink()
-    with pytest.raises(GlimmerError, match="engine sidecar not found"):
+    # Without its sidecar it is an engine like trtexec's, with no metadata beside it.
+    with pytest.raises(GlimmerError, match="no metadata for this engine.*provide one of: --meta"):
         TensorRTBackend(engine)
     with pytest.raises(GlimmerError, match="engine file not found"):
         TensorRTBackend(tmp_path / "missing.engine")
@@ -163,6 +198,16 @@ def test_older_cuda_python_layout_with_fake_tensorrt(tmp_path, monkeypatch):
     with TensorRTBackend(make_engine(tmp_path)) as backend:
         (x,) = frames(1)
         np.testing.assert_allclose(backend.infer(x)[0], reference_output(x, (1, 4)), rtol=1e-6)
+
+
+def test_handed_over_metadata_cannot_relabel_the_precision(tmp_path, monkeypatch, fake_cuda):
+    """An ONNX's metadata says fp16; the engine built from it says what it is (fp32 here)."""
+    install_fake_tensorrt(monkeypatch, "10.3", fake_cuda)
+    meta = tiny_meta(1)
+    meta.precision = "fp16"
+    backend = TensorRTBackend(make_engine(tmp_path, precision="fp32"), meta=meta)
+    assert backend.meta.precision == "fp32" and backend.meta.class_names == meta.class_names
+    assert ", fp32, " in backend.describe()
 
 
 def test_metadata_override_with_fake_tensorrt(tmp_path, monkeypatch, fake_cuda):
