@@ -8,6 +8,10 @@ passed, so a failed export never replaces a good file. What depends on the model
 (classifier: dilation lowering and auto timing; detector: the ultralytics head in export mode) is
 a recipe in :mod:`glimmer.export.recipes`; the TensorRT step is
 :mod:`glimmer.runtime.backends.trt.engines`, shared with the drone.
+
+Importing this module needs only the runtime, and so does an ``.onnx`` input (the on-target engine
+step, :func:`build_onnx_engines`): the drone has neither torch nor the onnx package. A checkpoint
+input imports them on first use; missing, they are one error naming the ``export`` extra.
 """
 
 import dataclasses
@@ -17,6 +21,8 @@ from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 from glimmer.runtime.backends.trt import engines as trt_engines
 from glimmer.runtime.core.errors import GlimmerError
+from glimmer.runtime.core.metadata import ModelMeta
+from glimmer.runtime.core.onnx_meta import read_onnx_metadata
 
 MODES = ("split", "aligned", "embed", "auto")
 CALIB_METHODS = ("minmax", "percentile", "entropy")  # ONNX Runtime's calibrators
@@ -26,6 +32,9 @@ FP32_TOLERANCE = 1e-4  # relative to max(1, largest |output|)
 
 PathLike = Union[str, Path]
 Log = Callable[[str], None]
+
+#: what a checkpoint export imports that the runtime-only install (the drone's) lacks
+EXPORT_MODULES = ("torch", "torchvision", "onnx", "onnxscript", "onnxruntime", "ultralytics")
 
 
 def say(text: str) -> None:
@@ -123,16 +132,19 @@ def export(
     Returns the report as written to ``export-report.json``, plus ``report_path`` and, when the
     engines could not be built here, ``next_step`` (the command that builds them on the target).
     For an ``.onnx`` made by glimmer-export it is the on-target engine step alone
-    (:func:`build_onnx_engines`), which writes no report file.
+    (:func:`build_onnx_engines`, runtime imports only), which writes no report file.
     """
     settings = ExportSettings.of(settings, **options)
     settings.check()
-    from .loaders import load_source
-    from .recipes import recipe_for
+    if is_onnx(checkpoint):
+        return build_onnx_engines(onnx_source(Path(checkpoint)), settings, log)
+    try:
+        from .loaders import load_source
+        from .recipes import recipe_for
+    except ModuleNotFoundError as exc:
+        raise missing_export_module(exc, checkpoint) from None
 
     source = load_source(Path(checkpoint), settings.img_size)
-    if source.kind == "onnx":
-        return build_onnx_engines(source, settings, log)
     recipe = recipe_for(source.task)
     qat = getattr(source, "qat", None)
     if settings.int8 and not settings.calib and not qat:
@@ -332,6 +344,52 @@ def export_engines(
         jobs, meta, out, dynamic_batch=settings.dynamic_batch, max_batch=settings.max_batch, log=log
     )
     return {"built": built, "deferred": False}, None
+
+
+def is_onnx(path: PathLike) -> bool:
+    """Whether glimmer-export takes ``path`` as an ONNX (the engine step), by its suffix."""
+    return Path(path).suffix.lower() == ".onnx"
+
+
+def missing_export_module(exc: ModuleNotFoundError, checkpoint: PathLike) -> Exception:
+    """The one-line error for a checkpoint export without the ``export`` extra; ``exc`` itself when
+    what is missing is not one of its modules (a bug, which keeps its traceback)."""
+    name = (exc.name or "").split(".")[0]
+    if name not in EXPORT_MODULES:
+        return exc
+    return GlimmerError(
+        f"{checkpoint}: exporting a checkpoint needs the export extra (torch, onnx) and {name} is "
+        "not installed: pip install 'glimmer-edge[export]' (on the drone, build engines from the "
+        "exported ONNX instead: glimmer-export NAME.onnx --fp16)"
+    )
+
+
+@dataclasses.dataclass
+class OnnxSource:
+    """An ``.onnx`` made by glimmer-export, read without the onnx package: its path, artifact base
+    name (``NAME`` of ``NAME.int8.onnx``) and metadata."""
+
+    path: Path
+    name: str
+    meta: ModelMeta
+    kind: str = "onnx"
+
+    @property
+    def task(self) -> str:
+        return self.meta.task
+
+
+def onnx_source(path: Path) -> OnnxSource:
+    """``path``'s metadata, read from its protobuf by the runtime (no onnx package)."""
+    path = Path(path)
+    if not path.is_file():
+        raise GlimmerError(f"{path}: no such file")
+    meta = ModelMeta.from_props(read_onnx_metadata(path), str(path))
+    name = path.name[: -len(".onnx")]
+    for suffix in (".int8", ".fp16", ".fp32"):
+        if name.endswith(suffix):
+            name = name[: -len(suffix)]
+    return OnnxSource(path=path, name=name, meta=meta)
 
 
 def build_onnx_engines(source: Any, settings: ExportSettings, log: Log = say) -> Dict[str, Any]:

@@ -8,7 +8,8 @@ PyTorch, and TensorRT engines where TensorRT and a GPU exist.
 
 This module only parses the flags into :class:`~glimmer.export.api.ExportSettings`, calls
 :func:`glimmer.export.api.export` and prints the summary; the rewrites are in ``deploy_model`` and
-``rewrites/``.
+``rewrites/``. An ``.onnx`` input imports nothing but the runtime (the drone's install has no torch
+and no onnx package): the flags, then the runtime's engine step.
 """
 
 import argparse

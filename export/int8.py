@@ -6,9 +6,11 @@ from 8.x to 11 builds. Its accuracy is measured two ways, because they differ on
 - ``simulated``: ONNX Runtime with its Q/DQ fusion off (``session.disable_quant_qdq``), so each
   Quantize/Dequantize runs as written and the convs run in float: what TensorRT computes, up to
   rounding, and the same on every build machine. Budgets and choices use this figure.
-- ``onnxruntime_cpu``: the same file with ONNX Runtime's fused integer kernels on this CPU. On x86
-  without VNNI their u8*s8 pair sums saturate int16 and lose accuracy the model does not lose on a
-  Jetson; reported beside the CPU's features, never taken as "INT8 accuracy".
+- ``onnxruntime_cpu``: the same file as glimmer-run runs it on this CPU (its ``int8_kernels``
+  policy), reported with the CPU's features and the count of nodes ONNX Runtime would fuse into
+  integer kernels. Where it does fuse (Q/DQ files whose conv outputs are quantised) x86 CPUs
+  without VNNI saturate u8*s8 pair sums in int16 and lose accuracy a Jetson does not; TensorRT
+  placement never fuses, so this figure equals the simulated one on every CPU.
 
 With a labelled ``--val`` set the export measures every calibration method and keeps the one that
 loses least, then, if the drop from FP32 is still over ``--int8-max-drop``, measures each layer

@@ -10,12 +10,13 @@ machine (speed belongs to the hardware); an accuracy check gets one only if it a
 
 The file is edited with tomlkit, which round-trips TOML: comments, blank lines, key order and
 the formatting of every untouched value stay byte-for-byte; the result is written atomically.
-tomlkit is imported only here (the ``check`` extra).
+tomlkit is imported only here (the ``check`` extra), and any tomlkit from 0.11 works: Python 3.8
+(JetPack 5) cannot install the newest.
 """
 
 import math
 from pathlib import Path
-from typing import Dict, List
+from typing import Any, Dict, List
 
 from glimmer.runtime.core.errors import GlimmerError
 from glimmer.runtime.core.files import atomic_write_text
@@ -23,6 +24,29 @@ from glimmer.runtime.tools.regression import METRIC, CheckResult
 
 #: decimals kept per measured metric
 DECIMALS = {"fps": 1, "p99_ms": 2, "accuracy": 4, "f1_weighted": 4, "map50": 4, "map50_95": 4}
+#: the oldest tomlkit this module is tested with
+TOMLKIT_MIN = (0, 11)
+_TOMLKIT_HINT = "pip install 'glimmer-edge[check]', or just pip install 'tomlkit>=0.11'"
+
+
+def require_tomlkit() -> Any:
+    """The tomlkit module, or one GlimmerError naming the ``check`` extra (missing or too old)."""
+    try:
+        import tomlkit
+    except ImportError:
+        raise GlimmerError(
+            f"--update-baseline needs tomlkit, which is not installed: {_TOMLKIT_HINT}"
+        ) from None
+    version = str(getattr(tomlkit, "__version__", "0"))
+    try:
+        parts = tuple(int(p) for p in version.split(".")[:2])
+    except ValueError:
+        parts = TOMLKIT_MIN  # a development version: trust it
+    if parts < TOMLKIT_MIN:
+        raise GlimmerError(
+            f"--update-baseline needs tomlkit >= 0.11, found {version}: {_TOMLKIT_HINT}"
+        )
+    return tomlkit
 
 
 def with_margin(key: str, measured: float, margin: float) -> float:
@@ -52,12 +76,7 @@ def update_baseline(
     path: Path, results: List[CheckResult], margin: float, device: str
 ) -> Dict[str, Dict[str, float]]:
     """Write new bounds for every measured check; returns {check: {key: new value}}."""
-    try:
-        import tomlkit
-    except ImportError:
-        raise GlimmerError(
-            "--update-baseline needs tomlkit (pip install 'glimmer-edge[check]')"
-        ) from None
+    tomlkit = require_tomlkit()
     if not 0.0 <= margin < 1.0:
         raise GlimmerError(f"--margin must be in [0, 1), got {margin}")
     text = Path(path).read_text(encoding="utf-8")

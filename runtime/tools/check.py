@@ -159,6 +159,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         raise GlimmerError(f"--margin must be in [0, 1), got {args.margin}")
     if args.json is not None and args.json.is_dir():
         raise GlimmerError(f"--json {args.json}: is a folder, give a file name")
+    if args.update_baseline:
+        from glimmer.runtime.tools.baseline import require_tomlkit
+
+        require_tomlkit()  # before minutes of measuring, not after
     config = load_config(args.config)  # validates the rest of the profile too
     origin = str(args.config)
     checks = _select(
