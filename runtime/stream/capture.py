@@ -63,15 +63,19 @@ def _quiet_opencv() -> Iterator[None]:
     one."""
     cv2 = _cv2()
     log = getattr(getattr(cv2, "utils", None), "logging", None)
-    if log is None:
+    if log is not None:  # OpenCV 5 (and 4.x builds that expose cv2.utils.logging)
+        get, set_, silent = log.getLogLevel, log.setLogLevel, log.LOG_LEVEL_SILENT
+    elif hasattr(cv2, "setLogLevel"):  # OpenCV 4.8 wheels and JetPack's 4.x: level 0 is silent
+        get, set_, silent = cv2.getLogLevel, cv2.setLogLevel, 0
+    else:
         yield
         return
-    previous = log.getLogLevel()
-    log.setLogLevel(log.LOG_LEVEL_SILENT)
+    previous = get()
+    set_(silent)
     try:
         yield
     finally:
-        log.setLogLevel(previous)
+        set_(previous)
 
 
 def gstreamer_available() -> bool:
