@@ -19,11 +19,13 @@ from torch import nn
 
 from glimmer.models.yolo import detection_trainer, offline, ultralytics_modules
 from glimmer.runtime.core.errors import GlimmerError
+from glimmer.runtime.core.files import atomic_path
 
 from .cwd import ChannelWiseDistiller, FeatureTap
 from .yolo import check_yolov8
 
 DetectionTrainer = detection_trainer()  # version checked before subclassing its internals
+ALIGN_NAME = "cwd-align.pt"
 
 
 def is_pruned(model: nn.Module) -> bool:
@@ -188,6 +190,21 @@ class DistillTrainer(ModuleTrainer):
     def extra_parameters(self) -> list:
         return list(self.distiller.parameters()) if self.distiller is not None else []
 
+    def save_model(self):
+        """last.pt, and the alignment convs beside it: they are not part of the student, and a
+        resumed run would otherwise restart them from random."""
+        saved = super().save_model()
+        if self.distiller is not None:
+            with atomic_path(self.wdir / ALIGN_NAME) as tmp:
+                torch.save(self.distiller.state_dict(), str(tmp))
+        return saved
+
+    def resume_training(self, ckpt):
+        super().resume_training(ckpt)
+        align = self.wdir / ALIGN_NAME
+        if self.resume and self.distiller is not None and align.is_file():
+            self.distiller.load_state_dict(torch.load(str(align), map_location="cpu"))
+
     def _do_train(self):
         try:
             super()._do_train()
@@ -224,6 +241,30 @@ def train_args(
     )
     args.update(extra)
     return args
+
+
+def resume_args(last: Path, data: Path, out: Path, **extra: Any) -> Dict[str, Any]:
+    """Overrides for ultralytics' own resume: everything else comes from ``last.pt``'s arguments;
+    ``save_dir`` and ``data`` are given again so a moved folder still resumes in place."""
+    return dict(resume=str(last), data=str(data), save_dir=str(out.resolve()), **extra)
+
+
+def resume_state(last: Path, epochs: int) -> Optional[int]:
+    """The epoch (1-based) an interrupted run would continue from, 0 when its ``last.pt`` is of a
+    finished run (ultralytics strips the optimizer at the end), None when there is no usable one."""
+    last = Path(last)
+    if not last.is_file():
+        return None
+    try:
+        ckpt = torch.load(str(last), map_location="cpu", weights_only=False)
+    except Exception:  # a half-written file: ultralytics writes last.pt in place
+        return None
+    if not isinstance(ckpt, dict):
+        return None
+    epoch = ckpt.get("epoch", -1)
+    if ckpt.get("optimizer") is None or epoch < 0 or epoch + 1 >= epochs:
+        return 0
+    return epoch + 2
 
 
 def run_training(trainer_cls, overrides: Dict[str, Any], **kwargs: Any) -> Path:
