@@ -29,6 +29,7 @@ from glimmer.runtime.core.preprocess import Preprocessor
 from glimmer.runtime.stream.classify import ClassifySettings
 from glimmer.runtime.stream.detect import DetectSettings
 from glimmer.runtime.stream.pipeline import Pipeline, build_task, check_one_frame
+from glimmer.runtime.stream.schedule import SCHEDULES
 from glimmer.runtime.stream.sinks import FrameResult, Sink
 from glimmer.runtime.stream.sources import Source, SourceOptions, open_source
 
@@ -255,6 +256,7 @@ def run(
     height: Optional[int] = None,
     rate: Optional[float] = None,
     keep_frames: bool = False,
+    schedule: str = "auto",
     log: Log = _stderr,
 ) -> Run:
     """Iterate ``model`` over ``source`` through glimmer-run's pipeline: one
@@ -265,11 +267,15 @@ def run(
     or URI) or an open :class:`Source`; ``model`` a path (opened here and closed at the end, with
     ``backend``, ``cache_dir``, ``threads``, ``int8_kernels``) or a loaded :class:`Model` (left
     open). Classification is smoothed over the stream as glimmer-run does (``classify`` changes it).
+    ``schedule`` is glimmer-run's: ``auto`` (newest frame first on a camera or stream, every frame
+    of a file), ``latency`` or ``throughput``.
     Nothing is opened until the first result is asked for; settings are checked at once.
     """
     options = SourceOptions(width=width, height=height, rate=rate, loop=loop, flip=flip)
     classify_settings = _settings(ClassifySettings, classify)
     detect_settings = _settings(DetectSettings, detect)
+    if schedule not in SCHEDULES:
+        raise GlimmerError(f"schedule must be one of {', '.join(SCHEDULES)}, got {schedule!r}")
     for name, value in (("max_frames", max_frames), ("duration", duration)):
         if value is not None and value <= 0:
             raise GlimmerError(f"{name} must be positive, got {value}")
@@ -300,6 +306,7 @@ def run(
                 [handoff],
                 max_frames=max_frames,
                 duration=duration,
+                schedule=schedule,
             )
             outcome: Dict[str, Any] = {}
 

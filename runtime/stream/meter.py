@@ -4,6 +4,10 @@ trtexec reports Throughput (qps) and, for Latency, H2D, GPU compute and D2H, min
 median / p90 / p95 / p99 (docs/tensorrt.md, "Measuring"). We do
 the same for the camera pipeline's stages and say what each figure includes (``STAGES``).
 
+For a live source the report separates how old a result is when written (``frame_age``, from
+the capture timestamp) from the work done on it (``processing``): the difference is waiting, which
+the schedule decides and the model does not.
+
 Samples live in fixed-size ring buffers allocated up front, so a run of days uses the same memory
 as a run of seconds: means and counts cover the whole run, percentiles the last ``window`` frames.
 """
@@ -26,6 +30,10 @@ STAGES = {
     "output": "writing the sinks: JSON line, annotated video frame, window, console",
     "end_to_end": "from the frame leaving the source to its results written, including time "
     "spent waiting in the pipeline's queues",
+    "processing": "the work done on the frame: preprocess + inference + postprocess + output, "
+    "without waits",
+    "frame_age": "live sources: from the frame's capture timestamp (the grabber's clock) to its "
+    "results written: processing plus every wait, what the results' staleness is",
 }
 
 
@@ -70,6 +78,7 @@ class Meter:
         self.stages = {name: StageStats(window) for name in STAGES}
         self.frames = 0
         self.dropped = 0
+        self.dropped_by: Dict[str, int] = {}
         self._start: Optional[float] = None
         self._last: Optional[float] = None
         self._recent_ends: List[float] = []
@@ -116,6 +125,7 @@ class Meter:
         return {
             "frames": self.frames,
             "frames_dropped": self.dropped,
+            "frames_dropped_by": dict(self.dropped_by),
             "wall_s": round(self.wall_s, 3),
             "fps": round(self.fps, 2),
             "fps_includes": "frames finished / wall time from the first frame read to the last "
@@ -148,9 +158,15 @@ def format_report(report: Dict[str, Any]) -> str:
                 stats["max_ms"],
             )
         )
+    by = ", ".join(f"{k} {v}" for k, v in report.get("frames_dropped_by", {}).items() if v)
     lines.append(
-        "frames {}  dropped {}  wall {:.2f} s  throughput {:.1f} FPS".format(
-            report["frames"], report["frames_dropped"], report["wall_s"], report["fps"]
+        "frames {}  dropped {}{}  wall {:.2f} s  throughput {:.1f} FPS{}".format(
+            report["frames"],
+            report["frames_dropped"],
+            f" ({by})" if by else "",
+            report["wall_s"],
+            report["fps"],
+            f"  schedule {report['schedule']}" if report.get("schedule") else "",
         )
     )
     lines.append("")

@@ -1,6 +1,7 @@
 """The pipelined runner: source -> preprocess -> backend -> task postprocess -> sinks, overlapped.
 
-Three stages run at once, joined by small bounded queues:
+Two schedules. ``throughput`` (files and folders under ``auto``) processes every frame, in order,
+with three stages running at once, joined by small bounded queues:
 
     capture thread      next(source) (decode, or the newest live frame), then preprocess
     inference thread(s) backend.infer, and nothing else
@@ -19,6 +20,10 @@ A backend that can run several frames at once (``backend.concurrency`` > 1: ONNX
 with fewer intra-op threads than cores) gets that many inference threads: a small model on two
 cores is too short to spread over both cores inside one run, but two frames in flight keep both
 busy.
+
+``latency`` (live sources under ``auto``) queues nothing: each stage takes the newest frame when
+it is free (:mod:`glimmer.runtime.stream.schedule`), so a result is about one preprocessing and
+inference time old instead of a queue's worth of them.
 """
 
 import queue
@@ -36,6 +41,7 @@ from glimmer.runtime.core.preprocess import LetterboxTransform, Preprocessor
 from glimmer.runtime.stream.classify import Classifier, ClassifySettings
 from glimmer.runtime.stream.detect import Detector, DetectSettings
 from glimmer.runtime.stream.meter import Meter
+from glimmer.runtime.stream.schedule import AUTO, LATENCY, LatencyFirst, resolve_schedule
 from glimmer.runtime.stream.sinks import FrameResult, Sink
 from glimmer.runtime.stream.sources import Source
 from glimmer.runtime.stream.task import Task
@@ -88,10 +94,14 @@ class Pipeline:
         backend: an activated :class:`Backend`.
         task: the model's :class:`Task` (a Classifier or Detector, see :func:`build_task`).
         sinks: result consumers, called in frame order on the calling thread.
-        max_frames: stop after this many frames read.
+        max_frames: stop after this many frames (throughput: read; latency: taken by an
+            inference thread, so dropped frames do not count).
         duration: stop reading after this many seconds.
-        queue_size: frames in flight between two stages (default: 4 for files, 1 for live).
+        queue_size: throughput schedule: frames in flight between two stages (default: 4 for
+            files, 1 for live).
         workers: inference threads (default: ``backend.concurrency``, else 1).
+        schedule: ``latency``, ``throughput`` or ``auto`` (latency for live sources, throughput
+            for files); latency on a file is an error.
     """
 
     def __init__(
@@ -105,7 +115,10 @@ class Pipeline:
         queue_size: Optional[int] = None,
         meter: Optional[Meter] = None,
         workers: Optional[int] = None,
+        schedule: str = AUTO,
     ) -> None:
+        self.requested_schedule = schedule
+        self.schedule = resolve_schedule(schedule, source.live, source.description)
         self.source = source
         self.backend = backend
         self.task = task
@@ -126,6 +139,7 @@ class Pipeline:
         self.preprocess = Preprocessor(backend.meta)
         self._dtype = np.dtype(check_one_frame(backend).dtype)
         self.interrupted = False
+        self._latency: Optional[LatencyFirst] = None
 
     # -- plumbing ------------------------------------------------------------------------------
     def _put(self, q: "queue.Queue", item: Any) -> bool:
@@ -153,13 +167,9 @@ class Pipeline:
                     break
                 if self.duration is not None and time.perf_counter() - started >= self.duration:
                     break
-                t0 = time.perf_counter()
-                try:
-                    frame, timestamp, index = next(self.source)
-                except StopIteration:
+                item = self._read_one(count)
+                if item is None:
                     break
-                t1 = time.perf_counter()
-                item = _Item(count, index, timestamp, frame, t1, {"capture": (t1 - t0) * 1e3})
                 self._do_preprocess(item)
                 if not self._put(out, item):
                     return
@@ -169,6 +179,16 @@ class Pipeline:
         finally:
             for _ in range(self.workers):
                 self._put(out, _END)
+
+    def _read_one(self, seq: int) -> Optional[_Item]:
+        """The source's next frame as the ``seq``-th item read; None at its end."""
+        t0 = time.perf_counter()
+        try:
+            frame, timestamp, index = next(self.source)
+        except StopIteration:
+            return None
+        t1 = time.perf_counter()
+        return _Item(seq, index, timestamp, frame, t1, {"capture": (t1 - t0) * 1e3})
 
     def _get(self, q: "queue.Queue") -> Any:
         """The next item; after an abort, the end as soon as the queue runs dry."""
@@ -232,10 +252,23 @@ class Pipeline:
             if sink.stop_requested:
                 self._stop_reading.set()
         t2 = time.perf_counter()
-        item.latency["output"] = (t2 - t1) * 1e3
-        item.latency["end_to_end"] = (t2 - item.captured) * 1e3
-        self.meter.add_frame(item.latency, t2)
-        self.meter.dropped = self.source.dropped
+        latency = item.latency
+        latency["output"] = (t2 - t1) * 1e3
+        latency["end_to_end"] = (t2 - item.captured) * 1e3
+        latency["processing"] = sum(
+            latency.get(k, 0.0) for k in ("preprocess", "inference", "postprocess", "output")
+        )
+        if self.source.live:  # a file's timestamps are media time, not when the frame was taken
+            latency["frame_age"] = (time.time() - item.timestamp) * 1e3
+        self.meter.add_frame(latency, t2)
+        self._count_dropped()
+
+    def _count_dropped(self) -> None:
+        by = {"source": self.source.dropped}
+        if self._latency is not None:
+            by.update(self._latency.dropped_by())
+        self.meter.dropped_by = by
+        self.meter.dropped = sum(by.values())
 
     def _drain(self) -> None:
         """Results in capture order until every inference thread has ended."""
@@ -259,8 +292,7 @@ class Pipeline:
         if self.source.live:
             self.source.close()
 
-    def run(self) -> Dict[str, Any]:
-        """Process until the end, a limit, a stop key or Ctrl-C; returns the report."""
+    def _throughput_threads(self) -> List[threading.Thread]:
         q0, q1 = self._queues
         threads = [threading.Thread(target=self._capture, name="glimmer-capture", daemon=True)]
         threads += [
@@ -272,18 +304,27 @@ class Pipeline:
             )
             for i in range(self.workers)
         ]
+        return threads
+
+    def run(self) -> Dict[str, Any]:
+        """Process until the end, a limit, a stop key or Ctrl-C; returns the report."""
+        if self.schedule == LATENCY:
+            self._latency = LatencyFirst(self)
+            threads, drain = self._latency.threads(), self._latency.drain
+        else:
+            threads, drain = self._throughput_threads(), self._drain
         for thread in threads:
             thread.start()
         complete = False
         try:
             try:
-                self._drain()
+                drain()
             except KeyboardInterrupt:
                 # First Ctrl-C: stop reading, finish the few frames in flight, report.
                 self.interrupted = True
                 self._stop_reading.set()
                 self._release_live_source()
-                self._drain()
+                drain()
             complete = True
         except KeyboardInterrupt:
             self._abort.set()  # a second Ctrl-C: drop what is in flight
@@ -298,7 +339,7 @@ class Pipeline:
             for thread in threads:
                 thread.join(timeout=10.0)
             self.source.close()
-            self.meter.dropped = self.source.dropped
+            self._count_dropped()
             for sink in self.sinks:
                 sink.close(complete=complete and not self._errors)
         if self._errors:
@@ -306,4 +347,6 @@ class Pipeline:
         report = self.meter.report()
         report["interrupted"] = self.interrupted
         report["inference_threads"] = self.workers
+        report["schedule"] = self.schedule
+        report["schedule_requested"] = self.requested_schedule
         return report

@@ -11,7 +11,8 @@
 Every source iterates ``(frame, timestamp, index)`` (BGR uint8, seconds, 0-based) and has
 ``close()``. Files yield every frame in order (``loop`` plays them again); live sources run a
 grabber thread that keeps only the newest frame and counts the ones it overwrote, because buffered
-stale frames are what makes latency grow on live streams (docs/runtime.md, "Recurring problems"). A
+stale frames are what makes latency grow on live streams (docs/runtime.md, "Recurring problems").
+A live frame's index is its number among the frames the grabber read, so a gap is a dropped frame. A
 live stream that stops delivering is reopened with bounded exponential back-off, then ends with a
 clear error.
 """
@@ -214,9 +215,10 @@ class LiveSource(Source):
         self._rate = float(self._cap.get(_cv2().CAP_PROP_FPS) or 0.0)
         self._cond = threading.Condition()
         self._stop = threading.Event()
-        self._latest: Optional[Tuple[np.ndarray, float]] = None
+        self._latest: Optional[Frame] = None
         self._error: Optional[GlimmerError] = None
         self._dropped = 0
+        self._grabbed = 0
         self.reconnects = 0
         self._thread = threading.Thread(target=self._grab, name="glimmer-grabber", daemon=True)
         self._thread.start()
@@ -228,6 +230,11 @@ class LiveSource(Source):
     @property
     def fps(self) -> Optional[float]:
         return self._rate or None
+
+    @property
+    def grabbed(self) -> int:
+        """Frames read from the camera so far; the newest one's index is ``grabbed - 1``."""
+        return self._grabbed
 
     def _grab(self) -> None:
         while not self._stop.is_set():
@@ -243,7 +250,8 @@ class LiveSource(Source):
             with self._cond:
                 if self._latest is not None:
                     self._dropped += 1
-                self._latest = (frame, stamp)
+                self._latest = (frame, stamp, self._grabbed)
+                self._grabbed += 1
                 self._cond.notify_all()
 
     def _reconnect(self) -> bool:
@@ -279,9 +287,8 @@ class LiveSource(Source):
                 if self._error is not None:
                     raise self._error
                 raise StopIteration
-            frame, stamp = self._latest
-            self._latest = None
-        return self._emit(frame, stamp)
+            latest, self._latest = self._latest, None
+        return latest
 
     def close(self) -> None:
         if self._closed:

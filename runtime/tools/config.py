@@ -3,7 +3,7 @@
     [model]     path, backend (auto|onnxruntime|tensorrt), cache_dir, threads,
                 int8_kernels (auto|fused|simulated: INT8 on ONNX Runtime's CPU EP, int8_policy.py)
     [runtime]   source (URI or camera index), width, height, rate, loop, flip, max_frames,
-                duration, show, print_interval
+                duration, show, print_interval, schedule (auto|latency|throughput)
     [outputs]   jsonl, video, report
     [classify]  top_k, smoothing, normal_class, alert_threshold, alert_frames
     [detect]    conf, iou, max_det, agnostic
@@ -23,6 +23,7 @@ from typing import Any, Dict, Optional, Tuple
 from glimmer.runtime.backends.ort.int8 import INT8_KERNELS
 from glimmer.runtime.core.errors import GlimmerError
 from glimmer.runtime.stream.capture import FLIPS
+from glimmer.runtime.stream.schedule import SCHEDULES
 
 BACKENDS = ("auto", "onnxruntime", "tensorrt")
 
@@ -57,6 +58,7 @@ SCHEMA: Dict[str, Dict[str, Key]] = {
         "duration": Key("float", None, minimum=0.0),
         "show": Key("bool", False),
         "print_interval": Key("float", 1.0, minimum=0.0),
+        "schedule": Key("str", "auto", SCHEDULES),
     },
     "outputs": {"jsonl": Key("path"), "video": Key("path"), "report": Key("path")},
     "classify": {

@@ -4,7 +4,7 @@
                 [--backend auto|tensorrt|onnxruntime]
                 [--output results.jsonl] [--save out.mp4] [--show | --headless] [--max-frames N]
                 [--duration S] [--report report.json] [--config deploy.toml] [--threads N]
-                [--int8-kernels auto|fused|simulated]
+                [--int8-kernels auto|fused|simulated] [--schedule auto|latency|throughput]
 
 The task (classification or detection) and the preprocessing come from the model's metadata. Flags
 override deploy.toml, which overrides the built-in defaults. Ctrl-C stops cleanly and still prints
@@ -28,6 +28,7 @@ from glimmer.runtime.stream.classify import ClassifySettings
 from glimmer.runtime.stream.detect import DetectSettings
 from glimmer.runtime.stream.meter import format_report
 from glimmer.runtime.stream.pipeline import Pipeline, build_task
+from glimmer.runtime.stream.schedule import describe_schedule, resolve_schedule
 from glimmer.runtime.stream.sinks import (
     ConsoleSink,
     DisplaySink,
@@ -97,6 +98,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-frames", type=int, metavar="N", help="stop after N frames")
     parser.add_argument("--duration", type=float, metavar="S", help="stop after S seconds")
     parser.add_argument("--loop", type=int, metavar="N", help="play a file N times (0: forever)")
+    parser.add_argument(
+        "--schedule",
+        metavar="{auto,latency,throughput}",
+        help="latency: each stage takes the newest frame, results about one inference old; "
+        "throughput: every frame read, queued between stages (auto: latency for cameras and "
+        "streams, throughput for files)",
+    )
     parser.add_argument("--report", type=Path, metavar="FILE", help="write the report as JSON")
     parser.add_argument("--config", type=Path, metavar="TOML", help="deploy.toml with defaults")
     add_verbose_flag(parser)
@@ -118,6 +126,7 @@ def settings_from(args: argparse.Namespace) -> DeployConfig:
         ("runtime.duration", args.duration, "--duration"),
         ("runtime.loop", args.loop, "--loop"),
         ("runtime.show", args.show, "--show"),
+        ("runtime.schedule", args.schedule, "--schedule"),
         ("outputs.jsonl", args.output, "--output"),
         ("outputs.video", args.save, "--save"),
         ("outputs.report", args.report, "--report"),
@@ -188,6 +197,8 @@ def main(argv: Optional[List[str]] = None) -> int:
             raise GlimmerError(f"--show: {reason}")
     with contextlib.ExitStack() as stack:
         source = stack.enter_context(open_source(config["runtime.source"], options))
+        requested = config["runtime.schedule"]
+        schedule = resolve_schedule(requested, source.live, source.description)
         backend = open_backend(
             model,
             config["model.backend"],
@@ -213,6 +224,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             f"source  {source.description} "
             f"({'live: newest frame only' if source.live else 'every frame'})"
         )
+        print(f"schedule {describe_schedule(schedule, requested)}")
         if note:
             print(f"note    {note}")
         sys.stdout.flush()
@@ -224,6 +236,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             sinks,
             max_frames=config["runtime.max_frames"],
             duration=config["runtime.duration"],
+            schedule=schedule,
         )
         report = pipeline.run()
         report.update(

@@ -117,15 +117,18 @@ class FakeCapture:
 def test_live_source_keeps_only_the_newest_frame_and_counts_drops():
     cap = FakeCapture(period=0.001)
     src = LiveSource(lambda: cap, "fake camera")
-    seen = []
+    seen, indices = [], []
     for frame, _, index in src:
         seen.append(int(frame[0, 0, 0]))
+        indices.append(index)
         time.sleep(0.02)  # a slow consumer: the grabber overwrites what it has no time for
-        if index == 9:
+        if len(seen) == 10:
             break
     src.close()
     assert src.live and len(seen) == 10
     assert all(b > a for a, b in zip(seen, seen[1:]))
+    # The index is the frame's number among those grabbed: gaps are the dropped frames.
+    assert indices == [n - 1 for n in seen] and src.grabbed >= seen[-1]
     # Every grabbed frame older than the last one delivered was either delivered or dropped.
     assert src.dropped >= seen[-1] - len(seen) > 0
     assert cap.released
