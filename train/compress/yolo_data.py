@@ -121,6 +121,10 @@ def _check_labels(image: Path, nc: int) -> None:
 def check_dataset(path: Path, splits=("train", "val")) -> DetectionDataset:
     """Parse and check a dataset yaml: paths exist, every image has a valid label file."""
     path = Path(path)
+    if path.is_dir():
+        raise GlimmerError(
+            f"--data {path}: a folder; give the dataset's data.yaml (path, train, val, names)"
+        )
     if not path.is_file():
         raise GlimmerError(f"--data {path}: no such file (datasets are never downloaded)")
     try:

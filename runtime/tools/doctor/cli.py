@@ -42,6 +42,8 @@ def doctor(
 ) -> Dict[str, Any]:
     """Every check, as the report dict (``verdict``: pass or fail; ``problems``: one line each)."""
     model_path = Path(model_path)
+    if model_path.is_dir():
+        raise GlimmerError(f"--model {model_path}: a folder; give an .onnx made by glimmer-export")
     if not model_path.is_file():
         hint = " (reinstall glimmer-edge)" if model_path == REFERENCE else ""
         raise GlimmerError(f"--model {model_path}: no such file{hint}")

@@ -338,6 +338,7 @@ def test_require_tensorrt_fails_here_after_writing_the_reports(tmp_path, capsys,
     "argv,message",
     [
         (["--model", "{tmp}/missing.onnx"], "--model {tmp}/missing.onnx: no such file"),
+        (["--model", "{tmp}"], "--model {tmp}: a folder; give an .onnx made by glimmer-export"),
         (["--model", "{tmp}/file"], "--model {tmp}/file: expected an .onnx made by glimmer-export"),
         (["--iters", "0"], "--iters must be at least 1"),
         (["--out", "{tmp}/file"], "--out {tmp}/file: is a file, give a folder"),

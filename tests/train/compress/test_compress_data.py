@@ -46,7 +46,9 @@ def _finetune_args(data, tmp_path):
     ]
 
 
-@pytest.mark.parametrize("case", ["missing", "bad_yaml", "no_label", "bad_class", "missing_split"])
+@pytest.mark.parametrize(
+    "case", ["missing", "folder", "bad_yaml", "no_label", "bad_class", "missing_split"]
+)
 def test_dataset_problems_are_one_clear_line(case, shapes, tmp_path, capsys):
     root = tmp_path / "ds"
     root.mkdir()
@@ -70,6 +72,7 @@ def test_dataset_problems_are_one_clear_line(case, shapes, tmp_path, capsys):
     )
     expect = {
         "missing": (root / "nope.yaml", "nope.yaml: no such file (datasets are never downloaded)"),
+        "folder": (root, "ds: a folder; give the dataset's data.yaml"),
         "bad_yaml": (cfg, "data.yaml: not valid YAML at line 3"),
         "no_label": (cfg, "b.png: no label file (expected"),
         "bad_class": (cfg, "a.txt:1: class 7 outside 0..1"),
