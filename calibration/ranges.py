@@ -14,14 +14,16 @@ outputs, over :class:`CalibrationSet`'s images, preprocessed exactly as deployme
 import logging
 import tempfile
 from pathlib import Path
-from typing import Dict, Sequence
+from typing import TYPE_CHECKING, Dict, Sequence
 
 import numpy as np
-import onnx
 
 from glimmer.runtime.core.errors import GlimmerError
 
 from .dataset import CalibrationSet, OrtCalibrationReader
+
+if TYPE_CHECKING:
+    import onnx
 
 METHODS = ("minmax", "percentile", "entropy")
 
@@ -37,7 +39,7 @@ def _calibration_method(name: str):
 
 
 def activation_amax(
-    model: onnx.ModelProto,
+    model: "onnx.ModelProto",
     tensors: Sequence[str],
     calib: CalibrationSet,
     method: str,
@@ -58,6 +60,8 @@ def activation_amax(
     try:
         with tempfile.TemporaryDirectory(prefix="glimmer-calib-") as work:
             src = Path(work) / "fp32.onnx"
+            import onnx  # lazily: METHODS is read by code that must not need onnx
+
             onnx.save(model, str(src))
             calibrator = create_calibrator(
                 src,

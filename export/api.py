@@ -19,13 +19,13 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
+from glimmer.calibration.ranges import METHODS as CALIB_METHODS  # ONNX Runtime's calibrators
 from glimmer.runtime.backends.trt import engines as trt_engines
 from glimmer.runtime.core.errors import GlimmerError
 from glimmer.runtime.core.metadata import ModelMeta
 from glimmer.runtime.core.onnx_meta import read_onnx_metadata
 
 MODES = ("split", "aligned", "embed", "auto")
-CALIB_METHODS = ("minmax", "percentile", "entropy")  # ONNX Runtime's calibrators
 INT8_MODES = ("qdq", "calibrator")
 DEFAULT_MAX_DROP = 0.01
 FP32_TOLERANCE = 1e-4  # relative to max(1, largest |output|)

@@ -32,8 +32,6 @@ from glimmer.runtime.core.metadata import ModelMeta
 
 from .onnx_export import INPUT_NAME
 
-DEFAULT_MAX_DROP = 0.01
-
 
 def layer_group(layer: str) -> str:
     """The unit of mixed precision: a GlimmerNet block (``stages.0.blocks.1``), an Aggregator, the
@@ -205,7 +203,7 @@ def build_int8(
     val=None,
     qat: Optional[Mapping[str, Any]] = None,
     method: str = "auto",
-    max_drop: float = DEFAULT_MAX_DROP,
+    max_drop: float,
     latency_runs: int = 100,
     log: Callable[[str], None] = lambda line: None,
 ) -> Tuple[onnx.ModelProto, Dict[str, Any]]:
