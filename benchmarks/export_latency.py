@@ -50,7 +50,7 @@ def plain_export(model: torch.nn.Module, x: torch.Tensor) -> bytes:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(allow_abbrev=False, description=__doc__.splitlines()[0])
     parser.add_argument("--img-size", type=int, default=224)
     parser.add_argument("--runs", type=int, default=300)
     args = parser.parse_args()

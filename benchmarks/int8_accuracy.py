@@ -49,7 +49,7 @@ def test_f1(model: onnx.ModelProto, test, simulated: bool) -> float:
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
+    p = argparse.ArgumentParser(allow_abbrev=False, description=__doc__.strip().splitlines()[0])
     p.add_argument(
         "--out", default="int8-bench", help="work and result folder (default int8-bench)"
     )

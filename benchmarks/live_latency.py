@@ -257,7 +257,9 @@ def cpu_name() -> str:
 
 
 def main(argv: Any = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
+    parser = argparse.ArgumentParser(
+        allow_abbrev=False, description=__doc__.strip().splitlines()[0]
+    )
     parser.add_argument("--fps", type=float, default=25.0, help="the stream's frame rate")
     parser.add_argument("--width", type=int, default=1280)
     parser.add_argument("--height", type=int, default=720)

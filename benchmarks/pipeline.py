@@ -156,7 +156,9 @@ def plot_rss(samples, path: Path) -> None:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
+    parser = argparse.ArgumentParser(
+        allow_abbrev=False, description=__doc__.strip().splitlines()[0]
+    )
     parser.add_argument("--frames", type=int, default=300, help="frames in the generated clip")
     parser.add_argument("--width", type=int, default=1280)
     parser.add_argument("--height", type=int, default=720)

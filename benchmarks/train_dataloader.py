@@ -88,7 +88,9 @@ def epoch_rate(dataset: ImageDataset, batch_size: int, workers: int, steps: int)
 
 
 def main(argv: List[str] = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
+    parser = argparse.ArgumentParser(
+        allow_abbrev=False, description=__doc__.strip().splitlines()[0]
+    )
     parser.add_argument(
         "--images", type=int, default=256, help="training images (split over 4 classes)"
     )

@@ -19,7 +19,9 @@ os.environ.setdefault("YOLO_VERBOSE", "False")
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
+    parser = argparse.ArgumentParser(
+        allow_abbrev=False, description=__doc__.strip().splitlines()[0]
+    )
     parser.add_argument("--full", action="store_true", help="also time 1024x1024")
     parser.add_argument(
         "--runs", type=int, default=12, help="timed runs per model and size (rounds of 3)"

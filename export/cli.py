@@ -24,7 +24,9 @@ from .api import CALIB_METHODS, DEFAULT_MAX_DROP, INT8_MODES, MODES, ExportSetti
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="glimmer-export", description=__doc__.strip().splitlines()[0])
+    p = argparse.ArgumentParser(
+        allow_abbrev=False, prog="glimmer-export", description=__doc__.strip().splitlines()[0]
+    )
     p.add_argument(
         "checkpoint",
         help="our .pt, a reference .ckpt, an ultralytics YOLOv8 .pt, or an .onnx "

@@ -20,7 +20,7 @@ COUNTED = (
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="glimmer-info", description=__doc__.strip().splitlines()[0]
+        allow_abbrev=False, prog="glimmer-info", description=__doc__.strip().splitlines()[0]
     )
     parser.add_argument("checkpoint", nargs="?", help="our .pt or a reference .ckpt")
     parser.add_argument(

@@ -32,6 +32,7 @@ RUN_OPTIONS = ("arch", "img_size", "batch_size", "seed", "lr", "val_fraction")
 def build_parser() -> argparse.ArgumentParser:
     d = RunSettings()
     parser = argparse.ArgumentParser(
+        allow_abbrev=False,
         prog="glimmer-train",
         description=__doc__.strip().splitlines()[0],
         epilog="Writes RUN_DIR/best.pt, last.pt, metrics.json, curves.png, confusion_matrix.png.",

@@ -38,7 +38,7 @@ def _training_options(p: argparse.ArgumentParser, epochs_required: bool = True) 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="glimmer-compress", description=__doc__.strip().splitlines()[0]
+        allow_abbrev=False, prog="glimmer-compress", description=__doc__.strip().splitlines()[0]
     )
     add_verbose_flag(parser)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")

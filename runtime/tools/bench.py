@@ -392,7 +392,9 @@ def write_plot(report: Dict[str, Any], path: Path) -> None:
 
 # -- command line ---------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="glimmer-bench", description=__doc__.strip().splitlines()[0])
+    p = argparse.ArgumentParser(
+        allow_abbrev=False, prog="glimmer-bench", description=__doc__.strip().splitlines()[0]
+    )
     p.add_argument(
         "--model", type=Path, required=True, metavar="PATH", help=".onnx with metadata or .engine"
     )

@@ -27,7 +27,9 @@ EXIT_FAIL, EXIT_ERROR = 1, 2
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="glimmer-check", description=__doc__.strip().splitlines()[0])
+    p = argparse.ArgumentParser(
+        allow_abbrev=False, prog="glimmer-check", description=__doc__.strip().splitlines()[0]
+    )
     p.add_argument(
         "--config",
         type=Path,

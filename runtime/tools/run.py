@@ -45,6 +45,7 @@ _UNTRAINED_WORDS = ("synthetic", "random", "untrained", "demo")
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
+        allow_abbrev=False,
         prog="glimmer-run",
         description=__doc__.strip().splitlines()[0],
         epilog="Sources: csi://N, v4l2:///dev/videoN, /dev/videoN, rtsp://..., a video file "

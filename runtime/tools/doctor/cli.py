@@ -105,7 +105,9 @@ def doctor(
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="glimmer-doctor", description=__doc__.strip().splitlines()[0])
+    p = argparse.ArgumentParser(
+        allow_abbrev=False, prog="glimmer-doctor", description=__doc__.strip().splitlines()[0]
+    )
     p.add_argument(
         "--out",
         type=Path,
