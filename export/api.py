@@ -15,7 +15,9 @@ input imports them on first use; missing, they are one error naming the ``export
 """
 
 import dataclasses
+import os
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
@@ -122,6 +124,72 @@ class ExportSettings:
             raise GlimmerError("--calib is only used with --int8")
         if not 0.0 <= self.int8_max_drop <= 1.0:
             raise GlimmerError(f"--int8-max-drop must be between 0 and 1, got {self.int8_max_drop}")
+        if self.max_batch < 1:
+            raise GlimmerError(f"--max-batch must be at least 1, got {self.max_batch}")
+        if self.name is not None:
+            check_name(self.name)
+        for flag, folder in (("--calib", self.calib), ("--val", self.val)):
+            if folder is not None:
+                check_input_folder(flag, Path(folder))
+
+
+#: suffixes that, given in --name, would double up (NAME.onnx.onnx)
+ARTIFACT_SUFFIXES = (".onnx", ".engine", ".plan", ".json")
+
+
+def check_name(name: str) -> None:
+    """``--name`` is a plain file stem: no folder part, so every artifact stays inside ``--out``."""
+    bad = (
+        not name.strip()
+        or name in (".", "..")
+        or "/" in name
+        or "\\" in name
+        or "\0" in name
+        or Path(name).name != name
+    )
+    if bad:
+        raise GlimmerError(
+            f"--name {name!r}: must be a plain file name stem without folders (artifacts are "
+            "written inside --out; use --out to choose the folder)"
+        )
+    for suffix in ARTIFACT_SUFFIXES:
+        if name.lower().endswith(suffix):
+            raise GlimmerError(
+                f"--name {name!r}: give the stem without {suffix} (glimmer-export adds the "
+                f"suffixes: {name[: -len(suffix)]}.onnx, {name[: -len(suffix)]}.int8.onnx, ...)"
+            )
+
+
+def check_input_folder(flag: str, folder: Path) -> None:
+    """A folder flag (``--calib``, ``--val``) names an existing folder."""
+    if not folder.exists():
+        raise GlimmerError(f"{flag} {folder}: no such folder")
+    if not folder.is_dir():
+        raise GlimmerError(f"{flag} {folder}: a file, not a folder")
+
+
+def check_out_dir(out: Path, flag: str = "--out") -> None:
+    """``out`` is a folder, or can be made one, and can be written: known before any work, so a
+    bad ``--out`` costs nothing. Nothing is created here."""
+    existing = out
+    while not existing.exists():
+        if existing.is_symlink():
+            raise GlimmerError(f"{flag} {out}: {existing} is a broken symbolic link")
+        parent = existing.parent
+        if parent == existing:
+            break
+        existing = parent
+    if not existing.is_dir():
+        where = "is a file" if existing == out else f"cannot be created: {existing} is a file"
+        raise GlimmerError(f"{flag} {out}: {where}, not a folder")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".glimmer-write-test-", dir=str(existing))
+    except OSError as exc:
+        raise GlimmerError(
+            f"{flag} {out}: {existing} is not writable ({exc.strerror or exc})"
+        ) from None
+    os.close(fd)
+    os.unlink(probe)
 
 
 def export(
@@ -136,16 +204,29 @@ def export(
     """
     settings = ExportSettings.of(settings, **options)
     settings.check()
+    checkpoint = Path(checkpoint)
+    if not checkpoint.is_file():
+        what = "a folder, not a file" if checkpoint.is_dir() else "no such file"
+        raise GlimmerError(f"{checkpoint}: {what}")
+    out = Path(settings.out) if settings.out else checkpoint.parent
+    check_out_dir(out, "--out" if settings.out else f"{checkpoint}'s folder")
     if is_onnx(checkpoint):
-        return build_onnx_engines(onnx_source(Path(checkpoint)), settings, log)
+        for flag, given in (("--val", settings.val), ("--img-size", settings.img_size)):
+            if given is not None:
+                raise GlimmerError(
+                    f"{flag}: {checkpoint.name} is already an ONNX (the engine step); {flag} "
+                    "applies to a checkpoint export"
+                )
+        return build_onnx_engines(onnx_source(checkpoint), settings, log)
     try:
         from .loaders import load_source
         from .recipes import recipe_for
     except ModuleNotFoundError as exc:
         raise missing_export_module(exc, checkpoint) from None
 
-    source = load_source(Path(checkpoint), settings.img_size)
+    source = load_source(checkpoint, settings.img_size)
     recipe = recipe_for(source.task)
+    recipe.check_source(source, settings.img_size)
     qat = getattr(source, "qat", None)
     if settings.int8 and not settings.calib and not qat:
         raise GlimmerError("--int8 needs --calib DIR (calibration images)")
@@ -156,8 +237,8 @@ def export(
         )
     if settings.val and not recipe.scores_val:
         raise GlimmerError("--val reports classifier accuracy; check detectors with glimmer-check")
-    out = Path(settings.out) if settings.out else source.path.parent
     name = settings.name or source.name
+    check_name(name)
     meta = dataclasses.replace(
         source.meta, batch=None if settings.dynamic_batch else settings.batch, precision="fp32"
     )
@@ -187,7 +268,7 @@ def export(
         val = load_labelled(meta, Path(settings.val))
         log(f"validation: {len(val.truth)} images from {settings.val}")
 
-    from .artifacts import artifact_entry, write_report
+    from .artifacts import REPORT_NAME, artifact_entry, write_report
     from .onnx_export import save_onnx
     from .verify import compare, latency_input, latency_ms, ort_session
 
@@ -249,36 +330,53 @@ def export(
                 "int8_onnxruntime_cpu"
             ]
 
-    onnx_path = out / f"{name}.onnx"
-    save_onnx(fp32, onnx_path)
-    log(f"wrote {onnx_path}")
-    artifacts = [artifact_entry(onnx_path, "onnx-fp32", fp32, check, fp32_latency)]
-    report["artifacts"] = artifacts
-    int8_path = None
-    if int8 is not None:
-        int8_path = out / f"{name}.int8.onnx"
-        save_onnx(int8, int8_path)
-        entry = artifact_entry(
-            int8_path,
-            "onnx-int8",
-            int8,
-            report["int8"].pop("vs_pytorch"),
-            report["int8"].pop("latency"),
-        )
-        artifacts.append(entry)
-        speedup = fp32_latency["median_ms"] / entry["onnxruntime_cpu_latency"]["median_ms"]
-        report["int8"].update(faster_than_fp32_on_this_cpu=speedup > 1.0, speedup_vs_fp32=speedup)
-        log(
-            f"wrote {int8_path} (ONNX Runtime CPU: "
-            f"INT8 {entry['onnxruntime_cpu_latency']['median_ms']:.2f} ms "
-            f"vs FP32 {fp32_latency['median_ms']:.2f} ms)"
-        )
-    next_step = None
-    if settings.fp16 or settings.int8:
-        report["engines"], next_step = export_engines(
-            onnx_path, int8_path, calib, meta, out, name, settings, log
-        )
-    result = dict(report, report_path=str(write_report(out, report)))
+    from .artifacts import Staging
+
+    with Staging(out) as staging:
+        onnx_path = staging.path(f"{name}.onnx")
+        save_onnx(fp32, onnx_path)
+        artifacts = [
+            artifact_entry(
+                onnx_path,
+                "onnx-fp32",
+                fp32,
+                check,
+                fp32_latency,
+                final_path=staging.final(onnx_path),
+            )
+        ]
+        report["artifacts"] = artifacts
+        int8_path = None
+        if int8 is not None:
+            int8_path = staging.path(f"{name}.int8.onnx")
+            save_onnx(int8, int8_path)
+            entry = artifact_entry(
+                int8_path,
+                "onnx-int8",
+                int8,
+                report["int8"].pop("vs_pytorch"),
+                report["int8"].pop("latency"),
+                final_path=staging.final(int8_path),
+            )
+            artifacts.append(entry)
+            speedup = fp32_latency["median_ms"] / entry["onnxruntime_cpu_latency"]["median_ms"]
+            report["int8"].update(
+                faster_than_fp32_on_this_cpu=speedup > 1.0, speedup_vs_fp32=speedup
+            )
+            log(
+                f"{name}.int8.onnx: ONNX Runtime CPU "
+                f"INT8 {entry['onnxruntime_cpu_latency']['median_ms']:.2f} ms "
+                f"vs FP32 {fp32_latency['median_ms']:.2f} ms"
+            )
+        next_step = None
+        if settings.fp16 or settings.int8:
+            report["engines"], next_step = export_engines(
+                onnx_path, int8_path, calib, meta, out, name, settings, log, staging=staging
+            )
+        write_report(staging.dir, report)
+        for path in staging.commit():
+            log(f"wrote {path}")
+    result = dict(report, report_path=str(out / REPORT_NAME))
     if next_step:
         result["next_step"] = next_step
     return result
@@ -313,28 +411,37 @@ def export_engines(
     name: str,
     settings: ExportSettings,
     log: Log = say,
+    staging: Any = None,
 ) -> Tuple[Dict[str, Any], Optional[str]]:
     """(the report's ``engines`` record, the command for the target when they cannot be built
-    here)."""
+    here). With ``staging`` (an :class:`~glimmer.export.artifacts.Staging`) the ONNX paths are
+    staged ones, engines are written beside them, and the report names the final paths."""
+
+    def final(path: Optional[Path]) -> Optional[Path]:
+        return staging.final(path) if staging is not None and path is not None else path
+
+    def target(file_name: str) -> Path:
+        return staging.path(file_name) if staging is not None else out / file_name
+
     usable, reason = trt_engines.tensorrt_status()
     flags = " ".join(f for f, on in (("--fp16", settings.fp16), ("--int8", settings.int8)) if on)
     if not usable:
         qdq = settings.int8_mode == "qdq" and int8_path is not None
         target_onnx = int8_path if qdq and not settings.fp16 else onnx_path
         line = trt_engines.deferred_line(
-            target_onnx, flags if target_onnx == onnx_path else "--int8", reason
+            final(target_onnx), flags if target_onnx == onnx_path else "--int8", reason
         )
         if settings.fp16 and settings.int8 and qdq:
             line = (
-                trt_engines.deferred_line(onnx_path, "--fp16", reason)
-                + f"; for INT8: `glimmer-export {int8_path} --int8`"
+                trt_engines.deferred_line(final(onnx_path), "--fp16", reason)
+                + f"; for INT8: `glimmer-export {final(int8_path)} --int8`"
             )
         return {"built": [], "deferred": True, "reason": reason}, line
     jobs: List[Dict[str, Any]] = []
     if settings.fp16:
-        jobs.append(_job(onnx_path, out / f"{name}.fp16.engine", "fp16", meta))
+        jobs.append(_job(onnx_path, target(f"{name}.fp16.engine"), "fp16", meta))
     if settings.int8:
-        job = _job(int8_path, out / f"{name}.int8.engine", "int8", meta)
+        job = _job(int8_path, target(f"{name}.int8.engine"), "int8", meta)
         if settings.int8_mode == "calibrator":
             job.update(
                 onnx=onnx_path, calibrator=trt_calibrator(calib, out / f"{name}.calib.cache")
@@ -343,6 +450,8 @@ def export_engines(
     built = trt_engines.build_engines(
         jobs, meta, out, dynamic_batch=settings.dynamic_batch, max_batch=settings.max_batch, log=log
     )
+    for record in built:
+        record["path"] = str(final(Path(record["path"])))
     return {"built": built, "deferred": False}, None
 
 
@@ -411,11 +520,30 @@ def build_onnx_engines(source: Any, settings: ExportSettings, log: Log = say) ->
     if not usable:
         raise GlimmerError(f"cannot build a TensorRT engine here: {reason}")
     out = Path(settings.out) if settings.out else source.path.parent
+    name = settings.name or source.name
+    from .artifacts import Staging
+
+    with Staging(out) as staging:
+        built = _onnx_engine_jobs(source, settings, meta, out, name, staging, log)
+        staging.commit()
+    for record in built:
+        record["path"] = str(staging.final(Path(record["path"])))
+    return {
+        "tool": "glimmer-export",
+        "source": {"path": str(source.path), "kind": source.kind, "task": meta.task},
+        "engines": {"built": built, "deferred": False},
+    }
+
+
+def _onnx_engine_jobs(
+    source: Any, settings: ExportSettings, meta: Any, out: Path, name: str, staging: Any, log: Log
+) -> List[Dict[str, Any]]:
+    """Build the engines of the on-target step into ``staging``."""
     jobs: List[Dict[str, Any]] = []
     if settings.fp16:
-        jobs.append(_job(source.path, out / f"{source.name}.fp16.engine", "fp16", meta))
+        jobs.append(_job(source.path, staging.path(f"{name}.fp16.engine"), "fp16", meta))
     if settings.int8:
-        job = _job(source.path, out / f"{source.name}.int8.engine", "int8", meta)
+        job = _job(source.path, staging.path(f"{name}.int8.engine"), "int8", meta)
         if settings.int8_mode == "calibrator":
             from glimmer.calibration.dataset import CalibrationSet, calibration_batch
 
@@ -425,13 +553,8 @@ def build_onnx_engines(source: Any, settings: ExportSettings, log: Log = say) ->
                 settings.calib_count,
                 calibration_batch(settings.calib_count, meta),
             )
-            job["calibrator"] = trt_calibrator(calib, out / f"{source.name}.calib.cache")
+            job["calibrator"] = trt_calibrator(calib, out / f"{name}.calib.cache")
         jobs.append(job)
-    built = trt_engines.build_engines(
+    return trt_engines.build_engines(
         jobs, meta, out, dynamic_batch=meta.batch is None, max_batch=settings.max_batch, log=log
     )
-    return {
-        "tool": "glimmer-export",
-        "source": {"path": str(source.path), "kind": source.kind, "task": meta.task},
-        "engines": {"built": built, "deferred": False},
-    }

@@ -14,7 +14,7 @@ the rest alike for both.
 import copy
 import dataclasses
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from glimmer.runtime.backends.trt import engines as trt_engines
 from glimmer.runtime.core.errors import GlimmerError
@@ -32,11 +32,82 @@ def _example(meta: Any) -> Any:
     return torch.zeros(meta.batch or 1, 3, *meta.input_size)
 
 
+def check_class_names(source: Any, outputs: int) -> None:
+    """The class names the artifacts will carry: one per model output, non-empty, unique (they
+    name --val's folders and the labels glimmer-run prints)."""
+    names = list(source.meta.class_names)
+    where = f"{source.path}: class names"
+    blank = [i for i, n in enumerate(names) if not str(n).strip()]
+    if blank:
+        raise GlimmerError(f"{where}: entry {blank[0]} is empty")
+    seen = set()
+    for n in names:
+        if n in seen:
+            raise GlimmerError(f"{where}: {n!r} appears more than once")
+        seen.add(n)
+    if outputs and len(names) != outputs:
+        raise GlimmerError(
+            f"{where}: {len(names)} names for a model with {outputs} classes (re-save the "
+            "checkpoint with one name per class)"
+        )
+
+
+def _downsampling(model: Any) -> int:
+    """How many times the network shrinks its input: the product of its convs' and poolings'
+    strides."""
+    import torch
+
+    factor = 1
+    for module in model.modules():
+        if isinstance(module, (torch.nn.Conv2d, torch.nn.MaxPool2d, torch.nn.AvgPool2d)):
+            stride = module.stride
+            factor *= int(stride[0] if isinstance(stride, (tuple, list)) else stride)
+    return factor
+
+
+def _runs_at(model: Any, size: int) -> Any:
+    """The model's output for one zero image of ``size`` px, or None when a layer gets an empty
+    map."""
+    import torch
+
+    param = next(model.parameters(), None)
+    dtype = param.dtype if param is not None else torch.float32
+    try:
+        with torch.no_grad():
+            return model(torch.zeros(1, 3, size, size, dtype=dtype))
+    except RuntimeError:  # "Output size is too small", "Kernel size can't be greater", ...
+        return None
+
+
+def smallest_input(model: Any, failed: int, limit: int = 4096) -> Optional[int]:
+    """The smallest square size above ``failed`` the model runs at (None up to ``limit``)."""
+    hi = max(2 * failed, 32)
+    while _runs_at(model, hi) is None:
+        if hi >= limit:
+            return None
+        hi = min(2 * hi, limit)
+    lo = failed  # fails
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if _runs_at(model, mid) is None:
+            lo = mid
+        else:
+            hi = mid
+    return hi
+
+
 class DetectorRecipe:
     """YOLOv8: the head exports ``[B, 4 + nc, anchors]``; no lowering to choose."""
 
     task = "detect"
     scores_val = False  # --val is classifier accuracy; detectors are checked by glimmer-check
+
+    def check_source(self, source: Any, img_size: Optional[int]) -> None:
+        """Before any work: class names against the head (the size is checked against the
+        stride when the checkpoint is loaded)."""
+        head = list(source.model.modules())[-1] if source.model is not None else None
+        outputs = getattr(source.model, "nc", None) or getattr(head, "nc", 0)
+        check_class_names(source, int(outputs or 0))
 
     def export_fp32(self, source: Any, meta: Any, settings: Any, log: Log) -> Exported:
         from .loaders import prepare_detector
@@ -72,6 +143,26 @@ class ClassifierRecipe:
 
     task = "classify"
     scores_val = True
+
+    def check_source(self, source: Any, img_size: Optional[int]) -> None:
+        """Before any work: the input size runs through the network (one zero image; a size too
+        small leaves a pooling with an empty map), and there is a class name per logit."""
+        size = int(source.meta.input_size[0])
+        out = _runs_at(source.model, size)
+        if out is None:
+            factor = _downsampling(source.model)
+            minimum = smallest_input(source.model, size)
+            least = (
+                f"the smallest size it runs at is {minimum}"
+                if minimum
+                else "no size up to 4096 runs"
+            )
+            raise GlimmerError(
+                f"--img-size {size} is too small for this network: it shrinks its input "
+                f"{factor}x (strided convs and poolings), so at {size} px a layer is left "
+                f"with an empty feature map; {least}"
+            )
+        check_class_names(source, int(out.shape[-1]))
 
     def export_fp32(self, source: Any, meta: Any, settings: Any, log: Log) -> Exported:
         from .deploy_model import deploy_form
