@@ -160,6 +160,10 @@ def load(
     classify: TaskSettings = None,
     detect: TaskSettings = None,
     log: Log = _stderr,
+    half: bool = False,
+    device: Optional[str] = None,
+    cuda_graph: bool = True,
+    dla_core: Optional[int] = None,
 ) -> Model:
     """Open ``path`` (``.onnx`` with our metadata, or ``.engine``) as glimmer-run would.
 
@@ -170,6 +174,9 @@ def load(
         classify, detect: task settings (a dict of their fields); classification is not smoothed
             across calls unless ``classify={"smoothing": ...}``.
         log: where engine-build progress goes.
+        half, device, cuda_graph, dla_core: as glimmer-run's ``--half``, ``--device``,
+            ``--no-cuda-graph`` (``cuda_graph=False``) and ``--dla-core``
+            (:func:`glimmer.runtime.backends.factory.open_backend`).
     """
     opened = open_backend(
         Path(path),
@@ -178,6 +185,10 @@ def load(
         threads=threads,
         int8_kernels=int8_kernels,
         log=log,
+        half=half,
+        device=device,
+        cuda_graph=cuda_graph,
+        dla_core=dla_core,
     )
     opened.activate()
     try:
@@ -258,6 +269,10 @@ def run(
     keep_frames: bool = False,
     schedule: str = "auto",
     log: Log = _stderr,
+    half: bool = False,
+    device: Optional[str] = None,
+    cuda_graph: bool = True,
+    dla_core: Optional[int] = None,
 ) -> Run:
     """Iterate ``model`` over ``source`` through glimmer-run's pipeline: one
     :class:`~glimmer.runtime.stream.sinks.FrameResult` per frame (``index``, ``timestamp``,
@@ -265,8 +280,9 @@ def run(
 
     ``source`` is what glimmer-run's ``--source`` takes (a file, a folder of images, a camera index
     or URI) or an open :class:`Source`; ``model`` a path (opened here and closed at the end, with
-    ``backend``, ``cache_dir``, ``threads``, ``int8_kernels``) or a loaded :class:`Model` (left
-    open). Classification is smoothed over the stream as glimmer-run does (``classify`` changes it).
+    ``backend``, ``cache_dir``, ``threads``, ``int8_kernels``, ``half``, ``device``, ``cuda_graph``,
+    ``dla_core``) or a loaded :class:`Model` (left open). Classification is smoothed over the
+    stream as glimmer-run does (``classify`` changes it).
     ``schedule`` is glimmer-run's: ``auto`` (newest frame first on a camera or stream, every frame
     of a file), ``latency`` or ``throughput``.
     Nothing is opened until the first result is asked for; settings are checked at once.
@@ -295,6 +311,10 @@ def run(
                     threads=threads,
                     int8_kernels=int8_kernels,
                     log=log,
+                    half=half,
+                    device=device,
+                    cuda_graph=cuda_graph,
+                    dla_core=dla_core,
                 )
                 stack.enter_context(opened)
             meta = opened.meta

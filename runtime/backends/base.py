@@ -6,13 +6,43 @@ against the input spec, ``close()`` frees; also usable as a context manager.
 """
 
 import abc
+import re
 from dataclasses import dataclass
-from typing import List, Optional, Tuple
+from typing import List, Optional, Tuple, Union
 
 import numpy as np
 
 from glimmer.runtime.core.errors import GlimmerError
 from glimmer.runtime.core.metadata import ModelMeta
+
+#: ``--device cpu``; any other device is a CUDA index
+CPU = "cpu"
+_CUDA = re.compile(r"^(?:cuda:?)?(\d+)$")
+
+
+def parse_device(
+    device: Optional[Union[str, int]], flag: str = "--device"
+) -> Union[str, int, None]:
+    """ultralytics' device vocabulary -> None (choose by backend), ``"cpu"``, or a CUDA index.
+
+    ``cpu``, ``0``, ``1``, ``cuda:0``, ``cuda`` (device 0) are accepted; several devices
+    (``0,1``) are not: one model runs on one device.
+    """
+    if device is None:
+        return None
+    text = str(device).strip().lower()
+    if text in ("", "auto"):
+        return None
+    if text == CPU:
+        return CPU
+    if text == "cuda":
+        return 0
+    found = _CUDA.match(text)
+    if found:
+        return int(found.group(1))
+    if "," in text:
+        raise GlimmerError(f"{flag} {device}: one device only (a model runs on one device)")
+    raise GlimmerError(f"{flag} {device}: expected cpu, a CUDA index (0, 1, ...) or cuda:N")
 
 
 @dataclass(frozen=True)

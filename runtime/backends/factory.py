@@ -17,8 +17,9 @@ import sys
 from pathlib import Path
 from typing import Any, Optional
 
-from glimmer.runtime.backends.base import Backend
+from glimmer.runtime.backends.base import CPU, Backend, parse_device
 from glimmer.runtime.backends.ort.int8 import check_int8_kernels
+from glimmer.runtime.backends.ort.runner import check_half
 from glimmer.runtime.core.errors import GlimmerError
 from glimmer.runtime.core.metadata import ModelMeta
 from glimmer.runtime.core.onnx_meta import read_onnx_metadata
@@ -109,6 +110,10 @@ def open_backend(
     int8_kernels: str = "auto",
     log=print,
     meta_path: Optional[Path] = None,
+    half: bool = False,
+    device: Optional[str] = None,
+    cuda_graph: bool = True,
+    dla_core: Optional[int] = None,
 ) -> Backend:
     """The backend for ``model_path``, constructed but not yet activated.
 
@@ -123,34 +128,114 @@ def open_backend(
         log: where engine-build progress lines go.
         meta_path: ``--meta``: metadata for an engine (our JSON, or the ONNX it was built from);
             needed only by an engine without a sidecar, ultralytics header or ``NAME.onnx``.
+        half: ``--half`` (ultralytics' meaning, FP16 inference): an FP32 ``.onnx`` is built into an
+            FP16 engine; a prebuilt engine must already be FP16 (or INT8); ONNX Runtime has no FP16
+            path on the CPU or CUDA provider, so there it is an error.
+        device: ``--device`` in ultralytics' vocabulary (``cpu``, ``0``, ``cuda:1``): ``cpu``
+            forces ONNX Runtime's CPU provider; an index is TensorRT's CUDA device and ONNX
+            Runtime's ``device_id``.
+        cuda_graph: ``--no-cuda-graph`` sets it False: TensorRT never captures a CUDA graph.
+        dla_core: ``--dla-core N``: build (and run) the TensorRT engine on that DLA core, GPU
+            fallback on; needs FP16 (``half``) or an INT8 model.
     """
     model_path = Path(model_path)
     check_int8_kernels(int8_kernels)
+    where = parse_device(device)
+    check_dla_core(dla_core)
     if not model_path.is_file():
         raise GlimmerError(f"--model {model_path}: no such file")
-    kind = resolve_backend(model_path, backend)
     suffix = model_path.suffix.lower()
+    if where == CPU:
+        if half:
+            check_half("CPUExecutionProvider")
+        if dla_core is not None:
+            raise GlimmerError(f"--dla-core {dla_core} and --device cpu exclude each other")
+        if backend == "tensorrt" or suffix in (".engine", ".plan"):
+            raise GlimmerError(
+                "--device cpu: TensorRT runs only on a GPU; run the .onnx with --backend "
+                "onnxruntime (or drop --device cpu)"
+            )
+        backend = "onnxruntime"
+    kind = resolve_backend(model_path, backend)
     if meta_path is not None and suffix == ".onnx":
         raise GlimmerError(
             f"--meta {meta_path}: only a TensorRT engine takes its metadata from a file; "
             f"{model_path.name} carries its own (re-export it with glimmer-export to change it)"
         )
+    gpu = where if isinstance(where, int) else 0
     if kind == "onnxruntime":
         from glimmer.runtime.backends.ort.runner import OnnxRuntimeBackend
 
-        return OnnxRuntimeBackend(model_path, threads=threads, int8_kernels=int8_kernels)
+        if dla_core is not None:
+            raise GlimmerError(
+                f"--dla-core {dla_core}: the DLA is reached only through TensorRT; add --backend "
+                "tensorrt"
+            )
+        ort_backend = OnnxRuntimeBackend(
+            model_path,
+            threads=threads,
+            int8_kernels=int8_kernels,
+            providers=["CPUExecutionProvider"] if where == CPU else None,
+            device_id=gpu,
+            half=half,
+            gpu=isinstance(where, int),
+        )
+        if half or isinstance(where, int):
+            ort_backend.plan_providers()  # a --half / --device problem now, not at the first frame
+        return ort_backend
     trt_build, backend_trt = _trt_modules()
+    options = dict(device=gpu, dla_core=dla_core, cuda_graphs=cuda_graph)
     if suffix == ".onnx":
         meta = ModelMeta.from_props(read_onnx_metadata(model_path), origin=str(model_path))
-        engine = trt_build.ensure_engine(model_path, meta.precision, cache_dir, log=log)
-        return backend_trt.TensorRTBackend(Path(engine), meta=meta)
+        precision = "fp16" if half and meta.precision == "fp32" else meta.precision
+        if dla_core is not None and precision == "fp32":
+            raise GlimmerError(
+                f"--dla-core {dla_core}: the DLA runs FP16 or INT8 only and {model_path.name} is "
+                "FP32; add --half, or use the INT8 model (NAME.int8.onnx)"
+            )
+        engine = trt_build.ensure_engine(
+            model_path, precision, cache_dir, log=log, device=gpu, dla_core=dla_core
+        )
+        return backend_trt.TensorRTBackend(Path(engine), meta=meta, **options)
     if meta_path is not None:
-        return backend_trt.TensorRTBackend(model_path, meta_path=Path(meta_path))
+        return backend_trt.TensorRTBackend(model_path, meta_path=Path(meta_path), **options)
     try:
         sidecar = trt_build.read_sidecar(model_path)
     except GlimmerError:
         if trt_build.sidecar_path(model_path).is_file():
             raise  # ours, but damaged: say so rather than look elsewhere
-        # trtexec / ultralytics: the backend finds the metadata or says which to provide
-        return backend_trt.TensorRTBackend(model_path)
-    return backend_trt.TensorRTBackend(model_path, meta=_sidecar_meta(model_path, sidecar))
+        # trtexec / ultralytics: the backend finds the metadata or says which to provide; their
+        # precision and DLA core are not recorded, so --half and --dla-core are taken on trust
+        return backend_trt.TensorRTBackend(model_path, **options)
+    check_engine_options(model_path, sidecar, half, dla_core)
+    return backend_trt.TensorRTBackend(
+        model_path, meta=_sidecar_meta(model_path, sidecar), **options
+    )
+
+
+def check_dla_core(dla_core: Optional[int]) -> None:
+    if dla_core is None:
+        return
+    if isinstance(dla_core, bool) or not isinstance(dla_core, int) or dla_core < 0:
+        raise GlimmerError(f"--dla-core must be a DLA core index (0, 1, ...), got {dla_core!r}")
+
+
+def check_engine_options(
+    engine_path: Path, sidecar: Any, half: bool, dla_core: Optional[int]
+) -> None:
+    """``--half`` and ``--dla-core`` against what a prebuilt engine is (its sidecar): an engine
+    cannot change precision or device when it is loaded, only when it is built."""
+    precision = sidecar.get("precision")
+    if half and precision == "fp32":
+        raise GlimmerError(
+            f"--half: {engine_path.name} is an FP32 engine (its sidecar says so); rebuild it as "
+            f"FP16 from its ONNX (glimmer-export NAME.onnx --fp16), or run the .onnx with "
+            "--backend tensorrt --half"
+        )
+    built_for = (sidecar.get("builder_options") or {}).get("dla_core")
+    if dla_core is not None and built_for != dla_core:
+        where = "the GPU" if built_for is None else f"DLA core {built_for}"
+        raise GlimmerError(
+            f"--dla-core {dla_core}: {engine_path.name} was built for {where}; run the .onnx with "
+            f"--backend tensorrt --dla-core {dla_core} to build one for it"
+        )

@@ -152,6 +152,11 @@ STRICTNESS = (
     "cudaGetDeviceCount's count is None; no GPU: cudaErrorNoDevice (100); Builder() and Runtime() "
     "then log 'CUDA initialization failure with error: N' and raise TypeError (nullptr)",
     "deserialize_cuda_engine refuses bytes that do not start with the plan (a metadata header)",
+    "a DLA build (default_device_type DLA) fails without the FP16 or INT8 flag (DLA has no FP32), "
+    "with DLA_core outside 0..num_DLA_cores-1, or on a device without DLA",
+    "a DLA engine deserializes only on a Runtime whose DLA_core names the core it was built for",
+    "cudaSetDevice refuses an index outside 0..devices-1; TensorRT builds and runs on the thread's "
+    "current device",
 )
 
 
@@ -200,8 +205,11 @@ class FakeCudaRuntime:
         cc: Tuple[int, int] = (8, 7),
         driver_version: int = 12060,
         runtime_version: int = 12060,
+        dla_cores: int = 0,
     ) -> None:
         self.devices = devices
+        self.dla_cores = dla_cores
+        self.current: Dict[int, int] = {}  # thread -> its current device (cudaSetDevice)
         self.name = name
         self.cc = cc
         self.driver_version = driver_version
@@ -243,7 +251,14 @@ class FakeCudaRuntime:
         return (_OK, self.runtime_version)
 
     def cudaSetDevice(self, device):  # noqa: N802
-        return (_OK,) if device < self.devices else (cudaError_t.cudaErrorInvalidValue,)
+        if not 0 <= device < self.devices:
+            return (cudaError_t.cudaErrorInvalidValue,)
+        self.current[threading.get_ident()] = device
+        return (_OK,)
+
+    def current_device(self) -> int:
+        """The calling thread's current device (0 until cudaSetDevice, as in CUDA)."""
+        return self.current.get(threading.get_ident(), 0)
 
     def cudaGetDeviceProperties(self, device):  # noqa: N802
         props = types.SimpleNamespace(
@@ -538,6 +553,11 @@ _LAYER_TYPES = {
 SUPPORTED_OPS = set(_LAYER_TYPES) | {"Relu", "Add", "Mul", "Clip"}
 
 
+class DeviceType(enum.Enum):
+    GPU = 0
+    DLA = 1
+
+
 class TensorIOMode(enum.Enum):
     NONE = 0
     INPUT = 1
@@ -719,6 +739,7 @@ def make_fake_tensorrt(
         return _NUMPY[dtype.name]
 
     trt.DataType, trt.nptype, trt.LayerType = DataType, nptype, LayerType
+    trt.DeviceType = DeviceType
     trt.OnnxParser, trt.MemoryPoolType = OnnxParser, types.SimpleNamespace(WORKSPACE=0)
 
     class Logger:
@@ -737,7 +758,7 @@ def make_fake_tensorrt(
         if flag_members
         else types.SimpleNamespace()
     )
-    builder_flags = {"TF32": 10, "REFIT": 11}
+    builder_flags = {"TF32": 10, "REFIT": 11, "GPU_FALLBACK": 3}
     if feat["precision_flags"]:
         builder_flags.update(FP16=0, INT8=1)
     trt.BuilderFlag = enum.IntEnum("BuilderFlag", builder_flags)
@@ -777,7 +798,15 @@ def make_fake_tensorrt(
         trt.IInt8EntropyCalibrator2 = IInt8EntropyCalibrator2
 
     # -- builder config: only the attributes this generation has can be set -----------------
-    allowed = {"_flags", "_profiles", "_cache", "_pool", "_calib_profile"}
+    allowed = {
+        "_flags",
+        "_profiles",
+        "_cache",
+        "_pool",
+        "_calib_profile",
+        "default_device_type",
+        "DLA_core",
+    }
     if feat["max_workspace"]:
         allowed.add("max_workspace_size")
     if feat["calibrator"]:
@@ -794,6 +823,8 @@ def make_fake_tensorrt(
         def __init__(self):
             self._flags, self._profiles, self._cache, self._pool = set(), [], None, {}
             self._calib_profile = None
+            self.default_device_type = DeviceType.GPU
+            self.DLA_core = -1
             if feat["calibrator"]:
                 self.int8_calibrator = None
 
@@ -845,6 +876,11 @@ def make_fake_tensorrt(
     class Builder:
         def __init__(self, logger):
             no_device("Builder")
+            self.device = cuda.current_device()  # TensorRT builds on the current device
+
+        @property
+        def num_DLA_cores(self):  # noqa: N802 - TensorRT's name
+            return cuda.dla_cores
 
         def create_network(self, flags=0):
             return Network(flags, feat["explicit_required"], DataType, trt.log)
@@ -863,6 +899,13 @@ def make_fake_tensorrt(
                     "Network has dynamic or shape inputs, "
                     "but no optimization profile has been defined."
                 )
+                return None
+            dla = config.default_device_type == DeviceType.DLA
+            if dla and not ({"FP16", "INT8"} & config._flags):
+                trt.log.append("DLA supports only FP16 and INT8 precision: build with one of them")
+                return None
+            if dla and not 0 <= config.DLA_core < cuda.dla_cores:
+                trt.log.append(f"Cannot create DLA engine, {cuda.dla_cores} DLA cores available")
                 return None
             if "FP16" in config._flags and not fast_fp16():
                 trt.log.append(
@@ -898,6 +941,8 @@ def make_fake_tensorrt(
                 "outputs": [[t.name, list(t.shape), t.dtype.name] for t in network.outputs],
                 "profile": {k: [list(s) for s in v] for k, v in shapes.items()},
                 "flags": sorted(config._flags),
+                "dla_core": config.DLA_core if dla else None,
+                "device": self.device,
             }
             return memoryview(PLAN_MAGIC + json.dumps(plan).encode())
 
@@ -1061,6 +1106,8 @@ def make_fake_tensorrt(
     class Runtime:
         def __init__(self, logger):
             no_device("Runtime")
+            self.DLA_core = -1  # noqa: N815 - TensorRT's name
+            self.device = cuda.current_device()
 
         def deserialize_cuda_engine(self, data):
             data = bytes(data)
@@ -1070,6 +1117,11 @@ def make_fake_tensorrt(
                 )
                 return None
             plan = json.loads(data[len(PLAN_MAGIC) :])
+            if plan.get("dla_core") is not None and self.DLA_core != plan["dla_core"]:
+                trt.log.append(
+                    f"DLA engine for core {plan['dla_core']}, Runtime on {self.DLA_core}"
+                )
+                return None
             if plan["version"] != trt.__version__ or tuple(plan["cc"]) != cuda.cc:
                 trt.log.append(
                     "The engine plan file is not compatible with this version of TensorRT"

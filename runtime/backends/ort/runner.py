@@ -46,6 +46,21 @@ _ORT_TYPES = {
 }
 
 
+def check_half(provider: str) -> None:
+    """``--half`` on ``provider`` (the first the session would use): only the TensorRT EP has an
+    FP16 switch for an FP32 model; elsewhere FP16 would silently be FP32, so it is refused."""
+    if provider == "CPUExecutionProvider":
+        raise GlimmerError(
+            "--half: ONNX Runtime on the CPU has no FP16 path; use --backend tensorrt on a GPU or "
+            "drop --half"
+        )
+    if provider == "CUDAExecutionProvider":
+        raise GlimmerError(
+            "--half: ONNX Runtime's CUDA provider runs an FP32 model in FP32 (it has no FP16 "
+            "switch); use --backend tensorrt, or drop --half"
+        )
+
+
 def _dim(value: Any) -> Optional[int]:
     return value if isinstance(value, int) and value > 0 else None
 
@@ -63,6 +78,10 @@ class OnnxRuntimeBackend(Backend):
         trt_cache_dir: where the TensorRT EP caches its engines (default: beside the model).
         int8_kernels: ``auto``, ``fused`` or ``simulated``: how the CPU EP runs an INT8 model's
             Q/DQ (backends/ort/int8.py); ignored for other models and on the TensorRT / CUDA EPs.
+        device_id: the CUDA device of the TensorRT and CUDA EPs.
+        half: ``--half``: FP16 inference, which only the TensorRT EP offers for an FP32 model
+            (``trt_fp16_enable``); on the CUDA or CPU EP it is an error, not a silent FP32 run.
+        gpu: ``--device N`` was given: a GPU provider must be available.
     """
 
     name = "onnxruntime"
@@ -77,6 +96,8 @@ class OnnxRuntimeBackend(Backend):
         trt_cache_dir: Optional[Path] = None,
         device_id: int = 0,
         int8_kernels: str = "auto",
+        half: bool = False,
+        gpu: bool = False,
     ) -> None:
         super().__init__()
         self.model_path = Path(model_path)
@@ -91,6 +112,8 @@ class OnnxRuntimeBackend(Backend):
         self.spin = spin
         self.trt_cache_dir = Path(trt_cache_dir) if trt_cache_dir else self.model_path.parent
         self.device_id = device_id
+        self.half = half
+        self.gpu = gpu
         self._session = None
         self._input_names: List[str] = []
         self._int8: Optional[Tuple[str, str]] = None  # (mode, reason) once the session exists
@@ -105,6 +128,14 @@ class OnnxRuntimeBackend(Backend):
                     ", ".join(self._wanted), ", ".join(available)
                 )
             )
+        gpus = [n for n in names if n != "CPUExecutionProvider"]
+        if self.gpu and not gpus:
+            raise GlimmerError(
+                f"--device {self.device_id}: this ONNX Runtime has no GPU provider (available: "
+                f"{', '.join(available)}); install onnxruntime-gpu, or use --device cpu"
+            )
+        if self.half:
+            check_half(names[0] if names else "CPUExecutionProvider")
         if "CPUExecutionProvider" not in names and "CPUExecutionProvider" in available:
             names.append("CPUExecutionProvider")  # the fallback for nodes a GPU provider refuses
         chosen: List[ProviderArg] = []
@@ -119,7 +150,7 @@ class OnnxRuntimeBackend(Backend):
                             "trt_engine_cache_enable": True,
                             "trt_engine_cache_path": str(self.trt_cache_dir),
                             "trt_timing_cache_enable": True,
-                            "trt_fp16_enable": precision in ("fp16", "int8"),
+                            "trt_fp16_enable": self.half or precision in ("fp16", "int8"),
                             # Q/DQ models need the INT8 flag on TensorRT 8.x; fp16 covers
                             # unquantized layers.
                             "trt_int8_enable": precision == "int8",
@@ -131,6 +162,14 @@ class OnnxRuntimeBackend(Backend):
             else:
                 chosen.append(name)
         return chosen
+
+    def plan_providers(self) -> List[ProviderArg]:
+        """The providers the session will be given, without opening it: ``--device`` and
+        ``--half`` problems are found at construction rather than at the first frame."""
+        meta = self._early_meta()
+        return self._provider_list(
+            import_onnxruntime(), meta.precision if meta is not None else "fp32"
+        )
 
     def _early_meta(self) -> Optional[ModelMeta]:
         """The metadata before the session exists: the TensorRT EP's FP16 / INT8 flags and the CPU

@@ -15,6 +15,7 @@ versions are handled in :mod:`glimmer.runtime.backends.trt.compat`; CUDA device 
 :mod:`glimmer.runtime.backends.trt.cuda`.
 """
 
+import contextlib
 import datetime
 import hashlib
 import json
@@ -23,7 +24,7 @@ import re
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 from glimmer.runtime.backends.trt import compat as trt_compat
 from glimmer.runtime.backends.trt import cuda as cuda_mem
@@ -166,27 +167,27 @@ def _batch_profile(
 
 
 def _requested(
-    meta: ModelMeta, batch: Tuple[int, int, int], calibrator: Optional[Any]
+    meta: ModelMeta,
+    batch: Tuple[int, int, int],
+    calibrator: Optional[Any],
+    device: int = 0,
+    dla_core: Optional[int] = None,
 ) -> Tuple[Dict[str, Any], Dict[str, Any]]:
-    """(shapes, builder options) as asked for: the part of the key known before building."""
+    """(shapes, builder options) as asked for: the part of the key known before building. The
+    CUDA device and the DLA core are part of it: an engine built for DLA core 0 is not one for the
+    GPU, nor for core 1."""
     shapes = {"batch": list(batch), "input_size": list(meta.input_size)}
     options = {
         "workspace_bytes": WORKSPACE_BYTES,
         "explicit_batch": True,
         "implicit_int8_calibrator": calibrator is not None,
+        "device": int(device),
+        "dla_core": dla_core,
     }
     cache = getattr(calibrator, "cache_sha256", None)
     if cache:
         options["calibration_cache_sha256"] = cache
     return shapes, options
-
-
-def _gpu() -> Tuple[str, Tuple[int, int], str]:
-    cuda = cuda_mem.open_cuda()
-    try:
-        return cuda.device_name(), cuda.compute_capability(), cuda.name
-    finally:
-        cuda.close()
 
 
 def keyed_timing_cache(
@@ -243,6 +244,8 @@ def build_engine(
     opt_batch: Optional[int] = None,
     max_batch: Optional[int] = None,
     log: Log = print,
+    device: int = 0,
+    dla_core: Optional[int] = None,
 ) -> Dict[str, Any]:
     """Build ``engine_path`` (+ sidecar) from ``onnx_path``; returns the sidecar dict.
 
@@ -252,7 +255,9 @@ def build_engine(
     GPU (:func:`keyed_timing_cache`). When the engine cannot be what ``precision`` asks (``fp16`` on
     a GPU without fast FP16 builds FP32), a ``.fp16.`` in the file name becomes ``.fp32.``; the
     sidecar's ``engine`` names the file written (:func:`built_engine_path`). A calibrator is closed
-    (its CUDA buffers, stream and context freed) once the build is over.
+    (its CUDA buffers, stream and context freed) once the build is over. ``device`` is the CUDA
+    device to build on (current for the whole build, as TensorRT builds on the current device);
+    ``dla_core`` puts the network on that DLA core, layers it cannot run falling back to the GPU.
     """
     try:
         return _build(
@@ -264,6 +269,8 @@ def build_engine(
             calibrator=calibrator,
             batch_options=(min_batch, opt_batch, max_batch),
             log=log,
+            device=device,
+            dla_core=dla_core,
         )
     finally:
         _close_calibrator(calibrator)
@@ -279,6 +286,8 @@ def _build(
     calibrator: Optional[object],
     batch_options: Tuple[Optional[int], Optional[int], Optional[int]],
     log: Log,
+    device: int = 0,
+    dla_core: Optional[int] = None,
 ) -> Dict[str, Any]:
     if precision not in PRECISIONS:
         raise GlimmerError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
@@ -289,10 +298,68 @@ def _build(
     batch = _batch_profile(meta, *batch_options)
 
     trt = trt_compat.import_tensorrt()
-    trt_version = trt_compat.version(trt)
     logger = trt_compat.make_logger(trt)
-    builder = trt_compat.create_builder(trt, logger)
-    gpu_name, cc, binding = _gpu()
+    with _builder_on(trt, logger, device) as (builder, cuda):
+        return _build_on(
+            trt,
+            logger,
+            builder,
+            (cuda.device_name(), cuda.compute_capability(), cuda.name),
+            data,
+            onnx_sha,
+            batch,
+            onnx_path,
+            engine_path,
+            precision,
+            meta=meta,
+            timing_cache=timing_cache,
+            calibrator=calibrator,
+            log=log,
+            device=device,
+            dla_core=dla_core,
+        )
+
+
+@contextlib.contextmanager
+def _builder_on(trt: Any, logger: Any, device: int) -> Iterator[Tuple[Any, Any]]:
+    """(a Builder, the CUDA device it builds on), the device current for the whole build.
+
+    TensorRT builds on the calling thread's current device, so another device than 0 is made
+    current before the Builder exists; on device 0 (the default) the Builder comes first, so a
+    machine without a usable GPU gets TensorRT's own diagnosis.
+    """
+    cuda = cuda_mem.open_cuda(device=device) if device else None
+    try:
+        builder = trt_compat.create_builder(trt, logger)
+        if cuda is None:
+            cuda = cuda_mem.open_cuda(device=device)
+        yield builder, cuda
+    finally:
+        if cuda is not None:
+            cuda.close()
+
+
+def _build_on(
+    trt: Any,
+    logger: Any,
+    builder: Any,
+    gpu: Tuple[str, Tuple[int, int], str],
+    data: bytes,
+    onnx_sha: str,
+    batch: Tuple[int, int, int],
+    onnx_path: Path,
+    engine_path: Path,
+    precision: str,
+    *,
+    meta: ModelMeta,
+    timing_cache: Optional[Path],
+    calibrator: Optional[object],
+    log: Log,
+    device: int,
+    dla_core: Optional[int],
+) -> Dict[str, Any]:
+    trt_version = trt_compat.version(trt)
+    gpu_name, cc, binding = gpu
     asked = precision
     precision, why = trt_compat.effective_precision(trt, builder, asked)
     if why:
@@ -305,6 +372,8 @@ def _build(
     precision_info = trt_compat.apply_precision(
         trt, builder, config, network, precision, calibrator, str(onnx_path)
     )
+    if dla_core is not None:
+        precision_info.update(trt_compat.apply_dla(trt, builder, config, dla_core, precision))
     calib_batch = getattr(calibrator, "calibration_batch", None)  # known without reading images
     profile_shapes = trt_compat.add_batch_profile(
         trt, builder, config, network, *batch, calib_batch=calib_batch
@@ -326,7 +395,7 @@ def _build(
                 "TensorRT version); starting a new one"
             )
 
-    shapes, options = _requested(meta, batch, calibrator)
+    shapes, options = _requested(meta, batch, calibrator, device, dla_core)
     key = engine_key(onnx_sha, trt_version, gpu_name, cc, precision, shapes, options)
     log(
         f"building {engine_path.name}: TensorRT {trt_version}, {gpu_name} "
@@ -447,11 +516,14 @@ def ensure_engine(
     min_batch: Optional[int] = None,
     opt_batch: Optional[int] = None,
     max_batch: Optional[int] = None,
+    device: int = 0,
+    dla_core: Optional[int] = None,
 ) -> Path:
     """The cached engine for ``onnx_path`` on this device, built first if missing or stale.
 
     The name and key carry the precision the engine really has on this GPU (``fp16`` asked on a GPU
-    without fast FP16 gives ``NAME.fp32.KEY.engine``).
+    without fast FP16 gives ``NAME.fp32.KEY.engine``); the key also carries the CUDA ``device`` and
+    the ``dla_core`` (``NAME.fp16.dla0.KEY.engine``).
     """
     onnx_path = Path(onnx_path)
     if not onnx_path.is_file():
@@ -463,11 +535,15 @@ def ensure_engine(
     data = onnx_path.read_bytes()
     meta = onnx_meta(onnx_path)
     batch = _batch_profile(meta, min_batch, opt_batch, max_batch)
-    gpu_name, cc, _ = _gpu()
-    built, why = _effective_precision(trt, precision)
+    cuda = cuda_mem.open_cuda(device=device)  # the Builder asked below answers for this device
+    try:
+        gpu_name, cc = cuda.device_name(), cuda.compute_capability()
+        built, why = _effective_precision(trt, precision)
+    finally:
+        cuda.close()
     if why:
         log(f"{onnx_path.name} asks for {precision}, but on {gpu_name}: {why}")
-    shapes, options = _requested(meta, batch, None)
+    shapes, options = _requested(meta, batch, None, device, dla_core)
     key = engine_key(
         hashlib.sha256(data).hexdigest(),
         trt_compat.version(trt),
@@ -477,7 +553,8 @@ def ensure_engine(
         shapes,
         options,
     )
-    engine = cache / f"{onnx_path.stem}.{built}.{key[:16]}.engine"
+    dla = f".dla{dla_core}" if dla_core is not None else ""
+    engine = cache / f"{onnx_path.stem}.{built}{dla}.{key[:16]}.engine"
     reason = _cached_ok(engine, key)
     if reason is None:
         log(f"using cached engine {engine}")
@@ -493,5 +570,7 @@ def ensure_engine(
         opt_batch=batch[1],
         max_batch=batch[2],
         log=log,
+        device=device,
+        dla_core=dla_core,
     )
     return engine

@@ -170,6 +170,46 @@ def effective_precision(trt: Any, builder: Any, precision: str) -> Tuple[str, Op
     return precision, None
 
 
+#: Jetsons with DLA cores, for the line said where there are none
+_DLA_DEVICES = "Jetson AGX Xavier, Xavier NX, Orin NX and AGX Orin have DLA cores; Orin Nano and "
+_DLA_DEVICES += "desktop GPUs have none"
+
+
+def apply_dla(trt: Any, builder: Any, config: Any, core: int, precision: str) -> Dict[str, Any]:
+    """Put the network on DLA core ``core``; layers the DLA cannot run fall back to the GPU.
+
+    DLA runs FP16 and INT8 only, so an FP32 build is refused rather than left to fail inside
+    TensorRT; a device without DLA (``num_DLA_cores`` 0) is said as such.
+    """
+    if not hasattr(trt, "DeviceType") or not hasattr(trt.BuilderFlag, "GPU_FALLBACK"):
+        raise GlimmerError(f"--dla-core {core}: TensorRT {version(trt)} has no DLA support")
+    cores = int(getattr(builder, "num_DLA_cores", 0) or 0)
+    if cores == 0:
+        raise GlimmerError(
+            f"--dla-core {core}: this device has no DLA (TensorRT's num_DLA_cores is 0; "
+            f"{_DLA_DEVICES}); drop --dla-core"
+        )
+    if not 0 <= core < cores:
+        raise GlimmerError(
+            f"--dla-core {core}: this device has {cores} DLA core{'s' if cores > 1 else ''} "
+            f"({', '.join(str(i) for i in range(cores))})"
+        )
+    if precision == "fp32":
+        raise GlimmerError(
+            f"--dla-core {core}: the DLA runs FP16 or INT8 only, not FP32; add --half, or use an "
+            "INT8 model (NAME.int8.onnx)"
+        )
+    config.default_device_type = trt.DeviceType.DLA
+    config.DLA_core = int(core)
+    config.set_flag(trt.BuilderFlag.GPU_FALLBACK)
+    return {"dla_core": int(core), "dla_cores": cores, "gpu_fallback": True}
+
+
+def set_runtime_dla_core(runtime: Any, core: int) -> None:
+    """The DLA core a DLA engine runs on, set on the Runtime before it deserializes the engine."""
+    runtime.DLA_core = int(core)
+
+
 def supports_implicit_int8(trt: Any) -> bool:
     """The legacy calibrator path: 8.x-10.x only (removed in 11)."""
     return hasattr(trt, "IInt8EntropyCalibrator2") and has_precision_flags(trt)

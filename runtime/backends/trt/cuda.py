@@ -14,7 +14,8 @@ CUDA graphs (capture -> instantiate -> launch) are offered where the binding exp
 import abc
 import ctypes
 import os
-from typing import Any, List, Optional, Sequence, Tuple
+import threading
+from typing import Any, List, Optional, Sequence, Set, Tuple
 
 import numpy as np
 
@@ -89,6 +90,10 @@ class CudaMem(abc.ABC):
     def destroy_stream(self, stream: int) -> None:  # noqa: B027 - pycuda frees streams by GC
         """Release one stream now: a borrowed CudaMem is not closed by the borrower."""
 
+    def make_current(self) -> None:  # noqa: B027 - a binding without per-thread state
+        """Make this device current on the calling thread (CUDA's current device is per thread,
+        and the pipeline may infer on another thread than the one that opened the device)."""
+
     # CUDA graphs: optional, see supports_graphs.
     def begin_capture(self, stream: int) -> None:
         raise GlimmerError(f"CUDA graphs are not available through {self.name}")
@@ -128,11 +133,19 @@ class CudaPython(CudaMem):
         self._rt = cudart
         self._device = device
         self._streams: List[Any] = []
+        self._threads: Set[int] = set()  # threads on which self._device has been made current
         problem = _cudart_problem(cudart)
         if problem:
             raise GlimmerError(problem)
-        self._call("cudaSetDevice", device)
+        _check_index(device, int(self._call("cudaGetDeviceCount")))
+        self.make_current()
         self._props = self._call("cudaGetDeviceProperties", device)
+
+    def make_current(self) -> None:
+        thread = threading.get_ident()
+        if thread not in self._threads:
+            self._call("cudaSetDevice", self._device)
+            self._threads.add(thread)
 
     def _call(self, fn: str, *args: Any) -> Any:
         out = getattr(self._rt, fn)(*args)
@@ -255,6 +268,7 @@ class PyCuda(CudaMem):
             raise GlimmerError(f"no CUDA device: pycuda cannot initialise CUDA ({exc})") from None
         if not count:
             raise GlimmerError("no CUDA device: pycuda finds no GPU")
+        _check_index(device, int(count))
         self._dev = driver.Device(device)
         # The primary context, not pycuda.autoinit's private one: TensorRT and any other library
         # in the process then share one context and its memory.
@@ -267,6 +281,9 @@ class PyCuda(CudaMem):
         # that activated the backend, so make ours current there first.
         if self._drv.Context.get_current() != self._ctx:
             self._ctx.push()
+
+    def make_current(self) -> None:
+        self._current()
 
     def device_name(self) -> str:
         return str(self._dev.name())
@@ -413,6 +430,14 @@ def driver_problem() -> Optional[str]:
     return problem
 
 
+def _check_index(device: int, count: int) -> None:
+    if not 0 <= device < count:
+        raise GlimmerError(
+            f"--device {device}: no such CUDA device (this machine has {count}: "
+            f"{', '.join(str(i) for i in range(count))})"
+        )
+
+
 def _check_size(nbytes: int, host: int, device: int) -> None:
     if nbytes > host or nbytes > device:
         raise GlimmerError(
@@ -464,10 +489,10 @@ def open_cuda(binding: Optional[str] = None, device: int = 0) -> CudaMem:
     )
 
 
-def probe(binding: Optional[str] = None) -> Tuple[bool, str]:
+def probe(binding: Optional[str] = None, device: int = 0) -> Tuple[bool, str]:
     """(usable, reason) without raising: for status lines and ``tensorrt_status``."""
     try:
-        cuda = open_cuda(binding)
+        cuda = open_cuda(binding, device)
     except GlimmerError as exc:
         return False, str(exc)
     try:

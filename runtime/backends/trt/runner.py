@@ -45,10 +45,14 @@ class TensorRTBackend(Backend):
         cuda_graphs: bool = True,
         cuda: Optional[cuda_mem.CudaMem] = None,
         log: Optional[Callable[[str], None]] = None,
+        device: int = 0,
+        dla_core: Optional[int] = None,
     ) -> None:
         """``meta`` (or ``meta_path``, a file for :func:`foreign.load_meta_file`) overrides the
         sidecar's metadata, e.g. read from the ONNX the engine came from; the precision stays the
-        sidecar's, since that is what the engine is."""
+        sidecar's, since that is what the engine is. ``cuda_graphs=False`` never captures (plain
+        enqueue every batch); ``device`` is the CUDA device the engine runs on, ``dla_core`` the
+        DLA core of an engine built for DLA."""
         super().__init__()
         self.engine_path = Path(engine_path)
         if not self.engine_path.is_file():
@@ -69,6 +73,8 @@ class TensorRTBackend(Backend):
             meta, self._plan_offset = self.foreign.meta, self.foreign.plan_offset
         self._meta = meta
         self._want_graphs = cuda_graphs
+        self.device = int(device)
+        self.dla_core = dla_core
         self._cuda = cuda
         self._own_cuda = cuda is None
         self._log = log or (lambda _msg: None)
@@ -153,10 +159,11 @@ class TensorRTBackend(Backend):
                 f"({self.foreign.source}) says (engine from {self.foreign.tool}: precision not "
                 f"recorded), CUDA graphs {self._graph_note}, via {via}"
             )
+        dla = f", DLA core {self.dla_core}" if self.dla_core is not None else ""
         return (
             f"tensorrt {sc['tensorrt_version']} [{api}], {sc['gpu_name']} "
-            f"(sm {sc['compute_capability']}), {sc['precision']}, CUDA graphs {self._graph_note}, "
-            f"via {via}"
+            f"(sm {sc['compute_capability']}, cuda:{self.device}){dla}, {sc['precision']}, "
+            f"CUDA graphs {self._graph_note}, via {via}"
         )
 
     # -- life cycle ----------------------------------------------------------------------------
@@ -171,10 +178,14 @@ class TensorRTBackend(Backend):
                 "replaced); rebuild it from its ONNX"
             )
         trt = trt_compat.import_tensorrt()
-        runtime = trt_compat.create_runtime(trt, trt_compat.make_logger(trt))
         if self._cuda is None:
-            self._cuda = cuda_mem.open_cuda()
+            # First: the device must be current before TensorRT's Runtime is created on it.
+            self._cuda = cuda_mem.open_cuda(device=self.device)
+        self._cuda.make_current()
         try:
+            runtime = trt_compat.create_runtime(trt, trt_compat.make_logger(trt))
+            if self.dla_core is not None:
+                trt_compat.set_runtime_dla_core(runtime, self.dla_core)
             plan = self.engine_path.read_bytes()[self._plan_offset :]  # no metadata header
             self._engine = trt_compat.deserialize(trt, runtime, plan, origin)
             self._context = self._engine.create_execution_context()
@@ -282,6 +293,7 @@ class TensorRTBackend(Backend):
     def _infer(self, batch: np.ndarray) -> List[np.ndarray]:
         cuda = self._cuda
         assert cuda is not None
+        cuda.make_current()  # this thread may not be the one that activated the backend
         n = int(batch.shape[0])
         if n != self._batch:
             self._bind_batch(n)

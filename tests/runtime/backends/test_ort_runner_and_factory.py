@@ -180,8 +180,9 @@ def fake_trt_modules(monkeypatch, tmp_path):
     calls = {}
     engine = tmp_path / "cache" / "linear.engine"
 
-    def ensure_engine(onnx_path, precision, cache_dir=None, log=print):
+    def ensure_engine(onnx_path, precision, cache_dir=None, log=print, **options):
         calls["ensure_engine"] = (Path(onnx_path), precision, cache_dir)
+        calls["build_options"] = options
         log("building engine (fake)")
         return engine
 
@@ -190,8 +191,9 @@ def fake_trt_modules(monkeypatch, tmp_path):
         return {"meta": META.to_dict(), "tensorrt": "fake"}
 
     class TensorRTBackend:
-        def __init__(self, engine_path, meta=None):
+        def __init__(self, engine_path, meta=None, **options):
             calls["backend"] = (Path(engine_path), meta)
+            calls["backend_options"] = options
 
     build = types.ModuleType("glimmer.runtime.backends.trt.build")
     build.ensure_engine, build.read_sidecar = ensure_engine, read_sidecar
