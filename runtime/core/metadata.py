@@ -3,7 +3,8 @@
 Export writes it as JSON under the ONNX ``metadata_props`` key ``glimmer`` (and into an engine's
 sidecar JSON); the runtime, calibration and checks read it back through :meth:`ModelMeta.from_json`.
 An ONNX made by ultralytics' own exporter (no ``glimmer`` key) is read from its ``names`` /
-``imgsz`` / ``stride`` / ``task`` keys, with ``ast.literal_eval``, never ``eval``.
+``imgsz`` / ``stride`` / ``task`` keys (and ``end2end`` / ``args``, for the head), with
+``ast.literal_eval``, never ``eval``.
 """
 
 import ast
@@ -25,7 +26,8 @@ class ModelMeta:
     """Everything between a camera frame and the model input, and how to read its output.
 
     Attributes:
-        task: ``classify`` (logits ``[B, nc]``) or ``detect`` (``[B, 4 + nc, anchors]``, xywh).
+        task: ``classify`` (logits ``[B, nc]``) or ``detect`` (``[B, 4 + nc, anchors]``, xywh; or
+            end-to-end ``[B, N, 6]`` when ``extra.end2end``, see :attr:`end2end`).
         name: model name (``glimmernet``, ``yolov8m-pruned``...).
         class_names: one name per output class, index order.
         input_size: (height, width) of the network input.
@@ -70,6 +72,14 @@ class ModelMeta:
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
+
+    @property
+    def end2end(self) -> Optional[bool]:
+        """A detector's head is end-to-end (``[B, N, 6]``: x1, y1, x2, y2, score, class; NMS
+        done) per ``extra.end2end``; None when the metadata does not say, and the output shape
+        must decide. Kept in ``extra`` so older runtimes still read the schema."""
+        value = (self.extra or {}).get("end2end")
+        return None if value is None else bool(value)
 
     def validate(self) -> None:
         """Raise :class:`GlimmerError` naming the first offending key."""
@@ -162,6 +172,7 @@ def _from_ultralytics(props: Mapping[str, str], origin: str) -> ModelMeta:
     if task != "detect":
         raise GlimmerError(f"{origin}: ultralytics task {task!r} is not supported (detect only)")
     class_names = [names[k] for k in sorted(names)] if isinstance(names, dict) else list(names)
+    end2end = _ultralytics_end2end(props)
     return ModelMeta(
         task="detect",
         name=props.get("description", "ultralytics"),
@@ -171,4 +182,19 @@ def _from_ultralytics(props: Mapping[str, str], origin: str) -> ModelMeta:
         letterbox=True,
         stride=stride,
         batch=batch,
+        extra={} if end2end is None else {"end2end": end2end},
     )
+
+
+def _ultralytics_end2end(props: Mapping[str, str]) -> Optional[bool]:
+    """ultralytics' own rule (its AutoBackend): the output is end-to-end ``[B, N, 6]`` when
+    ``end2end`` (an NMS-free head) or ``args['nms']`` (NMS inside the graph) is true. None when
+    the export records neither key (older ultralytics), or they cannot be read."""
+    if "end2end" not in props and "args" not in props:
+        return None
+    try:
+        end2end = ast.literal_eval(props.get("end2end", "False"))
+        args = ast.literal_eval(props.get("args", "{}"))
+    except (ValueError, SyntaxError):
+        return None
+    return bool(end2end or (isinstance(args, dict) and args.get("nms")))

@@ -1,6 +1,7 @@
 """Which compressed model ships, and what the latency figures can and cannot tell apart.
 
-The best compressed stage (pruned, finetune, distill) by mAP50-95 on val ships. Scores are compared
+The best compressed stage (pruned, finetune, distill) by mAP50-95 on val (ultralytics' validator,
+``summary.MAP_DEFINITION``) ships. Scores are compared
 as the table shows them (3 decimals): equal there is a tie, decided by the interleaved latency
 (:func:`glimmer.runtime.core.timing.decide`: faster only when beyond the noise), and when that is
 a tie too by ``PREFERENCE`` (the simpler recipe first), so the choice is stable between runs. The

@@ -87,12 +87,6 @@ def ultralytics_meta(header: Mapping[str, Any], origin: str) -> ModelMeta:
     args = _literal(header.get("args")) or {}
     if not isinstance(args, dict):
         args = {}
-    if _literal(header.get("end2end")) or args.get("nms"):
-        raise GlimmerError(
-            f"{origin}: an end-to-end export (NMS inside the engine), whose output glimmer's "
-            "detector cannot read (it reads the raw [batch, 4 + classes, anchors] head); export "
-            "the model without end-to-end NMS"
-        )
     if int(_literal(header.get("channels", 3))) != 3:
         raise GlimmerError(f"{origin}: {header.get('channels')} input channels; glimmer feeds 3")
     names = _literal(header.get("names"))
@@ -116,6 +110,10 @@ def ultralytics_meta(header: Mapping[str, Any], origin: str) -> ModelMeta:
         "batch": str(_literal(header.get("batch")) or 1),
         "description": str(header.get("description") or "ultralytics"),
     }
+    # The head's layout (end-to-end [B, N, 6] or raw): the ONNX metadata's rule, one place.
+    for key in ("end2end", "args"):
+        if key in header:
+            props[key] = str(header[key])
     meta = ModelMeta.from_props(props, origin)
     extra = dict(meta.extra, metadata_source="ultralytics engine header")
     if header.get("version"):

@@ -198,9 +198,11 @@ def test_ultralytics_header_mapping():
     text = ultralytics_header(names=repr(dict(enumerate(CLASSES))), imgsz="[8, 8]", stride="32")
     assert foreign.ultralytics_meta(text, "m").class_names == CLASSES  # stringified values
     assert foreign.ultralytics_meta(ultralytics_header(args={}), "m").precision == "fp32"
+    # end-to-end heads ([B, N, 6], NMS inside) are read, and flagged for the detector
+    assert foreign.ultralytics_meta(ultralytics_header(end2end=True), "m").end2end is True
+    assert foreign.ultralytics_meta(ultralytics_header(args={"nms": True}), "m").end2end is True
+    assert foreign.ultralytics_meta(ultralytics_header(args={"nms": False}), "m").end2end is False
     for changes, error in (
-        ({"end2end": True}, "end-to-end export"),
-        ({"args": {"nms": True}}, "end-to-end export"),
         ({"task": "segment"}, "task 'segment' is not supported"),
         ({"channels": 1}, "1 input channels"),
         ({"names": None}, "no 'names' or 'imgsz'"),

@@ -186,3 +186,24 @@ def test_a_set_read_once_scores_backends_sessions_and_callables_alike(scenes, tm
         (empty / name / "x.png").write_bytes(b"")
     with pytest.raises(GlimmerError, match=r"^--val .*empty: no readable images"):
         load_labelled(meta, empty, "--val")
+
+
+# -- detections counted per image: max_det, not COCO's default 100 ---------------------------------
+def test_crowded_image_counts_up_to_max_det_detections():
+    """150 objects of one class, each found exactly: all count (AP 1). COCO's default 100 per image
+    (and class) would stop recall at 100 / 150, precision 1 at recall 0.00..0.66: 67 of 101 points.
+    """
+    boxes = [
+        [10.0 * (i % 30), 20.0 * (i // 30), 10.0 * (i % 30) + 8, 20.0 * (i // 30) + 8]
+        for i in range(150)
+    ]
+    gt = [[(0, b) for b in boxes]]
+    dets = [[(0, 0.9 - 0.001 * i, b) for i, b in enumerate(boxes)]]
+    result = coco_map(gt, dets, ["person"], [(480, 640)])
+    assert result["map50"] == pytest.approx(1.0) and result["map50_95"] == pytest.approx(1.0)
+    assert "up to 300 detections per image" in result["map_definition"]
+    capped = coco_map(gt, dets, ["person"], [(480, 640)], max_det=100)
+    assert capped["map50"] == pytest.approx(67 / 101, abs=1e-6)
+    assert coco_map(gt, dets, ["person"], [(480, 640)], max_det=5)["map50"] == pytest.approx(
+        4 / 101, abs=1e-6
+    )  # recall 5/150 = 0.033: points 0.00..0.03
