@@ -55,7 +55,15 @@ class Row:
 
 ROWS = [
     # JetPack 5.1: Ubuntu 20.04 (glibc 2.31), Python 3.8; JetPack 6: Ubuntu 22.04 (2.35), 3.10
-    Row("jetpack5", "3.8", "aarch64", 31, ("jetson", "ort", "check"), "jetpack5.txt", True),
+    Row(
+        "jetpack5",
+        "3.8",
+        "aarch64",
+        31,
+        ("jetson", "ort", "check", "mavlink", "mqtt"),
+        "jetpack5.txt",
+        True,
+    ),
     Row("jetpack6", "3.10", "aarch64", 35, ("jetson", "ort", "check"), "jetpack6.txt", True),
     Row("x86-pascal", "3.10", "x86_64", 35, ("trt-pascal", "ort", "check"), "x86-pascal.txt"),
     Row("x86", "3.11", "x86_64", 35, ("trt-x86", "ort-gpu", "check"), "x86.txt"),
