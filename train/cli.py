@@ -8,6 +8,9 @@ Writes RUN_DIR/best.pt (best weighted F1 on Val), last.pt (with the state --resu
 metrics.json, curves.png and confusion_matrix.png. A finished run is never overwritten.
 ``--qat-from`` fine-tunes a trained checkpoint under simulated INT8 (quantisation-aware training,
 ``glimmer.train.qat``); its best.pt carries the ranges ``glimmer-export --int8`` then uses.
+
+Several GPUs (or CPU processes): ``torchrun --nproc_per_node N -m glimmer.train.cli DATA_DIR ...``
+(``glimmer.train.distributed``); ``--batch-size`` stays the global batch, split evenly.
 """
 
 import argparse
@@ -67,7 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=None,
         metavar="N",
-        help=f"images per step (default {d.batch_size}, the paper's)",
+        help=f"images per step (default {d.batch_size}, the paper's); under torchrun the global "
+        "batch, split evenly over the processes",
     )
     parser.add_argument(
         "--seed",
@@ -113,7 +117,10 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"DataLoader worker processes (default min(4, CPUs) = {DEFAULT_WORKERS})",
     )
     parser.add_argument(
-        "--device", default="auto", help="auto (CUDA if present), cpu, cuda, cuda:N (default auto)"
+        "--device",
+        default="auto",
+        help="auto (CUDA if present), cpu, cuda, cuda:N (default auto); under torchrun auto, "
+        "cuda (process N takes cuda:LOCAL_RANK) or cpu",
     )
     add_verbose_flag(parser)
     return parser
@@ -287,13 +294,69 @@ def _report(metrics: Dict[str, Any], run_dir: Path) -> None:
     )
 
 
+def _check_launch(args: argparse.Namespace, world_size: int) -> None:
+    """What a torchrun launch cannot do: QAT, and a global batch that does not split evenly."""
+    if world_size == 1:
+        return
+    if args.qat_from is not None:
+        raise GlimmerError(
+            f"--qat-from runs in one process, not under torchrun (WORLD_SIZE {world_size}): QAT is "
+            "a short fine-tune whose activation ranges are calibrated once; start it without "
+            "torchrun"
+        )
+    batch = args.batch_size if args.batch_size is not None else _saved_batch(args)
+    if batch % world_size:
+        raise GlimmerError(
+            f"--batch-size {batch} (the global batch) does not split evenly over WORLD_SIZE "
+            f"{world_size} processes; use a multiple of {world_size}"
+        )
+
+
+def _saved_batch(args: argparse.Namespace) -> int:
+    """The batch size of the run being made or resumed when --batch-size is not given."""
+    if args.resume:
+        from glimmer.models.checkpoint import load_checkpoint
+
+        last = Path(args.out) / LAST
+        if last.is_file():
+            state = load_checkpoint(last).raw.get("train_state") or {}
+            saved = state.get("settings", {}).get("batch_size")
+            if saved is not None:
+                return int(saved)
+    return RunSettings().batch_size
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     _check_values(args)
+    from .distributed import Group, launch_from_env, pick_device
+
+    launch = launch_from_env()
+    with Group(launch, pick_device(args.device, launch)) as group:
+        # every rank checks; a mistake on any is the same one line on each, before anything is
+        # written
+        plan = group.agree(lambda: _plan(args, group.world_size))
+        return _train(args, plan, group)
+
+
+def _plan(args: argparse.Namespace, world_size: int) -> Dict[str, Any]:
+    """Everything checked and read before training: the kind of run and its settings."""
+    _check_launch(args, world_size)
     data_dir, run_dir = Path(args.data_dir), Path(args.out)
     if not data_dir.is_dir():
         raise GlimmerError(f"DATA_DIR {data_dir}: no such folder")
     if args.qat_from is not None:
+        settings, source = _qat_settings(args, data_dir, run_dir)
+        return {"qat": True, "settings": settings, "source": source}
+    resume = _resume_settings(args, run_dir) if args.resume else None
+    settings = resume["settings"] if resume else _fresh_settings(args, run_dir)
+    return {"qat": False, "settings": settings, "resume": resume}
+
+
+def _train(args: argparse.Namespace, plan: Dict[str, Any], group) -> int:
+    data_dir, run_dir = Path(args.data_dir), Path(args.out)
+    if plan["qat"]:
+        settings, source = plan["settings"], plan["source"]
         settings, source = _qat_settings(args, data_dir, run_dir)
         from .qat import QATTrainer
 
@@ -303,26 +366,26 @@ def main(argv: Optional[List[str]] = None) -> int:
             settings,
             source,
             workers=args.workers,
-            device=args.device,
+            device=str(group.device),
             log=lambda line: print(line, flush=True),
         )
         _report(qat.run(), run_dir)
         return 0
-    resume = _resume_settings(args, run_dir) if args.resume else None
-    settings = resume["settings"] if resume else _fresh_settings(args, run_dir)
 
     from .trainer import Trainer
 
     trainer = Trainer(
         data_dir,
         run_dir,
-        settings,
+        plan["settings"],
         workers=args.workers,
-        device=args.device,
-        resume=resume,
+        resume=plan["resume"],
         log=lambda line: print(line, flush=True),
+        group=group,
     )
-    _report(trainer.run(), run_dir)
+    metrics = trainer.run()
+    if group.main:
+        _report(metrics, run_dir)
     return 0
 
 

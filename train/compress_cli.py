@@ -20,7 +20,14 @@ from typing import List, Optional
 import glimmer.models.yolo  # noqa: F401 - ultralytics' offline guard, set before anything imports it
 from glimmer.runtime.core.console import add_verbose_flag, run_cli
 from glimmer.runtime.core.errors import GlimmerError
-from glimmer.train.compress.stages import layers_arg, model_source, prepare, prune_file, train
+from glimmer.train.compress.stages import (
+    check_device,
+    layers_arg,
+    model_source,
+    prepare,
+    prune_file,
+    train,
+)
 
 
 def _training_options(p: argparse.ArgumentParser, epochs_required: bool = True) -> None:
@@ -31,7 +38,12 @@ def _training_options(p: argparse.ArgumentParser, epochs_required: bool = True) 
     p.add_argument("--imgsz", type=int, default=1024, help="square training/val size (paper: 1024)")
     p.add_argument("--batch", type=int, default=8, help="batch size (paper: 8)")
     p.add_argument("--workers", type=int, default=4, help="dataloader workers (0 on CPU)")
-    p.add_argument("--device", default=None, help="'cpu' or a CUDA index such as 0 (default: auto)")
+    p.add_argument(
+        "--device",
+        default=None,
+        help="'cpu', a CUDA index such as 0, or several (0,1: DDP, --batch split evenly; "
+        "default: auto)",
+    )
     p.add_argument("--out", required=True, help="output folder (weights/best.pt inside)")
     p.add_argument("--exist-ok", action="store_true", help="reuse a non-empty --out folder")
 
@@ -141,6 +153,8 @@ def _check_numbers(args: argparse.Namespace) -> None:
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     _check_numbers(args)
+    if hasattr(args, "device"):
+        args.device = check_device(args.device, args.batch)
     if args.command == "visdrone2yolo":
         from glimmer.train.compress.visdrone import visdrone_to_yolo
 

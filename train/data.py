@@ -131,7 +131,7 @@ def stratified_holdout(
 
 
 def find_unreadable(
-    paths: Sequence[Path], threads: int, desc: str = "checking images"
+    paths: Sequence[Path], threads: int, desc: str = "checking images", quiet: bool = False
 ) -> List[Path]:
     """Paths OpenCV cannot decode. Threads suffice: imdecode releases the GIL."""
 
@@ -139,12 +139,17 @@ def find_unreadable(
         return read_image(path) is None
 
     with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
-        flags = list(progress(pool.map(bad, paths), desc, total=len(paths), unit="img"))
+        flags = list(
+            progress(pool.map(bad, paths), desc, total=len(paths), unit="img", disable=quiet)
+        )
     return [p for p, is_bad in zip(paths, flags) if is_bad]
 
 
-def progress(iterable, desc: str, total: Optional[int] = None, unit: str = "batch") -> tqdm:
-    """A transient bar on stderr; off a terminal (CI logs) it redraws every few seconds."""
+def progress(
+    iterable, desc: str, total: Optional[int] = None, unit: str = "batch", disable: bool = False
+) -> tqdm:
+    """A transient bar on stderr; off a terminal (CI logs) it redraws every few seconds.
+    ``disable``: the processes of a torchrun launch other than rank 0 draw none."""
     interactive = hasattr(sys.stderr, "isatty") and sys.stderr.isatty()
     return tqdm(
         iterable,
@@ -155,13 +160,15 @@ def progress(iterable, desc: str, total: Optional[int] = None, unit: str = "batc
         file=sys.stderr,
         dynamic_ncols=True,
         mininterval=0.1 if interactive else 5.0,
+        disable=disable,
     )
 
 
 def load_aider(
-    root: Path, val_fraction: float = 0.1, seed: int = 22, threads: int = 4
+    root: Path, val_fraction: float = 0.1, seed: int = 22, threads: int = 4, quiet: bool = False
 ) -> AiderDataset:
-    """Find, check and scan ``root``; raise :class:`GlimmerError` before any training."""
+    """Find, check and scan ``root``; raise :class:`GlimmerError` before any training
+    (``quiet``: no progress bar, for the processes of a torchrun launch other than rank 0)."""
     root = Path(root)
     if not root.is_dir():
         raise GlimmerError(f"DATA_DIR {root}: no such folder")
@@ -208,7 +215,7 @@ def load_aider(
         splits.append(collect(test_dir, "Test"))
 
     every = [p for s in splits for p in s.paths]
-    bad = set(find_unreadable(every, threads))
+    bad = set(find_unreadable(every, threads, quiet=quiet))
     skipped = [
         {"path": str(p), "reason": "cannot be decoded (truncated or not an image)"}
         for p in every
@@ -295,12 +302,17 @@ class EpochSampler(Sampler):
         return self.size
 
     def __iter__(self) -> Iterator[SampleKey]:
-        if self.shuffle:
-            generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-            order = torch.randperm(self.size, generator=generator).tolist()
-        else:
-            order = list(range(self.size))
+        order = epoch_order(self.size, self.seed, self.epoch, self.shuffle)
         return iter([(i, self.epoch) for i in order])
+
+
+def epoch_order(size: int, seed: int, epoch: int, shuffle: bool) -> List[int]:
+    """The sample order of an epoch: a permutation seeded by (seed, epoch) when shuffling. One
+    function, so a run under torchrun splits exactly the order a single process would take."""
+    if not shuffle:
+        return list(range(size))
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    return torch.randperm(size, generator=generator).tolist()
 
 
 def make_loader(
@@ -310,14 +322,20 @@ def make_loader(
     seed: int,
     shuffle: bool,
     pin_memory: bool = False,
+    sampler: Optional[Sampler] = None,
 ) -> DataLoader:
     """A DataLoader with persistent workers (no re-fork each epoch).
 
-    In training, a last batch of one image is dropped: BatchNorm cannot normalise a single
-    sample once the Refiner's map is 1x1 (small inputs).
+    ``sampler``: this process's share under torchrun (``distributed.ShardSampler``, with
+    ``batch_size`` the per-process batch); by default the whole split in :class:`EpochSampler`'s
+    order. In training, a last global batch of one image is dropped: BatchNorm cannot normalise a
+    single sample once the Refiner's map is 1x1 (small inputs).
     """
-    sampler = EpochSampler(len(dataset), seed, shuffle)
-    drop_last = shuffle and len(dataset) > batch_size and len(dataset) % batch_size == 1
+    if sampler is None:
+        sampler = EpochSampler(len(dataset), seed, shuffle)
+    world = int(getattr(sampler, "num_replicas", 1))
+    total, global_batch = len(sampler) * world, batch_size * world
+    drop_last = shuffle and total > global_batch and total % global_batch == 1
     return DataLoader(
         dataset,
         batch_size=batch_size,

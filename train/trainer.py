@@ -5,6 +5,10 @@ Recipe (docs/glimmernet.md, "Training recipe of the paper"): RMSprop(lr 1e-3, al
 cross-entropy; fp32; seed 22. The model with the best weighted F1 on Val is kept (``best.pt``) and
 reported on Test; ``last.pt`` adds the optimizer, scheduler, epoch, best score, history and RNG
 states, so ``--resume`` continues the run rather than restarting it.
+
+Under torchrun (``distributed.py``) every process runs this loop on its share of each global batch;
+rank 0 alone logs, draws progress bars and writes checkpoints, metrics and plots, and Val / Test
+are predicted in shards and gathered, so every figure is over the whole split.
 """
 
 import random
@@ -26,6 +30,7 @@ from glimmer.runtime.tools.metrics import classification_report
 from . import outputs
 from .augment import ClassifierTransform, classifier_meta
 from .data import AiderDataset, ImageDataset, load_aider, make_loader, progress
+from .distributed import SINGLE, Group, pick_device, unwrap
 
 RECIPE = {
     "optimizer": "RMSprop",
@@ -117,11 +122,12 @@ def train_one_epoch(
     optimizer: torch.optim.Optimizer,
     device: torch.device,
     desc: str,
+    group: Optional[Group] = None,
 ) -> Tuple[float, float]:
-    """One pass over Train; returns (mean loss, accuracy) over the samples seen."""
+    """One pass over Train; returns (mean loss, accuracy) over the samples seen (by every rank)."""
     model.train()
     total_loss, correct, seen = 0.0, 0, 0
-    bar = progress(loader, desc)
+    bar = progress(loader, desc, disable=group is not None and not group.main)
     for images, labels in bar:
         images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
         optimizer.zero_grad(set_to_none=True)
@@ -135,22 +141,30 @@ def train_one_epoch(
         seen += n
         bar.set_postfix(loss=f"{total_loss / seen:.4f}", acc=f"{correct / seen:.3f}")
     bar.close()
+    if group is not None:
+        total_loss, correct, seen = group.sum(total_loss, correct, seen)
     return total_loss / max(seen, 1), correct / max(seen, 1)
 
 
 @torch.no_grad()
 def predict(
-    model: torch.nn.Module, loader, device: torch.device, desc: str
+    model: torch.nn.Module, loader, device: torch.device, desc: str, group: Optional[Group] = None
 ) -> Tuple[float, List[int], List[int]]:
-    """(mean cross-entropy, true labels, predicted labels) in eval mode."""
+    """(mean cross-entropy, true labels, predicted labels) in eval mode; with ``group``, of the
+    whole split from every rank's shard (the plain module: DDP's forward is for training)."""
+    model = unwrap(model)
     model.eval()
     total_loss, y_true, y_pred = 0.0, [], []
-    for images, labels in progress(loader, desc):
+    for images, labels in progress(loader, desc, disable=group is not None and not group.main):
         images, labels = images.to(device), labels.to(device)
         logits = model(images)
         total_loss += float(F.cross_entropy(logits, labels, reduction="sum"))
         y_true += labels.tolist()
         y_pred += logits.argmax(1).tolist()
+    if group is not None and group.enabled:
+        (total_loss,) = group.sum(total_loss)
+        pairs = group.gather_shards(list(zip(y_true, y_pred)))
+        y_true, y_pred = [t for t, _ in pairs], [p for _, p in pairs]
     return total_loss / max(len(y_true), 1), y_true, y_pred
 
 
@@ -171,16 +185,8 @@ def check_input_size(model: GlimmerNet, img_size: int, arch: str) -> None:
 
 
 def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise GlimmerError(f"--device {name}: CUDA is not available to this torch build or machine")
-    try:
-        return torch.device(name)
-    except RuntimeError:
-        raise GlimmerError(
-            f"--device {name!r} is not a torch device (auto, cpu, cuda, cuda:1 ...)"
-        ) from None
+    """``--device`` of a single-process run."""
+    return pick_device(name, SINGLE)
 
 
 class Trainer:
@@ -189,6 +195,8 @@ class Trainer:
     Args:
         resume: ``{"model", "train_state", "class_names"}`` read from last.pt, or None.
         log: where progress lines go (one line per epoch); warnings go to stderr.
+        group: the torchrun launch this process belongs to (its device replaces ``device``);
+            None for a single process.
     """
 
     def __init__(
@@ -200,20 +208,30 @@ class Trainer:
         device: str = "auto",
         resume: Optional[Dict[str, Any]] = None,
         log: Callable[[str], None] = print,
+        group: Optional[Group] = None,
     ) -> None:
         self.data_dir, self.run_dir = Path(data_dir), Path(run_dir)
-        self.settings, self.workers, self.log = settings, int(workers), log
-        self.device = resolve_device(device)
+        self.settings, self.workers = settings, int(workers)
+        self.device = group.device if group is not None else resolve_device(device)
+        self.group = group if group is not None else Group(SINGLE, self.device)
+        self.log = log if self.group.main else _silent
         self.resume = resume
         self.history: List[Dict[str, Any]] = []
         self.best: Optional[Dict[str, Any]] = None
 
     def _warn(self, text: str) -> None:
-        print(f"glimmer-train: warning: {text}", file=sys.stderr, flush=True)
+        if self.group.main:
+            print(f"glimmer-train: warning: {text}", file=sys.stderr, flush=True)
 
     def _load_data(self) -> AiderDataset:
         s = self.settings
-        data = load_aider(self.data_dir, s.val_fraction, s.seed, threads=max(1, self.workers))
+        data = load_aider(
+            self.data_dir,
+            s.val_fraction,
+            s.seed,
+            threads=max(1, self.workers),
+            quiet=not self.group.main,
+        )
         names = data.class_names
         if self.resume is not None and list(self.resume["class_names"]) != names:
             raise GlimmerError(
@@ -250,6 +268,7 @@ class Trainer:
             device=str(self.device),
             recipe=RECIPE,
             resumed_at_epochs=[],
+            world_size=self.group.world_size,
         )
         if self.resume is not None:
             state = self.resume["train_state"]
@@ -257,14 +276,18 @@ class Trainer:
         return block
 
     def _loader(self, split, meta, train: bool):
-        transform = ClassifierTransform(meta, train=train, seed=self.settings.seed)
+        """Training: this process's share of each global batch; evaluation: its shard."""
+        s, group = self.settings, self.group
+        transform = ClassifierTransform(meta, train=train, seed=s.seed)
+        sampler = group.sampler(len(split), s.seed, shuffle=train) if group.enabled else None
         return make_loader(
             ImageDataset(split.paths, split.labels, transform),
-            self.settings.batch_size,
+            s.batch_size // group.world_size,
             self.workers,
-            self.settings.seed,
+            s.seed,
             shuffle=train,
             pin_memory=self.device.type == "cuda",
+            sampler=sampler,
         )
 
     def _save(
@@ -275,10 +298,13 @@ class Trainer:
         provenance: Dict[str, Any],
         **kwargs: Any,
     ) -> None:
+        """Rank 0 writes (the plain module: no DDP ``module.`` prefixes)."""
+        if not self.group.main:
+            return
         size = (self.settings.img_size, self.settings.img_size)
         save_checkpoint(
             self.run_dir / name,
-            model,
+            unwrap(model),
             self.settings.arch,
             names,
             size,
@@ -296,6 +322,7 @@ class Trainer:
         seed_everything(s.seed)
         model = self.resume["model"] if self.resume else build_model(s.arch, num_classes=len(names))
         model.to(self.device)
+        net = self.group.wrap(model)  # DDP under torchrun, with BatchNorm over the global batch
         optimizer = build_optimizer(model, s.lr)
         scheduler = build_scheduler(optimizer)
         start = 0
@@ -311,6 +338,12 @@ class Trainer:
         self.log(
             f"model: {s.arch}, {count_params(model):,} parameters, input {s.img_size}x"
             f"{s.img_size}, device {self.device}, {self.workers} loader workers"
+            + (
+                f" per process; {self.group.world_size} processes ({self.group.backend}), "
+                f"{s.batch_size // self.group.world_size} images each per step of {s.batch_size}"
+                if self.group.enabled
+                else ""
+            )
         )
         provenance = {
             "dataset": str(data.root.resolve()),
@@ -325,7 +358,7 @@ class Trainer:
         val_loader = self._loader(data.val, meta, train=False)
         for epoch in range(start + 1, s.epochs + 1):
             row, val, improved = self._epoch(
-                model, (train_loader, val_loader), optimizer, scheduler, epoch, names, "epoch"
+                net, (train_loader, val_loader), optimizer, scheduler, epoch, names, "epoch"
             )
             if improved:
                 self._save(
@@ -376,7 +409,7 @@ class Trainer:
         self, model: torch.nn.Module, loader, names: List[str], desc: str
     ) -> Tuple[float, Dict[str, Any]]:
         """(mean loss, classification report) of ``model`` on ``loader``."""
-        loss, y_true, y_pred = predict(model, loader, self.device, desc)
+        loss, y_true, y_pred = predict(model, loader, self.device, desc, self.group)
         return loss, classification_report(y_true, y_pred, names)
 
     def _epoch(
@@ -392,7 +425,12 @@ class Trainer:
         train_loader.sampler.set_epoch(epoch)
         lr = optimizer.param_groups[0]["lr"]
         train_loss, train_acc = train_one_epoch(
-            model, train_loader, optimizer, self.device, f"{label} {epoch}/{self.settings.epochs}"
+            model,
+            train_loader,
+            optimizer,
+            self.device,
+            f"{label} {epoch}/{self.settings.epochs}",
+            self.group,
         )
         val_loss, val = self._evaluate(model, val_loader, names, "val")
         scheduler.step()
@@ -422,9 +460,10 @@ class Trainer:
         return row, val, improved
 
     def _after_epoch(self, document, label: str, row: Dict[str, Any], val, improved: bool) -> None:
-        """metrics.json and curves.png rewritten, and the epoch's line."""
-        outputs.write_metrics(self.run_dir, document(finished=False))
-        outputs.plot_curves(self.run_dir / outputs.CURVES_PNG, self.history, self.best["epoch"])
+        """metrics.json and curves.png rewritten (rank 0), and the epoch's line."""
+        if self.group.main:
+            outputs.write_metrics(self.run_dir, document(finished=False))
+            outputs.plot_curves(self.run_dir / outputs.CURVES_PNG, self.history, self.best["epoch"])
         self.log(
             f"{label} {row['epoch']:>3}/{self.settings.epochs}  lr {row['lr']:.3g}  "
             f"train loss {row['train_loss']:.4f} acc {row['train_accuracy']:.3f}  "
@@ -438,9 +477,11 @@ class Trainer:
         if data.test is None:
             test_skipped = f"no Test/ folder in {data.root}"
         else:
+            self.group.barrier()  # best.pt, written by rank 0, is read by every rank
             test = test_fn(data, meta)
         metrics = document(finished=True, test=test, test_skipped=test_skipped)
-        outputs.write_metrics(self.run_dir, metrics)
+        if self.group.main:
+            outputs.write_metrics(self.run_dir, metrics)
         return metrics
 
     def _test(self, data: AiderDataset, meta) -> Dict[str, Any]:
@@ -449,7 +490,7 @@ class Trainer:
         best = load_checkpoint(self.run_dir / BEST)
         model = best.model.to(self.device)
         loader = self._loader(data.test, meta, train=False)
-        _, y_true, y_pred = predict(model, loader, self.device, "test")
+        _, y_true, y_pred = predict(model, loader, self.device, "test", self.group)
         del loader
         result = outputs.summarize_test(
             classification_report(y_true, y_pred, names), data.test.source
@@ -465,12 +506,17 @@ class Trainer:
             f"test confusion matrix (epoch {result['epoch']}, "
             f"weighted F1 {result['f1_weighted']:.3f})"
         )
-        outputs.plot_confusion(
-            self.run_dir / outputs.CONFUSION_PNG, result["confusion_matrix"], names, title=title
-        )
+        if self.group.main:
+            outputs.plot_confusion(
+                self.run_dir / outputs.CONFUSION_PNG, result["confusion_matrix"], names, title=title
+            )
         per_class = "  ".join(f"{k} {v['f1']:.3f}" for k, v in result["per_class"].items())
         self.log(
             f"test (best epoch {result['epoch']}): weighted F1 {result['f1_weighted']:.4f}  "
             f"accuracy {result['accuracy']:.4f}  per-class F1: {per_class}"
         )
         return result
+
+
+def _silent(line: str) -> None:
+    """The log of ranks other than 0: one process speaks for the run."""

@@ -55,6 +55,45 @@ def check_teacher(spec: str, names: Sequence[str], layers: Sequence[int]) -> str
     return str(Path(spec).resolve())
 
 
+def check_device(spec: Optional[str], batch: int) -> Optional[str]:
+    """``--device``: None (ultralytics picks), ``cpu``, or CUDA indices (``0``, ``0,1``; ``cuda:``
+    allowed), canonical as ultralytics takes them. Several indices train in ultralytics' DDP, one
+    process per GPU, each with an equal share of ``--batch``."""
+    if spec is None:
+        return None
+    text = spec.strip().lower().replace(" ", "")
+    if text == "cpu":
+        return text
+    if text.startswith("cuda:"):
+        text = text[len("cuda:") :]
+    parts = text.split(",")
+    if not text or not all(p.isdigit() for p in parts):
+        raise GlimmerError(f"--device {spec}: expected cpu or CUDA device indices such as 0 or 0,1")
+    indices = [int(p) for p in parts]
+    if len(set(indices)) != len(indices):
+        raise GlimmerError(f"--device {spec}: a GPU is listed twice")
+    import torch
+
+    if not torch.cuda.is_available():
+        raise GlimmerError(
+            f"--device {spec}: CUDA is not available to this torch build or machine "
+            "(use --device cpu)"
+        )
+    count = torch.cuda.device_count()
+    if max(indices) >= count:
+        raise GlimmerError(
+            f"--device {spec}: only {count} CUDA device(s) visible (indices 0 to {count - 1})"
+        )
+    n = len(indices)
+    if n > 1 and (batch % n or batch // n < 2):
+        raise GlimmerError(
+            f"--batch {batch} does not split over the {n} GPUs of --device {spec} into equal "
+            f"shares of at least 2 images (BatchNorm needs two); use a multiple of {n}, at "
+            f"least {2 * n}"
+        )
+    return ",".join(str(i) for i in indices)
+
+
 def check_out(out: Path, exist_ok: bool) -> None:
     if out.exists() and not out.is_dir():
         raise GlimmerError(f"--out {out}: exists and is not a folder")

@@ -9,8 +9,20 @@ itself.
 hooks capture the student's and the frozen eval-mode teacher's features, a criterion wrapper adds
 the term to the detection loss, and the alignment convs join the optimizer as one more parameter
 group. They are never part of the student, so the saved checkpoint holds the student alone.
+
+Several GPUs (``--device 0,1``): ultralytics trains in DDP by writing a script that torchrun starts
+once per GPU; each worker rebuilds the trainer as ``type(trainer)(cfg=..., overrides=...,
+_callbacks=...)`` from a cloudpickle of the class (``ultralytics.utils.dist.generate_ddp_file``).
+Constructor settings (``sr``, the teacher, ``tau`` ...) would be lost there, so :func:`bind` makes a
+subclass that carries them (cloudpickle copies a class that is not importable by name, settings
+included). :meth:`ModuleTrainer.train` launches the workers itself: ultralytics' own launch deletes
+the run folder first (our ``--out`` holds ``data.yaml``), and a failed worker becomes one line. In
+the workers the model is DDP-wrapped, so everything that reaches into it unwraps it first, and the
+distillation's alignment convs (outside DDP) have their gradients averaged by hand.
 """
 
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any, Dict, Optional, Sequence
 
@@ -37,8 +49,78 @@ def is_pruned(model: nn.Module) -> bool:
     return any(ours.get(k) != v.shape for k, v in fresh.state_dict().items())
 
 
+def _unwrap(model: nn.Module) -> nn.Module:
+    """The module inside DDP (in a multi-GPU worker ``self.model`` is wrapped)."""
+    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+
+
+def _world() -> int:
+    """Processes in this DDP run (1 outside one)."""
+    dist = torch.distributed
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def bind(trainer_cls: type, **settings: Any) -> type:
+    """``trainer_cls`` with ``settings`` as its constructor arguments, constructible the way
+    ultralytics' DDP workers construct a trainer (``cfg=``, ``overrides=``, ``_callbacks=``).
+
+    ``cfg`` is ultralytics' default config there (plus an empty ``save_dir``), which is what our
+    trainers use anyway, so it is not passed on.
+    """
+
+    def __init__(self, cfg=None, overrides=None, _callbacks=None):
+        trainer_cls.__init__(self, overrides=overrides, _callbacks=_callbacks, **settings)
+
+    return type(trainer_cls.__name__, (trainer_cls,), {"__init__": __init__, "bound": settings})
+
+
 class ModuleTrainer(DetectionTrainer):
     """A DetectionTrainer that trains the given checkpoint's module as it is (pruned or not)."""
+
+    def __init__(self, cfg=None, overrides=None, _callbacks=None):
+        with offline():  # also in a DDP worker, a fresh interpreter
+            if cfg is None:
+                super().__init__(overrides=overrides, _callbacks=_callbacks)
+            else:
+                super().__init__(cfg=cfg, overrides=overrides, _callbacks=_callbacks)
+
+    def train(self):
+        with offline():
+            if not self.ddp:
+                return super().train()
+            return self._train_ddp()
+
+    def ddp_command(self, script: str) -> list:
+        """torchrun over ``script``, one process per GPU of ``--device``."""
+        from ultralytics.utils.dist import find_free_network_port
+
+        return [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            str(self.world_size),
+            "--master_port",
+            str(find_free_network_port()),
+            script,
+        ]
+
+    def _train_ddp(self) -> None:
+        """ultralytics' DDP launch, without deleting the run folder, a failure one line."""
+        from ultralytics.utils.dist import ddp_cleanup, generate_ddp_file
+
+        if self.args.rect:  # as ultralytics: rectangular batches do not shard
+            self.args.rect = False
+        script = generate_ddp_file(self)
+        try:
+            done = subprocess.run(self.ddp_command(script))
+        finally:
+            ddp_cleanup(self, script)
+        if done.returncode:
+            raise GlimmerError(
+                f"--device {self.args.device}: DDP training on {self.world_size} GPUs failed "
+                f"(exit code {done.returncode}); the workers' errors are above"
+            )
 
     def get_model(self, cfg=None, weights: Optional[nn.Module] = None, verbose: bool = True):
         if weights is None:  # a yaml: build from scratch, the stock way
@@ -74,6 +156,12 @@ class ModuleTrainer(DetectionTrainer):
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm=10.0)
         extra = self.extra_parameters()
         if extra:
+            world = _world()
+            if world > 1:  # outside DDP: average their gradients as DDP does the model's
+                for p in extra:
+                    if p.grad is not None:
+                        torch.distributed.all_reduce(p.grad)
+                        p.grad.div_(world)
             torch.nn.utils.clip_grad_norm_(extra, max_norm=10.0)
         self.scaler.step(self.optimizer)
         self.scaler.update()
@@ -156,7 +244,9 @@ class DistillTrainer(ModuleTrainer):
     ):
         optimizer = super().build_optimizer(model, name, lr, momentum, decay, iterations)
         self.distiller = ChannelWiseDistiller(
-            neck_channels(model, self.layers), neck_channels(self.teacher, self.layers), self.tau
+            neck_channels(_unwrap(model), self.layers),
+            neck_channels(self.teacher, self.layers),
+            self.tau,
         )
         self.distiller.to(next(model.parameters()).device)
         settings = {k: v for k, v in optimizer.param_groups[0].items() if k != "params"}
@@ -167,19 +257,20 @@ class DistillTrainer(ModuleTrainer):
 
     def _setup_train(self):
         super()._setup_train()  # the EMA copy is taken here, before any hook exists
-        device = next(self.model.parameters()).device
+        student = _unwrap(self.model)
+        device = next(student.parameters()).device
         self.teacher.to(device)
-        if self.teacher.model[-1].stride.tolist() != self.model.model[-1].stride.tolist():
+        if self.teacher.model[-1].stride.tolist() != student.model[-1].stride.tolist():
             raise GlimmerError("--teacher and --student have different strides")
-        if self.teacher.model[-1].nc != self.model.model[-1].nc:
+        if self.teacher.model[-1].nc != student.model[-1].nc:
             raise GlimmerError(
                 f"--teacher has {self.teacher.model[-1].nc} classes, --student "
-                f"{self.model.model[-1].nc}: distillation needs the same classes"
+                f"{student.model[-1].nc}: distillation needs the same classes"
             )
-        self.student_tap = FeatureTap(self.model, self.layers)
+        self.student_tap = FeatureTap(student, self.layers)
         self.teacher_tap = FeatureTap(self.teacher, self.layers)
-        self.model.criterion = _DistillCriterion(
-            self.model.init_criterion(),
+        student.criterion = _DistillCriterion(
+            student.init_criterion(),
             self.distiller,
             self.teacher,
             self.student_tap,
@@ -212,8 +303,9 @@ class DistillTrainer(ModuleTrainer):
             for tap in (getattr(self, "student_tap", None), getattr(self, "teacher_tap", None)):
                 if tap is not None:
                     tap.remove()
-            if getattr(self.model, "criterion", None) is not None:
-                self.model.criterion = None
+            student = _unwrap(self.model) if isinstance(self.model, nn.Module) else None
+            if getattr(student, "criterion", None) is not None:
+                student.criterion = None
 
 
 def train_args(
@@ -271,7 +363,8 @@ def run_training(trainer_cls, overrides: Dict[str, Any], **kwargs: Any) -> Path:
     """Train offline and return the best checkpoint (ultralytics layout, ``weights/best.pt``)."""
     with offline():
         try:
-            trainer = trainer_cls(overrides=overrides, **kwargs)
+            cls = bind(trainer_cls, **kwargs) if kwargs else trainer_cls
+            trainer = cls(overrides=overrides)
             trainer.train()
         except GlimmerError:
             raise
