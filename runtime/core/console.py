@@ -1,7 +1,9 @@
 """Command-line plumbing shared by every ``glimmer-*`` entry point.
 
 User errors (:class:`GlimmerError`) become one line on stderr and exit code 1; ``--verbose`` (or
-``GLIMMER_VERBOSE=1``) shows the traceback; Ctrl-C exits 130 without a trace.
+``GLIMMER_VERBOSE=1``) shows the traceback; Ctrl-C exits 130 without a trace (SIGTERM 143 and
+SIGHUP 129 where a command handles them, see signals.py). A reader that goes away (``| head``)
+mutes stdout instead of ending the run: the files a run writes matter more than its console.
 """
 
 import argparse
@@ -30,11 +32,42 @@ def run_cli(
             traceback.print_exc()
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print(f"{prog}: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        code = int(getattr(exc, "exit_code", 130))
+        print(f"{prog}: interrupted{f' ({exc})' if code != 130 else ''}", file=sys.stderr)
+        return code
     except BrokenPipeError:
+        mute_stdout()
         return 0
+
+
+def mute_stdout() -> None:
+    """Point stdout at the null device once its reader has gone, so that later prints (and the
+    interpreter's flush at exit) neither fail nor end the run. Python's documented advice for
+    SIGPIPE: https://docs.python.org/3/library/signal.html#note-on-sigpipe
+    """
+    try:
+        fileno = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):  # replaced by a non-file (a test's capture)
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, fileno)
+    finally:
+        os.close(devnull)
+
+
+def say(text: str = "", stream=None) -> bool:
+    """Print a line; False (and stdout muted) when its reader has gone."""
+    stream = stream if stream is not None else sys.stdout
+    try:
+        stream.write(text + "\n")
+        stream.flush()
+        return True
+    except BrokenPipeError:
+        if stream is sys.stdout:
+            mute_stdout()
+        return False
 
 
 class StatusLine:

@@ -15,12 +15,20 @@ PathLike = Union[str, "os.PathLike[str]"]
 
 
 @contextlib.contextmanager
-def atomic_path(target: PathLike) -> Iterator[Path]:
+def atomic_path(target: PathLike, follow_symlinks: bool = False) -> Iterator[Path]:
     """Yield a temporary path in the target's folder; rename it onto ``target`` on success.
 
-    For libraries that insist on writing by path (``torch.save``, ``onnx.save``).
+    For libraries that insist on writing by path (``torch.save``, ``onnx.save``). With
+    ``follow_symlinks`` a symlinked ``target`` stays a link and the file it points to is replaced
+    (the temporary then sits beside that file: a rename cannot cross filesystems), keeping its
+    permissions: editing a file in place, not swapping in a new one.
     """
     target = Path(target)
+    mode = None
+    if follow_symlinks:
+        target = Path(os.path.realpath(str(target)))
+        with contextlib.suppress(OSError):
+            mode = os.stat(str(target)).st_mode & 0o7777
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(
         prefix="." + target.name + ".", suffix=".tmp", dir=str(target.parent)
@@ -29,10 +37,13 @@ def atomic_path(target: PathLike) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
-        # mkstemp creates 0600; give the artifact the mode a plain open() would (0666 less umask).
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(str(tmp_path), 0o666 & ~umask)
+        if mode is None:
+            # mkstemp creates 0600; give the artifact the mode a plain open() would (0666 less
+            # umask).
+            umask = os.umask(0)
+            os.umask(umask)
+            mode = 0o666 & ~umask
+        os.chmod(str(tmp_path), mode)
         os.replace(str(tmp_path), str(target))
     finally:
         if tmp_path.exists():
@@ -48,6 +59,13 @@ def atomic_write_bytes(target: PathLike, data: bytes) -> None:
 def atomic_write_text(target: PathLike, text: str) -> None:
     """Write ``text`` (UTF-8) to ``target`` atomically."""
     atomic_write_bytes(target, text.encode("utf-8"))
+
+
+def atomic_edit_text(target: PathLike, text: str) -> None:
+    """Replace the contents of an existing file atomically: through a symlink (the link stays),
+    with the file's permissions kept."""
+    with atomic_path(target, follow_symlinks=True) as tmp:
+        tmp.write_bytes(text.encode("utf-8"))
 
 
 def sha256_file(path: PathLike, chunk: int = 1 << 20) -> str:

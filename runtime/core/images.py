@@ -1,9 +1,12 @@
 """Image folders as users keep them: one folder per class (AIDERv2's ``Train/<Class>/*.png``), or a
-flat/recursive folder of images (calibration sets, image sources).
+flat/recursive folder of images (calibration sets, image sources); globs and list files of images
+(ultralytics users' habits: ``'imgs/*.jpg'``, ``list.txt``).
 
 Unreadable files are returned, never silently dropped, so callers can list them in a warning.
 """
 
+import glob
+import os
 from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
 
@@ -25,6 +28,58 @@ def list_images(root: Path, recursive: bool = True) -> List[Path]:
         raise GlimmerError(f"{root}: no such folder")
     pattern = root.rglob("*") if recursive else root.iterdir()
     return sorted(p for p in pattern if p.is_file() and is_image(p))
+
+
+def is_glob(text: str) -> bool:
+    """Whether ``text`` holds glob wildcards (``*``, ``?``, ``[``)."""
+    return any(char in text for char in "*?[")
+
+
+def glob_images(pattern: str) -> List[Path]:
+    """Images matching ``pattern`` (``**`` spans folders), sorted; other matches are ignored, as
+    in a folder. Matching nothing is an error naming the pattern."""
+    matches = [Path(p) for p in glob.glob(os.path.expanduser(pattern), recursive=True)]
+    files = [p for p in matches if p.is_file()]
+    if not files:
+        raise GlimmerError(f"source {pattern!r}: the pattern matches no file")
+    images = sorted(p for p in files if is_image(p))
+    if not images:
+        raise GlimmerError(
+            f"source {pattern!r}: the pattern matches {len(files)} files but no image "
+            f"({', '.join(IMAGE_EXTS)})"
+        )
+    return images
+
+
+def read_image_list(list_file: Path, video_exts: Sequence[str] = ()) -> List[Path]:
+    """The images a ``.txt`` list names, one path per line, relative to the list's folder; blank
+    lines and ``#`` comment lines are ignored. A missing file, a folder, a video (``video_exts``)
+    or another non-image is an error naming the list file and the line."""
+    list_file = Path(list_file)
+    try:
+        lines = list_file.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise GlimmerError(f"{list_file}: cannot read the image list ({exc})") from None
+    paths: List[Path] = []
+    for number, line in enumerate(lines, start=1):
+        entry = line.strip()
+        if not entry or entry.startswith("#"):
+            continue
+        path = Path(entry).expanduser()
+        path = path if path.is_absolute() else list_file.parent / path
+        where = f"{list_file}:{number}: {entry}"
+        if path.is_dir():
+            raise GlimmerError(f"{where} is a folder; a list names one image per line")
+        if not path.is_file():
+            raise GlimmerError(f"{where}: no such file")
+        if path.suffix.lower() in video_exts:
+            raise GlimmerError(f"{where} is a video; a list source holds images only")
+        if not is_image(path):
+            raise GlimmerError(f"{where} is not an image ({', '.join(IMAGE_EXTS)})")
+        paths.append(path)
+    if not paths:
+        raise GlimmerError(f"{list_file}: lists no image (one path per line, # for comments)")
+    return paths
 
 
 def class_folders(root: Path) -> List[str]:

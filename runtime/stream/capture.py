@@ -1,4 +1,5 @@
-"""OpenCV capture for the sources: the options users set, device probing, GStreamer pipelines.
+"""OpenCV capture for the sources: the options users set, device probing, GStreamer pipelines, and
+opens that are bounded in time and never block Ctrl-C.
 
 Kept apart from :mod:`glimmer.runtime.stream.sources` (what a source is and which one a URI opens)
 because this is the part that talks to OpenCV's VideoCapture and to the Jetson's camera stack.
@@ -7,6 +8,8 @@ because this is the part that talks to OpenCV's VideoCapture and to the Jetson's
 import contextlib
 import glob
 import re
+import threading
+import time
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, List, Optional
 
@@ -33,6 +36,8 @@ class SourceOptions:
         flip: ``none``, ``horizontal``, ``vertical`` or ``rotate-180``.
         retries: reconnect attempts for a live stream that stops delivering.
         backoff_s: first reconnect delay; doubles each attempt, capped at ``max_backoff_s``.
+        stall_timeout_s: a live source with no new frame for this long is stalled: reconnected.
+        connect_timeout_s: the longest one open (connect) of a camera or stream may take.
     """
 
     width: Optional[int] = None
@@ -43,12 +48,19 @@ class SourceOptions:
     retries: int = 5
     backoff_s: float = 0.5
     max_backoff_s: float = 8.0
+    stall_timeout_s: float = 5.0
+    connect_timeout_s: float = 10.0
 
     def __post_init__(self) -> None:
         if self.flip not in FLIPS:
             raise GlimmerError(f"source flip must be one of {', '.join(FLIPS)}, got {self.flip!r}")
         if self.loop < 0:
             raise GlimmerError(f"source loop must be 0 (forever) or more, got {self.loop}")
+        if self.retries < 0:
+            raise GlimmerError(f"source retries must be 0 or more, got {self.retries}")
+        for name in ("stall_timeout_s", "connect_timeout_s"):
+            if not getattr(self, name) > 0:
+                raise GlimmerError(f"source {name} must be more than 0, got {getattr(self, name)}")
 
 
 def _cv2():
@@ -107,13 +119,47 @@ def _video_devices() -> List[str]:
     return sorted(glob.glob("/dev/video*"), key=lambda p: (len(p), p))
 
 
+def ffmpeg_timeouts(options: SourceOptions) -> List[int]:
+    """``VideoCapture`` open parameters that bound FFmpeg's own open and read waits (30 s each
+    by default), where this OpenCV has them: they came with opencv/opencv#20549 (August 2021, so
+    4.5.4 on; both wheels here, 4.8 and 5.0, honour them). A build without them (JetPack's may
+    lack them) gets none and relies on the thread bounds alone; its abandoned calls then end
+    only when FFmpeg's 30 s do.
+
+    Both are set a little longer than our own bounds (``connect_timeout_s``, the stall watchdog),
+    so ours fire first with a clear message and FFmpeg's only ends the abandoned call soon after,
+    which lets its thread release the capture. Property names:
+    https://docs.opencv.org/4.x/d4/d15/group__videoio__flags__base.html
+    """
+    cv2 = _cv2()
+    open_key = getattr(cv2, "CAP_PROP_OPEN_TIMEOUT_MSEC", None)
+    read_key = getattr(cv2, "CAP_PROP_READ_TIMEOUT_MSEC", None)
+    if open_key is None or read_key is None:
+        return []
+    open_ms = int((options.connect_timeout_s + 1.0) * 1000)
+    read_ms = int((options.stall_timeout_s + max(1.0, options.stall_timeout_s)) * 1000)
+    return [int(open_key), open_ms, int(read_key), read_ms]
+
+
+def _video_capture(target: Any, api: int, params: List[int]) -> Any:
+    cv2 = _cv2()
+    if params:
+        try:
+            return cv2.VideoCapture(target, api, params)
+        except (TypeError, cv2.error):  # bindings without the parameters overload (< 4.5.2)
+            pass
+    return cv2.VideoCapture(target, api)
+
+
 def _capture_opener(
     target: Any, api: int, describe: str, hint: str, options: SourceOptions
 ) -> Callable[[], Any]:
+    params = ffmpeg_timeouts(options) if api == _cv2().CAP_FFMPEG else []
+
     def open_capture():
         cv2 = _cv2()
         with _quiet_opencv():
-            cap = cv2.VideoCapture(target, api)
+            cap = _video_capture(target, api, params)
             if cap.isOpened():
                 if options.width:
                     cap.set(cv2.CAP_PROP_FRAME_WIDTH, options.width)
@@ -124,7 +170,78 @@ def _capture_opener(
                 # The driver's own queue is the first place stale frames pile up.
                 cap.set(cv2.CAP_PROP_BUFFERSIZE, 1)
         if not cap.isOpened():
+            cap.release()
             raise GlimmerError(f"{describe}: {hint}")
         return cap
 
     return open_capture
+
+
+class _OpenCall:
+    """One ``opener()`` on a helper thread. A caller that stops waiting abandons it; the capture
+    it opens later is then released on the helper thread, never leaked or handed out."""
+
+    def __init__(self, opener: Callable[[], Any]) -> None:
+        self._opener = opener
+        self._lock = threading.Lock()
+        self._abandoned = False
+        self.result: Any = None
+        self.error: Optional[BaseException] = None
+        self.thread = threading.Thread(target=self._run, name="glimmer-open", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        try:
+            cap = self._opener()
+        except BaseException as exc:  # noqa: BLE001 - handed to the waiting caller
+            self.error = exc
+            return
+        with self._lock:
+            if not self._abandoned:
+                self.result = cap
+                return
+        cap.release()
+
+    def abandon(self) -> None:
+        with self._lock:
+            self._abandoned = True
+            cap, self.result = self.result, None
+        if cap is not None:  # finished between the last wait and now
+            cap.release()
+
+
+def open_bounded(
+    opener: Callable[[], Any],
+    describe: str,
+    timeout_s: float,
+    stop: Optional[threading.Event] = None,
+) -> Any:
+    """``opener()`` within ``timeout_s``, or a :class:`GlimmerError`; None once ``stop`` is set.
+
+    The open runs on a helper thread and this thread waits in short steps, because an open
+    blocked inside OpenCV cannot be interrupted: Ctrl-C (KeyboardInterrupt) still reaches the main
+    thread at once, and a camera that accepts a connection and never answers costs
+    ``timeout_s``, not FFmpeg's 30 s.
+    """
+    call = _OpenCall(opener)
+    deadline = time.monotonic() + timeout_s
+    try:
+        while call.thread.is_alive():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise GlimmerError(
+                    f"{describe}: no answer within {timeout_s:.1f} s (connect timeout); check the "
+                    "address and that the camera is reachable"
+                )
+            if stop is not None and stop.is_set():
+                break
+            call.thread.join(min(left, 0.1))
+    except BaseException:
+        call.abandon()
+        raise
+    if stop is not None and stop.is_set():
+        call.abandon()
+        return None
+    if call.error is not None:
+        raise call.error
+    return call.result

@@ -169,6 +169,14 @@ def format_report(report: Dict[str, Any]) -> str:
             f"  schedule {report['schedule']}" if report.get("schedule") else "",
         )
     )
+    if report.get("stalls") or report.get("reconnects"):
+        lines.append(
+            "source  stalls {}  reconnects {}".format(
+                report.get("stalls", 0), report.get("reconnects", 0)
+            )
+        )
+    for warning in report.get("source_warnings") or []:
+        lines.append(f"source warning: {warning}")
     lines.append("")
     for name, stats in report["stages"].items():
         if stats.get("count"):

@@ -24,9 +24,17 @@ busy.
 ``latency`` (live sources under ``auto``) queues nothing: each stage takes the newest frame when
 it is free (:mod:`glimmer.runtime.stream.schedule`), so a result is about one preprocessing and
 inference time old instead of a queue's worth of them.
+
+Stopping: Ctrl-C, SIGTERM and SIGHUP arrive as requests (:mod:`glimmer.runtime.core.signals`)
+that the output loop takes between frames, never inside one: reading stops, the frames in flight
+are finished, every sink is closed complete, and the report counts exactly the frames the sinks
+were given. A second request drops what is still in flight.
+
+Stills (``source.still``: a folder of images) carry each image's file name into the results.
 """
 
 import queue
+import signal
 import threading
 import time
 from dataclasses import dataclass, field
@@ -38,6 +46,7 @@ from glimmer.runtime.backends.base import Backend, TensorSpec
 from glimmer.runtime.core.errors import GlimmerError
 from glimmer.runtime.core.metadata import ModelMeta
 from glimmer.runtime.core.preprocess import LetterboxTransform, Preprocessor
+from glimmer.runtime.core.signals import describe, route_stops
 from glimmer.runtime.stream.classify import Classifier, ClassifySettings
 from glimmer.runtime.stream.detect import Detector, DetectSettings
 from glimmer.runtime.stream.meter import Meter
@@ -47,16 +56,31 @@ from glimmer.runtime.stream.sources import Source
 from glimmer.runtime.stream.task import Task
 
 _END = object()
+_WAKE = object()  # no item: a stop request is waiting to be handled
+
+
+class _EventOr:
+    """An Event-like "set" that is also true while ``extra()`` is (a pending stop request), for
+    waits written against an Event."""
+
+    def __init__(self, event: threading.Event, extra: Callable[[], bool]) -> None:
+        self._event, self._extra = event, extra
+
+    def is_set(self) -> bool:
+        return self._event.is_set() or self._extra()
 
 
 def build_task(
     meta: ModelMeta,
     classify: Optional[ClassifySettings] = None,
     detect: Optional[DetectSettings] = None,
+    still: bool = False,
 ) -> Task:
-    """The :class:`Task` the model's metadata asks for (never a flag)."""
+    """The :class:`Task` the model's metadata asks for (never a flag); ``still``: the frames are
+    unrelated images, each judged alone (a classifier then neither smooths nor alerts)."""
     if meta.task == "classify":
-        return Classifier(meta, classify)
+        settings = classify or ClassifySettings()
+        return Classifier(meta, settings.for_stills() if still else settings)
     if meta.task == "detect":
         return Detector(meta, detect)
     raise GlimmerError(f"metadata task {meta.task!r} has no postprocessor")
@@ -84,6 +108,7 @@ class _Item:
     batch: Optional[np.ndarray] = None
     transform: Optional[LetterboxTransform] = None
     outputs: Optional[List[np.ndarray]] = None
+    file: Optional[str] = None
 
 
 class Pipeline:
@@ -139,7 +164,33 @@ class Pipeline:
         self.preprocess = Preprocessor(backend.meta)
         self._dtype = np.dtype(check_one_frame(backend).dtype)
         self.interrupted = False
+        #: the signal that stopped the run (SIGINT for Ctrl-C), None when it ran to its end
+        self.stop_signal: Optional[int] = None
+        self._stop_requests: List[int] = []  # appended by a signal handler: no locks there
+        self._stops_handled = 0
         self._latency: Optional[LatencyFirst] = None
+        self._names = getattr(source, "name_of", None) if getattr(source, "still", False) else None
+
+    # -- stopping ------------------------------------------------------------------------------
+    def request_stop(self, signum: int = signal.SIGINT) -> None:
+        """Ask the run to stop (safe from a signal handler: it only records the request). The
+        first request stops reading and finishes the frames in flight; a second drops them."""
+        self._stop_requests.append(signum)
+
+    def _stop_pending(self) -> bool:
+        return self._stops_handled < len(self._stop_requests)
+
+    def _handle_stops(self) -> None:
+        while self._stop_pending():
+            signum = self._stop_requests[self._stops_handled]
+            self._stops_handled += 1
+            if self._stops_handled == 1:
+                self.interrupted = True
+                self.stop_signal = signum
+                self._stop_reading.set()
+                self._release_live_source()
+            else:
+                self._abort.set()
 
     # -- plumbing ------------------------------------------------------------------------------
     def _put(self, q: "queue.Queue", item: Any) -> bool:
@@ -188,16 +239,22 @@ class Pipeline:
         except StopIteration:
             return None
         t1 = time.perf_counter()
-        return _Item(seq, index, timestamp, frame, t1, {"capture": (t1 - t0) * 1e3})
+        item = _Item(seq, index, timestamp, frame, t1, {"capture": (t1 - t0) * 1e3})
+        if self._names is not None:
+            item.file = self._names(index)
+        return item
 
-    def _get(self, q: "queue.Queue") -> Any:
-        """The next item; after an abort, the end as soon as the queue runs dry."""
+    def _get(self, q: "queue.Queue", wake: bool = False) -> Any:
+        """The next item; after an abort, the end as soon as the queue runs dry; with ``wake``,
+        ``_WAKE`` while a stop request waits."""
         while True:
             try:
                 return q.get(timeout=0.1)
             except queue.Empty:
                 if self._abort.is_set():
                     return _END
+                if wake and self._stop_pending():
+                    return _WAKE
 
     def _stage(
         self, work: Callable[[_Item], None], q_in: "queue.Queue", q_out: "queue.Queue"
@@ -246,6 +303,7 @@ class Pipeline:
             dict(item.latency),
             item.frame,
             self.meter.recent_fps,
+            item.file,
         )
         for sink in self.sinks:
             sink.write(result)
@@ -274,7 +332,10 @@ class Pipeline:
         """Results in capture order until every inference thread has ended."""
         last = self._queues[1]
         while self._ends < self.workers:
-            item = self._get(last)
+            self._handle_stops()
+            item = self._get(last, wake=True)
+            if item is _WAKE:
+                continue
             if item is _END:
                 self._ends += 1
                 continue
@@ -285,6 +346,20 @@ class Pipeline:
                 ready = self._pending.pop(self._next_seq)
                 self._next_seq += 1  # first, so a Ctrl-C inside _finish cannot stall the order
                 self._finish(ready)
+
+    def _latency_drain(self) -> None:
+        """The latency schedule's output loop, taking stop requests between results."""
+        assert self._latency is not None
+        results = self._latency.results
+        wake = _EventOr(self._abort, self._stop_pending)
+        while True:
+            self._handle_stops()
+            item = results.take(wake)  # type: ignore[arg-type]
+            if item is None:
+                if self._stop_pending() and not self._abort.is_set():
+                    continue
+                return
+            self._finish(item)
 
     def _release_live_source(self) -> None:
         # A live source's close() wakes a capture thread waiting for a frame; a file's capture is
@@ -307,10 +382,14 @@ class Pipeline:
         return threads
 
     def run(self) -> Dict[str, Any]:
-        """Process until the end, a limit, a stop key or Ctrl-C; returns the report."""
+        """Process until the end, a limit, a stop key or a stop signal; returns the report."""
+        with route_stops(self.request_stop):
+            return self._run()
+
+    def _run(self) -> Dict[str, Any]:
         if self.schedule == LATENCY:
             self._latency = LatencyFirst(self)
-            threads, drain = self._latency.threads(), self._latency.drain
+            threads, drain = self._latency.threads(), self._latency_drain
         else:
             threads, drain = self._throughput_threads(), self._drain
         for thread in threads:
@@ -320,8 +399,10 @@ class Pipeline:
             try:
                 drain()
             except KeyboardInterrupt:
-                # First Ctrl-C: stop reading, finish the few frames in flight, report.
+                # Only where Ctrl-C could not be routed here (an application's own SIGINT
+                # handler): stop reading, finish the few frames in flight, report.
                 self.interrupted = True
+                self.stop_signal = self.stop_signal or signal.SIGINT
                 self._stop_reading.set()
                 self._release_live_source()
                 drain()
@@ -340,13 +421,33 @@ class Pipeline:
                 thread.join(timeout=10.0)
             self.source.close()
             self._count_dropped()
-            for sink in self.sinks:
-                sink.close(complete=complete and not self._errors)
+            closing = self._close_sinks(complete and not self._errors)
         if self._errors:
             raise self._errors[0]
+        if closing:
+            raise closing[0]
+        return self._report()
+
+    def _close_sinks(self, complete: bool) -> List[BaseException]:
+        """Close every sink, even after one fails (a failing video must not leave the JSON lines
+        open); the failures, in sink order."""
+        failures: List[BaseException] = []
+        for sink in self.sinks:
+            try:
+                sink.close(complete=complete and not failures)
+            except Exception as exc:  # raised after the others are closed
+                failures.append(exc)
+        return failures
+
+    def _report(self) -> Dict[str, Any]:
         report = self.meter.report()
         report["interrupted"] = self.interrupted
+        report["stopped_by"] = describe(self.stop_signal) if self.interrupted else None
         report["inference_threads"] = self.workers
         report["schedule"] = self.schedule
         report["schedule_requested"] = self.requested_schedule
+        # read with defaults: sources without a watchdog have none of these
+        report["stalls"] = int(getattr(self.source, "stalls", 0) or 0)
+        report["reconnects"] = int(getattr(self.source, "reconnects", 0) or 0)
+        report["source_warnings"] = [str(w) for w in getattr(self.source, "warnings", None) or []]
         return report

@@ -1,17 +1,28 @@
 """Where results go: JSON lines, an annotated video, a window, the console (docs/runtime.md,
 "Outputs users expect").
 
-- JSON lines: one object per frame (index, timestamp, per-stage latency, predictions), flushed per
-  frame so a crash or a pulled battery loses nothing already processed.
+- JSON lines (or CSV, :mod:`glimmer.runtime.stream.records`): one object per frame (index,
+  timestamp, per-stage latency, predictions; ``file`` for a still image), written straight to the
+  OS per frame so a crash or a pulled battery loses nothing already processed. A failed write (a
+  full disk, an I/O error) cuts the file back to its last complete frame and stops the run with
+  one line.
 - Annotated video: written under a temporary name beside the target and renamed when the run ends,
-  so a half-written file never carries the name a user asked for.
+  so a half-written file never carries the name a user asked for. ``cv2.VideoWriter`` reports no
+  write errors, so free space is watched while writing and the finished file is read back (it
+  opens, holds every frame, its last frame decodes) before it gets its name.
 - Window: only when asked (``--show``) and when a display exists; never over SSH by accident
   (display code that fails headless is a common complaint with such tools).
-- Console: predictions at most every ``interval`` seconds (alerts always), a live status line.
+- Console: predictions at most every ``interval`` seconds (alerts always), a live status line;
+  when stdout's reader goes away (``| head``) it falls silent and the run goes on.
 """
 
+import csv
+import errno
+import io
 import json
 import os
+import shutil
+import stat
 import sys
 import tempfile
 import time
@@ -21,11 +32,14 @@ from typing import Any, Dict, List, Optional
 
 import numpy as np
 
-from glimmer.runtime.core.console import StatusLine
+from glimmer.runtime.core.console import StatusLine, mute_stdout
 from glimmer.runtime.core.errors import GlimmerError
+from glimmer.runtime.stream.records import csv_columns, csv_rows, frame_record
 
 FOURCC = {".mp4": "mp4v", ".m4v": "mp4v", ".mov": "mp4v", ".mkv": "mp4v", ".avi": "MJPG"}
 _GREEN, _RED, _WHITE, _BLACK = (60, 200, 60), (40, 40, 230), (255, 255, 255), (0, 0, 0)
+#: below this much free space beside a video being written, its writes are failing unseen
+MIN_FREE_BYTES = 16 * 1024
 
 
 def _cv2():
@@ -44,6 +58,8 @@ class FrameResult:
     latency_ms: Dict[str, float] = field(default_factory=dict)
     frame: Optional[np.ndarray] = None
     fps: float = 0.0
+    #: the image's path, for a still source (a folder or an image); None for video and cameras
+    file: Optional[str] = None
 
 
 class Sink:
@@ -61,32 +77,97 @@ class Sink:
         """End of run; ``complete`` is False when the run failed."""
 
 
-class JsonLinesSink(Sink):
-    """One JSON object per line and frame, flushed as written."""
+def open_lines(path: Path):
+    """``path`` opened for writing, unbuffered (each line reaches the OS when written), without
+    truncating at open: the caller truncates once it holds the output's lock."""
+    fd = os.open(str(path), os.O_WRONLY | os.O_CREAT | getattr(os, "O_BINARY", 0), 0o666)
+    fh = os.fdopen(fd, "wb", buffering=0)
+    if stat.S_ISREG(os.fstat(fd).st_mode):  # not /dev/stdout or a FIFO
+        fh.truncate(0)
+    return fh
 
-    def __init__(self, path: Path) -> None:
+
+class JsonLinesSink(Sink):
+    """One JSON object per line and frame (:func:`records.frame_record`), written as produced;
+    only complete frames stay."""
+
+    def __init__(self, path: Path, flag: str = "--output") -> None:
         self.path = Path(path)
+        self.flag = flag
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._fh = open(str(self.path), "w", encoding="utf-8")
+            self._fh = open_lines(self.path)
         except OSError as exc:
-            raise GlimmerError(f"--output {self.path}: cannot write: {exc.strerror}") from None
-        self.lines = 0
+            raise GlimmerError(f"{flag} {self.path}: cannot write: {exc.strerror}") from None
+        self.lines = 0  # frames written
+        self._size = 0  # bytes of complete frames
+
+    def encode(self, result: FrameResult) -> str:
+        """One frame's text: a JSON line."""
+        record = frame_record(
+            result.index, result.timestamp, result.prediction, result.latency_ms, result.file
+        )
+        return json.dumps(record) + "\n"
 
     def write(self, result: FrameResult) -> None:
-        record = {
-            "index": result.index,
-            "timestamp": round(result.timestamp, 6),
-            "latency_ms": {k: round(v, 3) for k, v in result.latency_ms.items()},
-            "predictions": result.prediction,
-        }
-        self._fh.write(json.dumps(record) + "\n")
-        self._fh.flush()
+        self._append(self.encode(result))
         self.lines += 1
+
+    def _append(self, text: str) -> None:
+        """Write all of ``text`` or, on a failed write, cut back to the last complete frame."""
+        data = memoryview(text.encode("utf-8"))
+        done = 0
+        try:
+            while done < len(data):
+                wrote = self._fh.write(data[done:])
+                if not wrote:
+                    raise OSError(errno.EIO, os.strerror(errno.EIO))
+                done += wrote
+        except OSError as exc:
+            kept = self._cut()
+            raise GlimmerError(
+                f"{self.flag} {self.path}: write failed after {self.lines} frames "
+                f"({exc.strerror or exc}); {kept}"
+            ) from None
+        self._size += done
+
+    def _cut(self) -> str:
+        """Truncate to the last complete line (freeing the space a partial one took)."""
+        try:
+            self._fh.truncate(self._size)
+            return f"the file keeps the {self.lines} complete lines"
+        except OSError as exc:
+            return f"and it could not be cut back to its complete lines ({exc.strerror or exc})"
 
     def close(self, complete: bool = True) -> None:
         if not self._fh.closed:
-            self._fh.close()
+            try:
+                self._fh.close()
+            except OSError as exc:
+                raise GlimmerError(
+                    f"{self.flag} {self.path}: closing failed ({exc.strerror or exc})"
+                ) from None
+
+
+class CsvSink(JsonLinesSink):
+    """The same frames as CSV (:func:`records.csv_rows`): a header, then one row per detection or
+    classified frame, for a spreadsheet or pandas; the JSON lines keep everything else."""
+
+    def __init__(self, path: Path, task: str, flag: str = "--output") -> None:
+        super().__init__(path, flag)
+        self._append(self._csv([csv_columns(task)]))  # the file starts empty (open_lines)
+
+    @staticmethod
+    def _csv(rows: List[List[Any]]) -> str:
+        out = io.StringIO()
+        csv.writer(out, lineterminator="\n").writerows(rows)
+        return out.getvalue()
+
+    def encode(self, result: FrameResult) -> str:
+        record = frame_record(
+            result.index, result.timestamp, result.prediction, result.latency_ms, result.file
+        )
+        return self._csv(csv_rows(record))
 
 
 def annotate(frame: np.ndarray, pred: Dict[str, Any], fps: float = 0.0) -> np.ndarray:
@@ -114,33 +195,62 @@ def annotate(frame: np.ndarray, pred: Dict[str, Any], fps: float = 0.0) -> np.nd
 
     if pred.get("task") == "classify":
         alert = pred.get("alert")
-        text = "{} {:.2f}".format(pred["label"], pred["score"])
+        text = "{} {:.2f}".format(pred["name"], pred["confidence"])
         if alert:
             cv2.rectangle(out, (0, 0), (w - 1, h - 1), _RED, max(4, thick * 3))
-            text += "  ALERT: {}".format(alert["class"])
+            text += "  ALERT: {}".format(alert["name"])
         label(text, 8, int(30 * scale), _RED if alert else _GREEN)
     else:
         for det in pred.get("detections", []):
-            x1, y1, x2, y2 = (int(round(v)) for v in det["box"])
+            x1, y1, x2, y2 = (int(round(det["box"][k])) for k in ("x1", "y1", "x2", "y2"))
             cv2.rectangle(out, (x1, y1), (x2, y2), _GREEN, thick)
-            label("{} {:.2f}".format(det["class"], det["score"]), x1, y1, _GREEN)
+            label("{} {:.2f}".format(det["name"], det["confidence"]), x1, y1, _GREEN)
     if fps:
         label(f"{fps:.1f} FPS", 8, h - 8, _WHITE)
     return out
 
 
+def video_frames(path: Path, expected: int) -> int:
+    """How many of ``expected`` frames the video at ``path`` gives back: 0 when it does not open,
+    ``expected`` only when its header says so and its last frame decodes (a file cut short by a
+    full disk can still open with the header's count: MJPEG AVI, Matroska)."""
+    cv2 = _cv2()
+    cap = cv2.VideoCapture(str(path))
+    try:
+        if not cap.isOpened():
+            return 0
+        count = int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
+        if count != expected or expected == 0:
+            return max(0, min(count, expected))
+        cap.set(cv2.CAP_PROP_POS_FRAMES, expected - 1)
+        ok, frame = cap.read()
+        return expected if ok and frame is not None else expected - 1
+    finally:
+        cap.release()
+
+
+def free_bytes(folder: Path) -> Optional[int]:
+    """Free space in ``folder`` for this user; None when it cannot be asked."""
+    try:
+        return shutil.disk_usage(str(folder)).free
+    except OSError:
+        return None
+
+
 class VideoSink(Sink):
-    """Annotated frames into a video file via ``cv2.VideoWriter``, renamed into place at the end."""
+    """Annotated frames into a video file via ``cv2.VideoWriter``, renamed into place at the end
+    once read back whole."""
 
     needs_frames = True
 
-    def __init__(self, path: Path, fps: float = 30.0) -> None:
+    def __init__(self, path: Path, fps: float = 30.0, flag: str = "--save") -> None:
         self.path = Path(path)
+        self.flag = flag
         suffix = self.path.suffix.lower()
         if suffix not in FOURCC:
             raise GlimmerError(
-                "--save {}: unsupported video type {!r} (use {})".format(
-                    self.path, suffix or "none", ", ".join(sorted(FOURCC))
+                "{} {}: unsupported video type {!r} (use {})".format(
+                    flag, self.path, suffix or "none", ", ".join(sorted(FOURCC))
                 )
             )
         self.fps = fps if fps and fps > 0 else 30.0
@@ -152,7 +262,7 @@ class VideoSink(Sink):
             )
             os.close(fd)
         except OSError as exc:
-            raise GlimmerError(f"--save {self.path}: cannot write there: {exc.strerror}") from None
+            raise GlimmerError(f"{flag} {self.path}: cannot write there: {exc.strerror}") from None
         self._tmp = Path(tmp)
         self._writer = None
         self.frames = 0
@@ -167,22 +277,52 @@ class VideoSink(Sink):
             fourcc = cv2.VideoWriter_fourcc(*FOURCC[self.path.suffix.lower()])
             self._writer = cv2.VideoWriter(str(self._tmp), fourcc, self.fps, (w, h))
             if not self._writer.isOpened():
-                raise GlimmerError(f"--save {self.path}: OpenCV cannot write this video type here")
+                raise GlimmerError(
+                    f"{self.flag} {self.path}: OpenCV cannot write this video type here"
+                )
         self._writer.write(image)
         self.frames += 1
+        free = free_bytes(self._tmp.parent)
+        if free is not None and free < MIN_FREE_BYTES:
+            raise GlimmerError(
+                f"{self.flag} {self.path}: the disk is full ({free} bytes free) after "
+                f"{self.frames} frames; stopped, the video was not saved"
+            )
 
     def close(self, complete: bool = True) -> None:
         if self._writer is not None:
             self._writer.release()
             self._writer = None
         if complete and self.frames and self._tmp.exists():
-            # mkstemp made it owner-only; give the video the permissions any new file gets.
-            umask = os.umask(0)
-            os.umask(umask)
-            os.chmod(str(self._tmp), 0o666 & ~umask)
-            os.replace(str(self._tmp), str(self.path))
-        elif self._tmp.exists():
+            got = video_frames(self._tmp, self.frames)
+            if got != self.frames:
+                free = free_bytes(self._tmp.parent)
+                full = free is not None and free < MIN_FREE_BYTES
+                self._remove_tmp()
+                raise GlimmerError(
+                    f"{self.flag} {self.path}: the written video reads back incomplete ({got} of "
+                    f"{self.frames} frames){'; the disk is full' if full else ''}; removed, "
+                    "nothing saved under that name"
+                )
+            try:
+                # mkstemp made it owner-only; give the video the permissions any new file gets.
+                umask = os.umask(0)
+                os.umask(umask)
+                os.chmod(str(self._tmp), 0o666 & ~umask)
+                os.replace(str(self._tmp), str(self.path))
+            except OSError as exc:
+                self._remove_tmp()
+                raise GlimmerError(
+                    f"{self.flag} {self.path}: cannot put the video in place ({exc.strerror})"
+                ) from None
+        else:
+            self._remove_tmp()
+
+    def _remove_tmp(self) -> None:
+        try:
             self._tmp.unlink()
+        except OSError:
+            pass
 
 
 def display_available() -> Optional[str]:
@@ -246,11 +386,24 @@ class ConsoleSink(Sink):
         self._last_status = -1e9
         self._last_label: Optional[str] = None
         self.printed: List[int] = []
+        #: True once stdout's reader has gone: the run goes on, silently
+        self.muted = False
 
     def write(self, result: FrameResult) -> None:
+        if self.muted:
+            return
+        try:
+            self._write(result)
+        except BrokenPipeError:
+            self.muted = True
+            self.status.enabled = False
+            if self.stream is sys.stdout:
+                mute_stdout()
+
+    def _write(self, result: FrameResult) -> None:
         now = time.monotonic()
         alert = result.prediction.get("alert")
-        label = result.prediction.get("label")
+        label = result.prediction.get("name")
         if (
             (alert and alert.get("new"))
             or label != self._last_label
@@ -258,9 +411,10 @@ class ConsoleSink(Sink):
         ):
             self._last_print, self._last_label = now, label
             self.status.close()
+            where = f"  {result.file}" if result.file is not None else ""
             self.stream.write(
                 f"frame {result.index:>6}  t={result.timestamp:8.2f}s  "
-                f"{self.summarize(result.prediction)}\n"
+                f"{self.summarize(result.prediction)}{where}\n"
             )
             self.stream.flush()
             self.printed.append(result.index)
@@ -274,4 +428,7 @@ class ConsoleSink(Sink):
             )
 
     def close(self, complete: bool = True) -> None:
-        self.status.close()
+        try:
+            self.status.close()
+        except (BrokenPipeError, ValueError):
+            pass

@@ -7,14 +7,16 @@
     clip.mp4, file://clip.mp4  video file (mp4, mkv, avi, ...)
     photo.jpg                  one image
     folder/                    a folder of images, sorted by name
+    'imgs/*.jpg', 'a/**/*.png' the images a glob matches, sorted (quoted: the shell leaves it)
+    list.txt                   the images it lists, one per line, relative to it (# comments)
 
 Every source iterates ``(frame, timestamp, index)`` (BGR uint8, seconds, 0-based) and has
 ``close()``. Files yield every frame in order (``loop`` plays them again); live sources run a
 grabber thread that keeps only the newest frame and counts the ones it overwrote, because buffered
 stale frames are what makes latency grow on live streams (docs/runtime.md, "Recurring problems").
 A live frame's index is its number among the frames the grabber read, so a gap is a dropped frame. A
-live stream that stops delivering is reopened with bounded exponential back-off, then ends with a
-clear error.
+live stream that stalls (no frame for ``stall_timeout_s``) or fails is reopened with bounded
+exponential back-off, each open bounded by ``connect_timeout_s``, then ends with a clear error.
 """
 
 import abc
@@ -28,7 +30,14 @@ from typing import Any, Callable, List, Optional, Tuple
 import numpy as np
 
 from glimmer.runtime.core.errors import GlimmerError
-from glimmer.runtime.core.images import is_image, list_images, read_image
+from glimmer.runtime.core.images import (
+    glob_images,
+    is_glob,
+    is_image,
+    list_images,
+    read_image,
+    read_image_list,
+)
 from glimmer.runtime.stream.capture import (
     SourceOptions,
     _capture_opener,
@@ -37,6 +46,7 @@ from glimmer.runtime.stream.capture import (
     _video_devices,
     csi_pipeline,
     gstreamer_available,
+    open_bounded,
     redact,
 )
 
@@ -45,6 +55,8 @@ Frame = Tuple[np.ndarray, float, int]
 VIDEO_EXTS = (".mp4", ".mkv", ".avi", ".mov", ".webm", ".m4v", ".mpg", ".mpeg", ".ts", ".h264")
 NETWORK_SCHEMES = ("rtsp://", "rtsps://", "rtmp://", "http://", "https://", "udp://")
 _CV2_FLIP = {"horizontal": 1, "vertical": 0, "rotate-180": -1}
+# containers whose frame count is a bit-rate estimate or absent: not checked for truncation
+_UNCOUNTED_EXTS = (".ts", ".mpg", ".mpeg", ".h264")
 
 
 class Source(abc.ABC):
@@ -52,11 +64,17 @@ class Source(abc.ABC):
 
     #: live sources drop stale frames; file sources deliver every frame
     live = False
+    #: unrelated still images (a folder, a list): each judged alone, results carry the file name
+    still = False
 
     def __init__(self, description: str) -> None:
         self.description = description
         self._index = 0
         self._closed = False
+        # read by the run report: live interruptions, reopens, and lines worth keeping
+        self.stalls = 0
+        self.reconnects = 0
+        self.warnings: List[str] = []
 
     @property
     def dropped(self) -> int:
@@ -71,6 +89,10 @@ class Source(abc.ABC):
     @property
     def fps(self) -> Optional[float]:
         """The source's nominal frame rate, when it has one."""
+        return None
+
+    def name_of(self, index: int) -> Optional[str]:
+        """The file behind the frame emitted with ``index``, for still sources; else None."""
         return None
 
     def __iter__(self) -> "Source":
@@ -101,13 +123,16 @@ def _flipped(frame: np.ndarray, flip: str) -> np.ndarray:
 
 class VideoFileSource(Source):
     """Every frame of a video file, in order; timestamps are media time (index / the file's
-    rate)."""
+    rate). A play that ends short of the frame count the container announced is reported once as
+    truncated or damaged (stderr and ``warnings``), since OpenCV just ends such a file early."""
 
     def __init__(self, path: Path, options: Optional[SourceOptions] = None) -> None:
         super().__init__(str(path))
         self.path = Path(path)
         self.options = options or SourceOptions()
         self._plays = 0
+        self._read_in_play = 0
+        self._short_reported = False
         self._cap = self._open()
         self._rate = float(self._cap.get(_cv2().CAP_PROP_FPS) or 0.0)
         self._count = int(self._cap.get(_cv2().CAP_PROP_FRAME_COUNT) or 0)
@@ -137,9 +162,12 @@ class VideoFileSource(Source):
         while not self._closed:
             ok, frame = self._cap.read()
             if ok and frame is not None:
+                self._read_in_play += 1
                 timestamp = self._index / self._rate if self._rate else time.time()
                 return self._emit(_flipped(frame, self.options.flip), timestamp)
+            self._check_complete()
             self._plays += 1
+            self._read_in_play = 0
             if self.options.loop and self._plays >= self.options.loop:
                 break
             if self._index == 0:
@@ -149,6 +177,26 @@ class VideoFileSource(Source):
             self._cap = self._open()
         raise StopIteration
 
+    def _check_complete(self) -> None:
+        """Warn (once) when a play ended short of the container's frame count.
+
+        The count is exact where the container records it (AVI, MP4, MOV) and duration x rate
+        where it does not (MKV, WebM), which can be off by a rounded frame or two: a shortfall up
+        to max(2 frames, 1 %) is not reported. MPEG streams and raw H.264 carry no count (FFmpeg
+        estimates their duration from the bit rate), so they are not checked.
+        """
+        count, read = self._count, self._read_in_play
+        if self._short_reported or count <= 0 or self.path.suffix.lower() in _UNCOUNTED_EXTS:
+            return
+        if count - read > max(2, count // 100):
+            self._short_reported = True
+            message = (
+                f"{self.path}: read {read} of {count} frames the container announced "
+                "(truncated or damaged)"
+            )
+            self.warnings.append(message)
+            _say(f"warning: {message}")
+
     def close(self) -> None:
         if not self._closed:
             self._cap.release()
@@ -157,6 +205,8 @@ class VideoFileSource(Source):
 
 class ImageListSource(Source):
     """One image or a sorted folder of images; undecodable files are skipped with a warning."""
+
+    still = True
 
     def __init__(
         self, paths: List[Path], description: str, options: Optional[SourceOptions] = None
@@ -168,6 +218,7 @@ class ImageListSource(Source):
         self.options = options or SourceOptions()
         self.skipped: List[Path] = []
         self._cursor = 0
+        self._emitted: List[Path] = []  # [index] -> the path as given (shared, not copied)
 
     @property
     def length(self) -> Optional[int]:
@@ -186,15 +237,61 @@ class ImageListSource(Source):
                 if len(self.skipped) == len(self.paths):
                     raise GlimmerError(f"{self.description}: none of the images can be decoded")
                 continue
+            self._emitted.append(path)  # skipped images get no index, so this stays aligned
             return self._emit(_flipped(frame, self.options.flip), time.time())
         raise StopIteration
 
+    def name_of(self, index: int) -> Optional[str]:
+        return str(self._emitted[index]) if 0 <= index < len(self._emitted) else None
+
+
+class _Reader:
+    """Reads one capture on its own thread until stopped or a read fails.
+
+    A read stuck inside OpenCV cannot be interrupted from Python, so a stalled reader is abandoned,
+    never joined: it releases its capture itself once the read returns (FFmpeg's read timeout
+    bounds that where OpenCV has one), so no capture is released under a read in flight.
+    """
+
+    def __init__(
+        self,
+        cap: Any,
+        deliver: Callable[["_Reader", np.ndarray], None],
+        done: Callable[[], None],
+    ) -> None:
+        self.cap = cap
+        self.stop = threading.Event()
+        self.failed = False
+        self._deliver = deliver
+        self._done = done
+        self.thread = threading.Thread(target=self._run, name="glimmer-reader", daemon=True)
+
+    def _run(self) -> None:
+        try:
+            while not self.stop.is_set():
+                ok, frame = self.cap.read()
+                if self.stop.is_set():
+                    break
+                if not ok or frame is None:
+                    self.failed = True
+                    break
+                self._deliver(self, frame)
+        except Exception:  # noqa: BLE001 - a backend error ends the stream as a failed read does
+            self.failed = True
+        finally:
+            self.cap.release()
+            self._done()
+
 
 class LiveSource(Source):
-    """A camera or stream read by a grabber thread that keeps only the newest frame.
+    """A camera or stream read by a reader thread that keeps only the newest frame.
 
     ``opener`` returns an opened ``cv2.VideoCapture``-like object or raises :class:`GlimmerError`;
-    it is called again to reconnect.
+    it runs on a helper thread bounded by ``connect_timeout_s`` (Ctrl-C is never stuck behind it)
+    and again for each reconnect. A watchdog thread (``glimmer-grabber``) reconnects when no frame
+    came for ``stall_timeout_s`` or a read failed, with exponential back-off, and ends the stream
+    with a :class:`GlimmerError` after ``retries`` attempts in a row without a frame. Each
+    interruption is one line on stderr and one of ``stalls``; each reopen one of ``reconnects``.
     """
 
     live = True
@@ -210,17 +307,20 @@ class LiveSource(Source):
         self.options = options or SourceOptions()
         self._opener = opener
         self._flip = self.options.flip if post_flip else "none"
-        self._cap = opener()
-        # Asked once, before the grabber starts: captures are not safe to query during a read.
-        self._rate = float(self._cap.get(_cv2().CAP_PROP_FPS) or 0.0)
+        cap = open_bounded(opener, description, self.options.connect_timeout_s)
+        # Asked once, before a reader starts: captures are not safe to query during a read.
+        self._rate = float(cap.get(_cv2().CAP_PROP_FPS) or 0.0)
         self._cond = threading.Condition()
         self._stop = threading.Event()
         self._latest: Optional[Frame] = None
         self._error: Optional[GlimmerError] = None
         self._dropped = 0
         self._grabbed = 0
-        self.reconnects = 0
-        self._thread = threading.Thread(target=self._grab, name="glimmer-grabber", daemon=True)
+        self._reader: Optional[_Reader] = None
+        self._grabbed_at_open = 0
+        self._last_frame = time.monotonic()
+        self._start_reader(cap)
+        self._thread = threading.Thread(target=self._watch, name="glimmer-grabber", daemon=True)
         self._thread.start()
 
     @property
@@ -236,48 +336,120 @@ class LiveSource(Source):
         """Frames read from the camera so far; the newest one's index is ``grabbed - 1``."""
         return self._grabbed
 
-    def _grab(self) -> None:
-        while not self._stop.is_set():
-            ok, frame = self._cap.read()
-            if self._stop.is_set():
-                break
-            if not ok or frame is None:
-                if not self._reconnect():
-                    return
-                continue
-            stamp = time.time()
-            frame = _flipped(frame, self._flip)
-            with self._cond:
-                if self._latest is not None:
-                    self._dropped += 1
-                self._latest = (frame, stamp, self._grabbed)
-                self._grabbed += 1
-                self._cond.notify_all()
+    def _start_reader(self, cap: Any) -> None:
+        reader = _Reader(cap, self._deliver, self._wake)
+        with self._cond:
+            self._reader = reader
+            self._grabbed_at_open = self._grabbed
+            self._last_frame = time.monotonic()  # the first frame gets a full stall timeout too
+        reader.thread.start()
 
-    def _reconnect(self) -> bool:
-        """Reopen with exponential back-off; False (and a pending error) when every attempt
-        failed."""
-        opts = self.options
-        delay, waited, reason = opts.backoff_s, 0.0, "no frame"
-        self._cap.release()
-        for _attempt in range(opts.retries):
-            if self._stop.wait(delay):
-                return False
-            waited += delay
-            try:
-                self._cap = self._opener()
-                self.reconnects += 1
-                return True
-            except GlimmerError as exc:
-                reason = str(exc)
-            delay = min(delay * 2.0, opts.max_backoff_s)
+    def _wake(self) -> None:
+        with self._cond:
+            self._cond.notify_all()
+
+    def _deliver(self, reader: _Reader, frame: np.ndarray) -> None:
+        stamp = time.time()
+        frame = _flipped(frame, self._flip)
+        with self._cond:
+            if reader is not self._reader:
+                return  # a late frame from an abandoned reader
+            if self._latest is not None:
+                self._dropped += 1
+            self._latest = (frame, stamp, self._grabbed)
+            self._grabbed += 1
+            self._last_frame = time.monotonic()
+            self._cond.notify_all()
+
+    def _next_event(self, after_reconnect: bool) -> Optional[str]:
+        """Wait for ``resumed`` (a first frame after a reconnect), ``lost`` (a read failed) or
+        ``stalled`` (no frame for the stall timeout); None once closing."""
+        stall = self.options.stall_timeout_s
+        with self._cond:
+            while not self._stop.is_set() and self._reader is not None:
+                if after_reconnect and self._grabbed > self._grabbed_at_open:
+                    return "resumed"
+                if self._reader.failed:
+                    return "lost"
+                idle = time.monotonic() - self._last_frame
+                if idle >= stall:
+                    return "stalled"
+                self._cond.wait(min(stall - idle, 0.25))
+        return None
+
+    def _abandon_reader(self) -> None:
+        with self._cond:
+            reader, self._reader = self._reader, None
+        if reader is not None:
+            reader.stop.set()  # it releases its capture when its read returns
+
+    def _watch(self) -> None:
+        """The watchdog: reconnect on a stall or a failed read, give up after ``retries``
+        attempts without a frame."""
+        opts, name = self.options, self.description
+        attempt = 0  # reconnect attempts since the stream last delivered a frame
+        delay, since, last_seen, what, last, line = opts.backoff_s, 0.0, 0.0, "", "", ""
+        while True:
+            event = self._next_event(after_reconnect=attempt > 0)
+            if event is None:
+                return
+            if event == "resumed":
+                _say(
+                    f"stream resumed: {name} delivers frames again, "
+                    f"{time.monotonic() - last_seen:.1f} s after its last frame (reconnect "
+                    f"attempt {attempt})"
+                )
+                attempt = 0
+                continue
+            self._abandon_reader()
+            stalled = event == "stalled"
+            if attempt == 0:  # a new interruption
+                self.stalls += 1
+                delay, since, last_seen = opts.backoff_s, time.monotonic(), self._last_frame
+                what = f"no frame for {opts.stall_timeout_s:.1f} s" if stalled else "a read failed"
+                last = what
+                line = (
+                    f"stream stalled: no frame from {name} for {opts.stall_timeout_s:.1f} s"
+                    if stalled
+                    else f"stream lost: {name} stopped delivering frames (a read failed)"
+                )
+            else:  # the reconnect opened, then delivered nothing
+                last = "opened, then " + (
+                    f"no frame for {opts.stall_timeout_s:.1f} s" if stalled else "a read failed"
+                )
+                line = f"reconnect to {name} failed ({last})"
+            cap = None
+            while cap is None:
+                if attempt >= opts.retries:
+                    self._fail(what, attempt, time.monotonic() - since, last)
+                    return
+                attempt += 1
+                _say(f"{line}; reconnecting (attempt {attempt}/{opts.retries})")
+                if self._stop.wait(delay):
+                    return
+                delay = min(delay * 2.0, opts.max_backoff_s)
+                try:
+                    cap = open_bounded(self._opener, name, opts.connect_timeout_s, self._stop)
+                except GlimmerError as exc:
+                    last = _strip_prefix(str(exc), f"{name}: ")
+                    line = f"reconnect to {name} failed ({last})"
+                    continue
+                if cap is None:  # closing
+                    return
+            self.reconnects += 1
+            self._start_reader(cap)
+
+    def _fail(self, what: str, attempts: int, seconds: float, last: str) -> None:
+        tried = (
+            f"{attempts} reconnect attempts over {seconds:.1f} s failed (last: {last})"
+            if attempts
+            else "reconnecting is off (retries 0)"
+        )
         with self._cond:
             self._error = GlimmerError(
-                f"{self.description}: the stream stopped delivering frames and {opts.retries} "
-                f"reconnect attempts over {waited:.1f} s failed (last: {reason})"
+                f"{self.description}: the stream stopped delivering frames ({what}) and {tried}"
             )
             self._cond.notify_all()
-        return False
 
     def __next__(self) -> Frame:
         with self._cond:
@@ -298,16 +470,27 @@ class LiveSource(Source):
             self._closed = True
             self._cond.notify_all()
         self._thread.join(timeout=5.0)
-        # Releasing under a read still in flight can crash some capture backends: leave it to exit.
-        if not self._thread.is_alive():
-            self._cap.release()
+        reader = self._reader
+        if reader is not None:
+            # The reader releases its capture: releasing under a read still in flight can crash
+            # some capture backends. A read hung in C is left to return on its own.
+            reader.stop.set()
+            reader.thread.join(timeout=1.0)
+
+
+def _say(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def _strip_prefix(text: str, prefix: str) -> str:
+    return text[len(prefix) :] if text.startswith(prefix) else text
 
 
 # -- URI parsing and opening ---------------------------------------------------------------------
 
 
 def parse_uri(uri: str) -> Tuple[str, str]:
-    """``(kind, target)`` with kind one of csi, v4l2, network, video, image, folder.
+    """``(kind, target)`` with kind one of csi, v4l2, network, video, image, folder, glob, list.
 
     Decides from the text alone except for plain paths, which are looked at on disk.
     """
@@ -333,6 +516,8 @@ def parse_uri(uri: str) -> Tuple[str, str]:
     path = Path(text).expanduser()
     if path.is_dir():
         return "folder", str(path)
+    if not path.exists() and is_glob(text):  # a file whose name holds "[" still opens as itself
+        return "glob", text
     if not path.exists():
         raise GlimmerError(
             f"source {text}: no such file or folder (cameras: --camera N, csi://N, "
@@ -340,6 +525,8 @@ def parse_uri(uri: str) -> Tuple[str, str]:
         )
     if is_image(path):
         return "image", str(path)
+    if path.suffix.lower() == ".txt":
+        return "list", str(path)
     return "video", str(path)
 
 
@@ -353,6 +540,10 @@ def open_source(uri: str, options: Optional[SourceOptions] = None) -> Source:
         return ImageListSource([Path(target)], target, options)
     if kind == "folder":
         return ImageListSource(list_images(Path(target), recursive=False), target, options)
+    if kind == "glob":
+        return ImageListSource(glob_images(target), target, options)
+    if kind == "list":
+        return ImageListSource(read_image_list(Path(target), VIDEO_EXTS), target, options)
     cv2 = _cv2()
     linux = sys.platform.startswith("linux")
     if kind == "csi":

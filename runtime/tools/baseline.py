@@ -9,17 +9,20 @@ machine (speed belongs to the hardware); an accuracy check gets one only if it a
 ``max_drop`` is a tolerance the user chooses, not a measurement, and is left as written.
 
 The file is edited with tomlkit, which round-trips TOML: comments, blank lines, key order and
-the formatting of every untouched value stay byte-for-byte; the result is written atomically.
+the formatting of every untouched value stay byte-for-byte; the result is written atomically, to
+the file itself when deploy.toml is a symlink (the link stays a link, the file keeps its mode).
 tomlkit is imported only here (the ``check`` extra), and any tomlkit from 0.11 works: Python 3.8
 (JetPack 5) cannot install the newest.
 """
 
 import math
+import os
 from pathlib import Path
 from typing import Any, Dict, List
 
 from glimmer.runtime.core.errors import GlimmerError
-from glimmer.runtime.core.files import atomic_write_text
+from glimmer.runtime.core.files import atomic_edit_text
+from glimmer.runtime.core.outputs import preflight
 from glimmer.runtime.tools.regression import METRIC, CheckResult
 
 #: decimals kept per measured metric
@@ -47,6 +50,15 @@ def require_tomlkit() -> Any:
             f"--update-baseline needs tomlkit >= 0.11, found {version}: {_TOMLKIT_HINT}"
         )
     return tomlkit
+
+
+def check_writable(path: Path) -> None:
+    """One line now, not after the measurements, when the file behind ``path`` cannot be
+    replaced (a read-only file or folder)."""
+    real = Path(os.path.realpath(str(path)))
+    if not os.access(str(real), os.W_OK):
+        raise GlimmerError(f"--update-baseline: {real} is read-only")
+    preflight([("--update-baseline", real)], [])
 
 
 def with_margin(key: str, measured: float, margin: float) -> float:
@@ -79,7 +91,14 @@ def update_baseline(
     tomlkit = require_tomlkit()
     if not 0.0 <= margin < 1.0:
         raise GlimmerError(f"--margin must be in [0, 1), got {margin}")
-    text = Path(path).read_text(encoding="utf-8")
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        from glimmer.runtime.tools.config import not_utf8
+
+        raise GlimmerError(not_utf8(Path(path), exc)) from None
+    except OSError as exc:
+        raise GlimmerError(f"--config {path}: cannot read: {exc.strerror or exc}") from None
     doc = tomlkit.parse(text)
     changes: Dict[str, Dict[str, float]] = {}
     for result in results:
@@ -96,5 +115,10 @@ def update_baseline(
             _set(table, "device", device)  # speed belongs to the machine; accuracy to the model
         changes[result.check.name] = new
     if changes:
-        atomic_write_text(path, tomlkit.dumps(doc))
+        try:
+            atomic_edit_text(path, tomlkit.dumps(doc))
+        except OSError as exc:
+            raise GlimmerError(
+                f"--update-baseline: cannot write {path}: {exc.strerror or exc}"
+            ) from None
     return changes

@@ -40,6 +40,7 @@ from glimmer.runtime.core.console import StatusLine, add_verbose_flag, run_cli
 from glimmer.runtime.core.errors import GlimmerError
 from glimmer.runtime.core.files import atomic_path, atomic_write_text
 from glimmer.runtime.core.metadata import ModelMeta
+from glimmer.runtime.core.outputs import preflight
 from glimmer.runtime.core.preprocess import Preprocessor
 from glimmer.runtime.core.timing import latency_stats, sample_ms
 from glimmer.runtime.stream.meter import Meter
@@ -385,9 +386,13 @@ def write_plot(report: Dict[str, Any], path: Path) -> None:
     right.set_title(report["machine"]["device"][:60], fontsize=9)
     right.legend()
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(str(tmp), format="png", dpi=110)
-    plt.close(fig)
+    try:
+        with atomic_path(path) as tmp:
+            fig.savefig(str(tmp), format="png", dpi=110)
+    except OSError as exc:
+        raise GlimmerError(f"--plot {path}: cannot write: {exc.strerror or exc}") from None
+    finally:
+        plt.close(fig)
 
 
 # -- command line ---------------------------------------------------------------------------------
@@ -465,9 +470,19 @@ def _check_args(args: argparse.Namespace) -> None:
     ):
         if value is not None and value < least:
             raise GlimmerError(f"{flag} must be at least {least}, got {value}")
-    for flag, path in (("--json", args.json), ("--plot", args.plot)):
-        if path is not None and path.is_dir():
-            raise GlimmerError(f"{flag} {path}: is a folder, give a file name")
+    # Before the model load or engine build: an output on an input, or in a folder that takes no
+    # file, is refused now rather than after the measurements.
+    inputs = [("--model", args.model), ("--meta", args.meta)]
+    if args.source and "://" not in args.source and not args.source.isdigit():
+        inputs.append(("--source", Path(args.source)))
+    preflight([("--json", args.json), ("--plot", args.plot)], inputs)
+
+
+def write_json(path: Path, report: Dict[str, Any]) -> None:
+    try:
+        atomic_write_text(path, json.dumps(report, indent=2) + "\n")
+    except OSError as exc:
+        raise GlimmerError(f"--json {path}: cannot write: {exc.strerror or exc}") from None
 
 
 def _batch_size(backend: Backend, wanted: Optional[int]) -> int:
@@ -574,7 +589,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     report = run(args)
     print(format_markdown(report))
     if args.json:
-        atomic_write_text(args.json, json.dumps(report, indent=2) + "\n")
+        write_json(args.json, report)
         print(f"report written to {args.json}")
     if args.plot:
         write_plot(report, args.plot)

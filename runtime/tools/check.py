@@ -20,6 +20,7 @@ from typing import Any, Dict, List, Optional
 from glimmer.runtime.core.console import add_verbose_flag, run_cli
 from glimmer.runtime.core.errors import GlimmerError
 from glimmer.runtime.core.files import atomic_write_text
+from glimmer.runtime.core.outputs import preflight
 from glimmer.runtime.tools.config import load_config
 from glimmer.runtime.tools.regression import CheckResult, parse_checks, run_check
 
@@ -107,6 +108,9 @@ def format_table(results: List[CheckResult]) -> str:
                 f"{n} F1 {v['f1']:.3f} (n={v['support']})" for n, v in per_class.items()
             )
             notes.append(f"  {result.check.name}: per class: {parts}")
+        definition = result.details.get("accuracy", {}).get("map_definition")
+        if definition:
+            notes.append(f"  {result.check.name}: mAP is {definition}")
     return "\n".join(lines + ([""] + notes if notes else []))
 
 
@@ -159,8 +163,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     if not 0.0 <= args.margin < 1.0:
         raise GlimmerError(f"--margin must be in [0, 1), got {args.margin}")
-    if args.json is not None and args.json.is_dir():
-        raise GlimmerError(f"--json {args.json}: is a folder, give a file name")
+    preflight([("--json", args.json)], [("--config", args.config)])
     if args.update_baseline:
         from glimmer.runtime.tools.baseline import require_tomlkit
 
@@ -170,6 +173,17 @@ def main(argv: Optional[List[str]] = None) -> int:
     checks = _select(
         parse_checks(config.checks, origin, args.config.resolve().parent), args.only, origin
     )
+    # Every output checked before minutes of measuring: not one of the checks' models, and
+    # --update-baseline can write beside the real deploy.toml (through a symlink).
+    preflight(
+        [("--json", args.json)],
+        [(f"[checks.{c.name}] model", c.model) for c in checks]
+        + [(f"[checks.{c.name}] reference", c.reference) for c in checks],
+    )
+    if args.update_baseline:
+        from glimmer.runtime.tools.baseline import check_writable
+
+        check_writable(args.config)
     from glimmer.runtime.tools.bench import this_device
 
     device = this_device()
@@ -181,9 +195,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     ]
     print(format_table(results))
     if args.json:
-        atomic_write_text(
-            args.json, json.dumps(_as_json(results, device), indent=2, default=str) + "\n"
-        )
+        try:
+            atomic_write_text(
+                args.json, json.dumps(_as_json(results, device), indent=2, default=str) + "\n"
+            )
+        except OSError as exc:
+            raise GlimmerError(f"--json {args.json}: cannot write: {exc.strerror or exc}") from None
         print(f"results written to {args.json}")
     errors = any(r.status == "ERROR" for r in results)
     if args.update_baseline:

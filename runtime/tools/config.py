@@ -1,10 +1,14 @@
 """deploy.toml: the deployment profile's defaults for glimmer-run; command-line flags override it.
 
     [model]     path, backend (auto|onnxruntime|tensorrt), cache_dir, threads,
-                int8_kernels (auto|fused|simulated: INT8 on ONNX Runtime's CPU EP, int8_policy.py)
+                int8_kernels (auto|fused|simulated: INT8 on ONNX Runtime's CPU EP),
+                imgsz, half, device, cuda_graph, dla_core (ultralytics' names where it has them)
     [runtime]   source (URI or camera index), width, height, rate, loop, flip, max_frames,
-                duration, show, print_interval, schedule (auto|latency|throughput)
-    [outputs]   jsonl, video, report
+                duration, show, print_interval, schedule (auto|latency|throughput),
+                stall_timeout, reconnects, connect_timeout (live streams)
+    [outputs]   jsonl (or CSV), video (a path or an output URI), report, format (jsonl|csv);
+                sub-tables [outputs.mavlink] and [outputs.mqtt] are handed
+                on as read (a dict), validated by the modules that use them
     [classify]  top_k, smoothing, normal_class, alert_threshold, alert_frames
     [detect]    conf, iou, max_det, agnostic
     [checks]    reserved for the regression checks (glimmer-check): accepted, handed on unvalidated
@@ -23,6 +27,7 @@ from typing import Any, Dict, Optional, Tuple
 from glimmer.runtime.backends.ort.int8 import INT8_KERNELS
 from glimmer.runtime.core.errors import GlimmerError
 from glimmer.runtime.stream.capture import FLIPS
+from glimmer.runtime.stream.records import FORMATS
 from glimmer.runtime.stream.schedule import SCHEDULES
 
 BACKENDS = ("auto", "onnxruntime", "tensorrt")
@@ -46,6 +51,11 @@ SCHEMA: Dict[str, Dict[str, Key]] = {
         "cache_dir": Key("path"),
         "threads": Key("int", None, minimum=1),
         "int8_kernels": Key("str", "auto", INT8_KERNELS),
+        "imgsz": Key("int", None, minimum=1),
+        "half": Key("bool", False),
+        "device": Key("str"),
+        "cuda_graph": Key("bool", True),
+        "dla_core": Key("int", None, minimum=0),
     },
     "runtime": {
         "source": Key("source"),
@@ -59,12 +69,23 @@ SCHEMA: Dict[str, Dict[str, Key]] = {
         "show": Key("bool", False),
         "print_interval": Key("float", 1.0, minimum=0.0),
         "schedule": Key("str", "auto", SCHEDULES),
+        "stall_timeout": Key("float", 5.0, minimum=0.1),
+        "reconnects": Key("int", 5, minimum=0),
+        "connect_timeout": Key("float", 10.0, minimum=0.1),
     },
-    "outputs": {"jsonl": Key("path"), "video": Key("path"), "report": Key("path")},
+    "outputs": {
+        "jsonl": Key("path"),
+        "video": Key("output"),
+        "report": Key("path"),
+        "format": Key("str", None, FORMATS),
+        "mavlink": Key("table"),
+        "mqtt": Key("table"),
+    },
     "classify": {
         "top_k": Key("int", 3, minimum=1),
         "smoothing": Key("float", 0.6, minimum=0.0, maximum=0.99),
-        "normal_class": Key("str", "Normal"),
+        # None: a class named Normal if the model has one; "": none exempt
+        "normal_class": Key("str", None),
         "alert_threshold": Key("float", 0.7, minimum=0.0, maximum=1.0),
         "alert_frames": Key("int", 5, minimum=1),
     },
@@ -83,6 +104,8 @@ _KIND_NAMES = {
     "str": "a string",
     "path": "a path string",
     "source": "a source URI string or a camera index",
+    "table": "a table",
+    "output": "a path or an output URI string",
 }
 
 
@@ -103,17 +126,26 @@ def _type_name(value: Any) -> str:
 
 
 def check_value(dotted: str, key: Key, value: Any, origin: str, base: Optional[Path] = None) -> Any:
-    """``value`` converted to the key's type, or an error naming ``dotted``."""
+    """``value`` converted to the key's type, or an error naming ``dotted``; a table is handed on
+    as read."""
     ok = {
         "int": isinstance(value, int) and not isinstance(value, bool),
         "float": isinstance(value, (int, float)) and not isinstance(value, bool),
         "bool": isinstance(value, bool),
         "str": isinstance(value, str),
         "path": isinstance(value, str),
+        "output": isinstance(value, str),
         "source": isinstance(value, str)
         or (isinstance(value, int) and not isinstance(value, bool)),
+        "table": isinstance(value, dict),
     }[key.kind]
     if not ok:
+        if key.kind == "table":
+            section, _, name = dotted.partition(".")
+            raise GlimmerError(
+                f"{origin}: key {dotted!r} must be a table ([{section}.{name}]), got "
+                f"{_type_name(value)} {value!r}"
+            )
         raise GlimmerError(
             f"{origin}: key {dotted!r} must be {_KIND_NAMES[key.kind]}, got "
             f"{_type_name(value)} {value!r}"
@@ -136,6 +168,9 @@ def check_value(dotted: str, key: Key, value: Any, origin: str, base: Optional[P
     if key.kind == "path" and base is not None:
         path = Path(value).expanduser()
         return path if path.is_absolute() else base / path
+    if key.kind == "output" and base is not None and "://" not in value:
+        path = Path(value).expanduser()
+        return str(path if path.is_absolute() else base / path)
     if key.kind == "source" and isinstance(value, int):
         return str(value)
     return value
@@ -191,8 +226,19 @@ def _read_toml(path: Path) -> Dict[str, Any]:
             return tomllib.load(fh)
     except OSError as exc:
         raise GlimmerError(f"--config {path}: cannot read: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise GlimmerError(not_utf8(path, exc)) from None
     except tomllib.TOMLDecodeError as exc:
         raise GlimmerError(f"{path}: not valid TOML: {exc}") from None
+
+
+def not_utf8(path: Path, exc: UnicodeDecodeError) -> str:
+    """The one line for a profile saved in another encoding (TOML is UTF-8 by definition)."""
+    line = exc.object[: exc.start].count(b"\n") + 1 if isinstance(exc.object, bytes) else "?"
+    return (
+        f"{path}: not UTF-8 (byte 0x{exc.object[exc.start]:02x} on line {line}); TOML files must "
+        "be UTF-8: save it as UTF-8"
+    )
 
 
 def load_config(path: Path) -> DeployConfig:

@@ -149,7 +149,7 @@ def parse_check(name: str, table: Any, origin: str, base: Path) -> Check:
 def parse_checks(raw: Any, origin: str, base: Path) -> List[Check]:
     """Every ``[checks.NAME]`` of a deploy.toml's ``checks`` table, in file order."""
     if raw is None:
-        raise GlimmerError(f"{origin}: no [checks.NAME] tables (see the README, glimmer-check)")
+        raise GlimmerError(f"{origin}: no [checks.NAME] tables (see docs/check.md)")
     if not isinstance(raw, dict):
         raise GlimmerError(f"{origin}: key 'checks' must be a table of [checks.NAME] tables")
     checks = [parse_check(name, table, origin, base) for name, table in raw.items()]
@@ -225,6 +225,25 @@ def _open(model: Path, check: Check):
     )
 
 
+def check_outputs(backend, what: str) -> None:
+    """One blank frame through the backend and the model's task: an output that does not match
+    the metadata (another class count, another head) is an ERROR here, where scoring it would
+    report a plausible-looking FAIL."""
+    import numpy as np
+
+    from glimmer.runtime.core.preprocess import Preprocessor
+    from glimmer.runtime.stream.pipeline import build_task
+
+    meta = backend.meta
+    h, w = meta.input_size
+    batch, transforms = Preprocessor(meta)([np.zeros((h, w, 3), np.uint8)])
+    outputs = backend.infer(batch.astype(np.dtype(backend.inputs[0].dtype), copy=False))
+    try:
+        build_task(meta)(outputs, transforms)
+    except GlimmerError as exc:
+        raise GlimmerError(f"{what}: {exc}") from None
+
+
 def _note_int8(backend, role: str, details: Dict[str, Any]) -> None:
     """Record how an INT8 model was executed (fused or simulated, and why) under ``role``."""
     note = int8_note(backend)
@@ -262,6 +281,7 @@ def _accuracy(check: Check, details: Dict[str, Any]) -> Dict[str, float]:
 
     with _open(check.model, check) as backend:
         _note_int8(backend, "model", details)
+        check_outputs(backend, f"model {check.model.name}")
         task = backend.meta.task
         wrong = [
             b
@@ -278,6 +298,7 @@ def _accuracy(check: Check, details: Dict[str, Any]) -> Dict[str, float]:
     if check.reference is not None:
         with _open(check.reference, check) as ref_backend:
             _note_int8(ref_backend, "reference", details)
+            check_outputs(ref_backend, f"reference {check.reference.name}")
             if ref_backend.meta.task != task:
                 raise GlimmerError(
                     f"reference {check.reference.name} is a {ref_backend.meta.task} model, "

@@ -25,9 +25,10 @@ def test_softmax_top_k_order_and_values():
     logits = np.array([1.0, 3.0, 2.0, 0.0])
     pred = clf.frame(logits)
     expected = np.exp(logits) / np.exp(logits).sum()
-    assert [t["class"] for t in pred["top"]] == ["Fire", "Flood"]
-    assert pred["top"][0]["score"] == pytest.approx(expected[1], abs=1e-4)
-    assert pred["top"][1]["score"] == pytest.approx(expected[2], abs=1e-4)
+    assert [(t["name"], t["class"]) for t in pred["top"]] == [("Fire", 1), ("Flood", 2)]
+    assert pred["top"][0]["confidence"] == pytest.approx(expected[1], abs=1e-4)
+    assert pred["top"][1]["confidence"] == pytest.approx(expected[2], abs=1e-4)
+    assert (pred["name"], pred["class"]) == ("Fire", 1)  # ultralytics: name, numeric class
     assert softmax(np.array([1000.0, 1000.0])).tolist() == [0.5, 0.5]  # no overflow
 
 
@@ -38,9 +39,7 @@ def test_alert_fires_after_exactly_k_frames_and_resets():
     )
     alerts = [clf.frame(FIRE)["alert"] for _ in range(k + 2)]
     assert alerts[: k - 1] == [None] * (k - 1)
-    assert (
-        alerts[k - 1]["class"] == "Fire" and alerts[k - 1]["frames"] == k and alerts[k - 1]["new"]
-    )
+    assert alerts[k - 1]["name"] == "Fire" and alerts[k - 1]["frames"] == k and alerts[k - 1]["new"]
     assert alerts[k]["frames"] == k + 1 and not alerts[k]["new"]
     # One normal frame breaks the run: K more frames are needed again.
     assert clf.frame(NORMAL)["alert"] is None
@@ -54,9 +53,41 @@ def test_normal_class_never_alerts_and_is_configurable():
         classify_meta(), ClassifySettings(smoothing=0.0, alert_frames=1, normal_class="fire")
     )
     assert fire_normal.frame(FIRE)["alert"] is None
-    assert fire_normal.frame(NORMAL)["alert"]["class"] == "Normal"
+    assert fire_normal.frame(NORMAL)["alert"]["name"] == "Normal"
     with pytest.raises(GlimmerError, match="normal_class 'Calm' is not one of"):
         Classifier(classify_meta(), ClassifySettings(normal_class="Calm"))
+
+
+def test_normal_class_defaults_to_a_normal_class_if_any_and_empty_means_none():
+    # default: the model's class named Normal (any case) is exempt ...
+    lower = ModelMeta(
+        task="classify", name="t", class_names=["fire", "normal"], input_size=(32, 32)
+    )
+    clf = Classifier(lower, ClassifySettings(smoothing=0.0, alert_frames=1))
+    assert clf.normal_index == 1 and clf.frame(np.array([0.0, 8.0]))["alert"] is None
+    # ... a model without one runs, with no class exempt
+    animals = ModelMeta(task="classify", name="a", class_names=["cat", "dog"], input_size=(8, 8))
+    clf = Classifier(animals, ClassifySettings(smoothing=0.0, alert_frames=1))
+    assert clf.normal_index is None
+    assert clf.frame(np.array([8.0, 0.0]))["alert"]["name"] == "cat"
+    assert clf.frame(np.array([0.0, 8.0]))["alert"]["name"] == "dog"
+    # "" says no class is exempt, even where one is called Normal
+    none = Classifier(
+        classify_meta(), ClassifySettings(smoothing=0.0, alert_frames=1, normal_class="")
+    )
+    assert none.frame(NORMAL)["alert"]["name"] == "Normal"
+    # a name the model lacks is an error naming the model's classes
+    with pytest.raises(GlimmerError, match=r"normal_class 'Normal' is not one of .*\(cat, dog\)"):
+        Classifier(animals, ClassifySettings(normal_class="Normal"))
+
+
+def test_stills_settings_turn_smoothing_and_alerts_off():
+    settings = ClassifySettings(smoothing=0.9, alert_frames=1, top_k=2).for_stills()
+    assert (settings.smoothing, settings.alerts, settings.top_k) == (0.0, False, 2)
+    clf = Classifier(classify_meta(), settings)
+    preds = [clf.frame(FIRE), clf.frame(NORMAL)]
+    assert [p["name"] for p in preds] == ["Fire", "Normal"]  # no memory of the previous image
+    assert all(p["alert"] is None for p in preds)
 
 
 def test_smoothing_is_an_exponential_moving_average_and_delays_the_alert():
@@ -71,7 +102,7 @@ def test_smoothing_is_an_exponential_moving_average_and_delays_the_alert():
     for i in range(1, 8):
         smoothed = a * smoothed + (1 - a) * p_fire
         pred = clf.frame(FIRE)
-        assert pred["top"][0]["score"] == pytest.approx(float(smoothed.max()), abs=1e-4)
+        assert pred["top"][0]["confidence"] == pytest.approx(float(smoothed.max()), abs=1e-4)
         if expected_first is None and smoothed[1] >= 0.9:
             expected_first = i + 1  # above the threshold from frame i, alert one frame later
         if pred["alert"] is not None:
@@ -116,19 +147,25 @@ def test_boxes_map_back_to_frame_coordinates_through_a_letterbox():
     preds = Detector(meta, DetectSettings(conf=0.25, iou=0.45))([head], transforms)
     assert preds[0]["count"] == 1
     det = preds[0]["detections"][0]
-    assert det["class"] == "car" and det["score"] == pytest.approx(0.9)
-    assert det["box"] == [50.0, 50.0, 250.0, 150.0]
+    assert (det["name"], det["class"]) == ("car", 0) and det["confidence"] == pytest.approx(0.9)
+    assert det["box"] == {"x1": 50.0, "y1": 50.0, "x2": 250.0, "y2": 150.0}
 
 
 def test_detector_accepts_transposed_head_and_rejects_wrong_class_count():
+    # with 2 classes a transposed raw head [1, N, 6] looks end-to-end: the metadata says raw
     meta = ModelMeta(
-        task="detect", name="d", class_names=["a", "b"], input_size=(64, 64), letterbox=True
+        task="detect",
+        name="d",
+        class_names=["a", "b"],
+        input_size=(64, 64),
+        letterbox=True,
+        extra={"end2end": False},
     )
     head = np.zeros((1, 6, 5), np.float32)
     head[0, :, 0] = [32, 32, 10, 10, 0.0, 0.9]
     _, transforms = Preprocessor(meta)([np.zeros((64, 64, 3), np.uint8)])
     det = Detector(meta)
-    assert det([head.transpose(0, 2, 1)], transforms)[0]["detections"][0]["class"] == "b"
+    assert det([head.transpose(0, 2, 1)], transforms)[0]["detections"][0]["name"] == "b"
     with pytest.raises(GlimmerError, match="does not match 4 \\+ 2 classes"):
         det([np.zeros((1, 7, 5), np.float32)], transforms)
 

@@ -2,6 +2,8 @@
 weights) and a hand-built detection graph, both with our metadata, in ONNX Runtime."""
 
 import json
+import os
+import signal
 import time
 from pathlib import Path
 
@@ -17,6 +19,7 @@ from glimmer.runtime.core.metadata import ModelMeta
 from glimmer.runtime.core.preprocess import Preprocessor
 from glimmer.runtime.stream import sinks as sinks_mod
 from glimmer.runtime.stream.classify import softmax
+from glimmer.runtime.stream.meter import format_report
 from glimmer.runtime.stream.pipeline import Pipeline, build_task
 from glimmer.runtime.stream.sinks import FrameResult, JsonLinesSink, Sink
 from glimmer.runtime.stream.sources import SourceOptions, open_source
@@ -96,15 +99,16 @@ def test_every_frame_of_a_file_in_order_with_jsonl_video_and_report(work, capsys
             "postprocess",
             "end_to_end",
         }
-        assert r["predictions"]["label"] in CLASSES and len(r["predictions"]["top"]) == 3
+        assert r["predictions"]["name"] in CLASSES and len(r["predictions"]["top"]) == 3
     # Predictions agree with the model run directly on the same frames.
     with open_source(str(clip)) as src, OnnxRuntimeBackend(model, threads=1) as be:
         pre = Preprocessor(be.meta)
         for (frame, _, i), r in zip(src, lines):
             assert r["index"] == i
             probs = softmax(be.infer(pre([frame])[0])[0][0])
-            assert r["predictions"]["raw"][0]["class"] == CLASSES[int(probs.argmax())]
-            assert r["predictions"]["raw"][0]["score"] == pytest.approx(
+            assert r["predictions"]["raw"]["name"] == CLASSES[int(probs.argmax())]
+            assert r["predictions"]["raw"]["class"] == int(probs.argmax())
+            assert r["predictions"]["raw"]["confidence"] == pytest.approx(
                 float(probs.max()), abs=1e-4
             )
     report = json.loads(report_path.read_text())
@@ -153,20 +157,23 @@ def test_flags_override_config_max_frames(work, tmp_path):
 
 def test_jsonl_lines_are_flushed_as_written(tmp_path):
     sink = JsonLinesSink(tmp_path / "live.jsonl")
-    sink.write(FrameResult(0, 0.5, {"task": "classify", "label": "Fire"}, {"inference": 1.0}))
+    sink.write(FrameResult(0, 0.5, {"task": "classify", "name": "Fire"}, {"inference": 1.0}))
     # Readable by another process before the run ends: a crash after this loses nothing.
-    assert json.loads((tmp_path / "live.jsonl").read_text())["predictions"]["label"] == "Fire"
+    assert json.loads((tmp_path / "live.jsonl").read_text())["predictions"]["name"] == "Fire"
     sink.close()
 
 
 def test_ctrl_c_ends_cleanly_with_the_report(work, tmp_path, monkeypatch, capsys):
+    """A real SIGINT while frame 5 is being written: taken between frames, so the report counts
+    exactly the frames whose JSON lines were written (an exception raised inside a frame's sink
+    writes used to leave it one short)."""
     root, model, clip = work
     original = sinks_mod.ConsoleSink.write
 
     def interrupt_at_frame_5(self, result):
-        original(self, result)
         if result.index == 5:
-            raise KeyboardInterrupt
+            os.kill(os.getpid(), signal.SIGINT)
+        original(self, result)
 
     monkeypatch.setattr(sinks_mod.ConsoleSink, "write", interrupt_at_frame_5)
     out, report_path = tmp_path / "r.jsonl", tmp_path / "report.json"
@@ -188,10 +195,36 @@ def test_ctrl_c_ends_cleanly_with_the_report(work, tmp_path, monkeypatch, capsys
         == 130
     )
     report = json.loads(report_path.read_text())
-    assert report["interrupted"] and 5 <= report["frames"] < FRAMES
     indices = [r["index"] for r in read_jsonl(out)]
-    assert indices == list(range(len(indices))) and len(indices) >= 6
+    assert report["interrupted"] and report["stopped_by"] == "Ctrl-C"
+    assert report["frames"] == len(indices) and 6 <= len(indices) < FRAMES
+    assert indices == list(range(len(indices)))
     assert "stopped by Ctrl-C" in capsys.readouterr().out
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_the_report_carries_the_source_health(tmp_path):
+    """stalls, reconnects and warnings, read from the source with defaults (0, 0, [])."""
+    for i in range(3):
+        cv2.imwrite(str(tmp_path / f"{i}.png"), np.full((8, 8, 3), 10 * i, np.uint8))
+    meta = ModelMeta(
+        task="classify", name="j", class_names=["Normal"], input_size=(8, 8), scale=1.0
+    )
+
+    def task(outputs, transforms):
+        return [{"task": "test"}]
+
+    with open_source(str(tmp_path)) as src, _JitteryBackend(meta) as be:
+        report = Pipeline(src, be, task, [_Collect()]).run()
+    assert (report["stalls"], report["reconnects"], report["source_warnings"]) == (0, 0, [])
+    with open_source(str(tmp_path)) as src, _JitteryBackend(meta) as be:
+        src.stalls, src.reconnects, src.warnings = 2, 1, ["clip.mp4: ended at frame 61 of 120"]
+        report = Pipeline(src, be, task, [_Collect()]).run()
+    assert (report["stalls"], report["reconnects"]) == (2, 1)
+    assert report["source_warnings"] == ["clip.mp4: ended at frame 61 of 120"]
+    text = format_report(report)
+    assert "stalls 2  reconnects 1" in text
+    assert "source warning: clip.mp4: ended at frame 61 of 120" in text
 
 
 def test_a_failing_stage_is_one_error_and_leaves_no_partial_video(
@@ -238,11 +271,13 @@ def test_detection_end_to_end_boxes_in_frame_pixels(tmp_path):
     lines = read_jsonl(out)
     assert [r["index"] for r in lines] == [0, 1]
     dets = lines[0]["predictions"]["detections"]
-    assert [(d["class"], d["score"]) for d in dets] == [("car", 0.9), ("person", 0.6)]
+    assert [(d["name"], d["class"], d["confidence"]) for d in dets] == [
+        ("car", 0, 0.9),
+        ("person", 1, 0.6),
+    ]
     # 200x100 frame -> gain 64/200 = 0.32, 32 rows of content, 16 rows of padding above.
-    assert dets[0]["box"] == pytest.approx(
-        [24 / 0.32, (28 - 16) / 0.32, 40 / 0.32, (36 - 16) / 0.32]
-    )
+    box = [dets[0]["box"][k] for k in ("x1", "y1", "x2", "y2")]
+    assert box == pytest.approx([24 / 0.32, (28 - 16) / 0.32, 40 / 0.32, (36 - 16) / 0.32])
 
 
 class _Collect(Sink):
@@ -314,3 +349,31 @@ def test_onnxruntime_concurrency_follows_threads_and_cores(work, monkeypatch):
         model, threads=2
     ) as two, OnnxRuntimeBackend(model) as default:
         assert (one.concurrency, two.concurrency, default.concurrency) == (4, 2, 1)
+
+
+def test_a_stop_request_ends_a_live_latency_run_between_frames(mjpeg_server):
+    """A real SIGINT on a live stream under the latency schedule: the output loop takes it
+    between results, reading stops, and the report counts exactly the results written."""
+    meta = ModelMeta(
+        task="classify", name="j", class_names=["Normal"], input_size=(8, 8), scale=1.0
+    )
+    written = []
+
+    class InterruptAtFive(Sink):
+        def write(self, result):
+            written.append(result.index)
+            if len(written) == 5:
+                os.kill(os.getpid(), signal.SIGINT)
+
+    def task(outputs, transforms):
+        return [{"task": "test"}]
+
+    started = time.monotonic()
+    with open_source(mjpeg_server.url) as src, _JitteryBackend(meta) as be:
+        pipeline = Pipeline(src, be, task, [InterruptAtFive()], schedule="latency")
+        report = pipeline.run()
+    assert time.monotonic() - started < 30
+    assert report["schedule"] == "latency" and report["interrupted"]
+    assert report["stopped_by"] == "Ctrl-C" and pipeline.stop_signal == signal.SIGINT
+    assert report["frames"] == len(written) >= 5
+    assert written == sorted(set(written))

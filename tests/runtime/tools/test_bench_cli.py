@@ -272,3 +272,44 @@ def test_bench_and_check_modules_stay_on_the_runtime_floor():
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     ).stdout
     assert out.strip() == "[]"
+
+
+def test_outputs_are_checked_before_the_model_loads_and_write_failures_are_one_line(
+    tmp_path, capsys, monkeypatch
+):
+    """--json / --plot on the model or the source, or with each other, are refused before any
+    timing; a write that fails (a full disk) is one line, not a traceback."""
+    import errno
+    import os
+
+    from glimmer.runtime.tools import bench as bench_mod
+
+    head = np.zeros((1, 6, 1), np.float32)
+    model = fixed_detector(tmp_path / "det.onnx", head, ["car", "person"])
+    before = model.read_bytes()
+    for argv, message in (
+        (["--json", model], f"--json {model} is the --model {model}"),
+        (["--plot", model], f"--plot {model} is the --model {model}"),
+        (
+            ["--json", tmp_path / "r.json", "--plot", tmp_path / "r.json"],
+            f"--plot {tmp_path / 'r.json'} and --json {tmp_path / 'r.json'} are the same file",
+        ),
+        (["--json", tmp_path], f"--json {tmp_path}: is a folder"),
+    ):
+        code, out, err = bench(["--model", model, *argv], capsys)
+        assert code == 1 and out == "" and err.startswith("glimmer-bench: error: "), err
+        assert message in err and len(err.strip().splitlines()) == 1
+    assert model.read_bytes() == before
+
+    def full(path, text):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(bench_mod, "atomic_write_text", full)
+    target = tmp_path / "r.json"
+    code, out, err = bench(
+        ["--model", model, "--iters", 3, "--warmup", 0, "--json", target], capsys
+    )
+    assert code == 1 and "Traceback" not in err
+    assert err.strip().splitlines()[-1] == (
+        f"glimmer-bench: error: --json {target}: cannot write: No space left on device"
+    )

@@ -2,7 +2,9 @@
 above what this machine can do; a model with its weights perturbed), device skips, errors for
 missing files and bad keys, and --update-baseline round-tripping the file's comments and layout."""
 
+import errno
 import json
+import os
 import re
 from pathlib import Path
 
@@ -271,3 +273,88 @@ def test_detector_map_check(work, tmp_path, capsys):
         ("det-wrong", "-"): "ERROR",
     }
     assert "min_f1_weighted does not apply to a detect model" in out
+
+
+def test_a_model_whose_output_does_not_match_its_metadata_is_an_error(work, tmp_path, capsys):
+    """Three logits for four named classes: scoring it would print a plausible FAIL (exit 1); it
+    is an ERROR (exit 2) saying what does not match."""
+    from tiny_onnx import colour_classifier
+
+    from glimmer.runtime.core.metadata import ModelMeta
+    from glimmer.train.synthetic import CLASSES
+
+    meta = ModelMeta(task="classify", name="short", class_names=list(CLASSES), input_size=(64, 64))
+    colour_classifier(tmp_path / "short.onnx", np.eye(3), np.zeros(3), meta)
+    path = tmp_path / "deploy.toml"
+    path.write_text(
+        f'[checks.accuracy]\nmodel = "short.onnx"\ndata = "{work / "data" / "Test"}"\n'
+        "min_f1_weighted = 0.1\n"
+    )
+    code, out, err = check(["--config", path], capsys)
+    assert code == 2, out + err
+    assert statuses(out) == {("accuracy", "-"): "ERROR"}
+    assert "model short.onnx: model output has 3 classes, its metadata names 4" in out
+    assert "Traceback" not in err
+
+
+def test_update_baseline_through_a_symlink_edits_the_real_file(work, tmp_path, capsys):
+    real_dir = tmp_path / "profiles"
+    real_dir.mkdir()
+    real = profile(work, "linked-real.toml", min_fps=1e7)
+    real = real.rename(real_dir / "deploy.toml")
+    real.write_text(
+        real.read_text()
+        .replace('"good.onnx"', f'"{work / "good.onnx"}"')
+        .replace('"clip.avi"', f'"{work / "clip.avi"}"')
+        .replace('"data/Test"', f'"{work / "data" / "Test"}"')
+    )
+    real.chmod(0o640)
+    link = tmp_path / "deploy.toml"
+    link.symlink_to(real)
+    before = real.read_text()
+    code, out, _ = check(["--config", link, "--update-baseline", "--only", "accuracy"], capsys)
+    assert code == 0, out
+    assert link.is_symlink() and os.readlink(str(link)) == str(real)
+    after = real.read_text()
+    assert after != before and "min_f1_weighted = 0.8 " not in after
+    assert (real.stat().st_mode & 0o777) == 0o640  # the file's mode kept
+    assert sorted(p.name for p in real_dir.iterdir()) == ["deploy.toml"]  # no temp left
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["deploy.toml", "profiles"]
+
+
+def test_a_profile_that_is_not_utf8_is_one_error_line(tmp_path, capsys):
+    path = tmp_path / "deploy.toml"
+    path.write_bytes(b"# caf\xe9\n[checks.speed]\nmodel = 'm.onnx'\n")
+    code, out, err = check(["--config", path], capsys)
+    assert code == 1 and out == ""
+    assert err == (
+        f"glimmer-check: error: {path}: not UTF-8 (byte 0xe9 on line 1); TOML files must be "
+        "UTF-8: save it as UTF-8\n"
+    )
+
+
+def test_json_output_problems_are_one_line(work, tmp_path, capsys, monkeypatch):
+    from glimmer.runtime.tools import check as check_mod
+
+    ran = []
+    monkeypatch.setattr(check_mod, "run_check", lambda *a, **k: ran.append(a))
+    # --json on a check's model, refused before measuring
+    code, out, err = check(
+        ["--config", profile(work), "--only", "accuracy", "--json", work / "good.onnx"], capsys
+    )
+    assert code == 1 and not ran
+    assert err.startswith(f"glimmer-check: error: --json {work / 'good.onnx'} is the [checks.")
+    # --json where writing fails (a full disk): one line
+    monkeypatch.undo()
+
+    def full(path, text):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(check_mod, "atomic_write_text", full)
+    code, out, err = check(
+        ["--config", profile(work), "--only", "accuracy", "--json", tmp_path / "r.json"], capsys
+    )
+    assert code == 1 and "Traceback" not in err
+    assert err.splitlines()[-1] == (
+        f"glimmer-check: error: --json {tmp_path / 'r.json'}: cannot write: No space left on device"
+    )

@@ -143,3 +143,80 @@ def test_repository_deploy_toml_is_valid():
     assert cfg["model.path"] == REPO / "demo" / "glimmernet.onnx"
     assert cfg["model.int8_kernels"] == "auto"
     assert cfg["runtime.source"]
+
+
+def test_live_stream_keys_have_defaults_and_bounds(tmp_path):
+    cfg = DeployConfig()
+    assert (
+        cfg["runtime.stall_timeout"],
+        cfg["runtime.reconnects"],
+        cfg["runtime.connect_timeout"],
+    ) == (5.0, 5, 10.0)
+    cfg = load_config(
+        write(tmp_path, "[runtime]\nstall_timeout = 2\nreconnects = 0\nconnect_timeout = 0.5\n")
+    )
+    assert (
+        cfg["runtime.stall_timeout"],
+        cfg["runtime.reconnects"],
+        cfg["runtime.connect_timeout"],
+    ) == (2.0, 0, 0.5)
+    for text, message in (
+        ("stall_timeout = 0.0", "key 'runtime.stall_timeout' must be at least 0.1"),
+        ("reconnects = -1", "key 'runtime.reconnects' must be at least 0"),
+        ("connect_timeout = 0.01", "key 'runtime.connect_timeout' must be at least 0.1"),
+        ("reconnects = 1.5", "key 'runtime.reconnects' must be an integer"),
+    ):
+        with pytest.raises(GlimmerError, match=message):
+            load_config(write(tmp_path, f"[runtime]\n{text}\n"))
+
+
+def test_live_stream_keys_reach_the_source_options(tmp_path):
+    """The names glimmer-run hands to SourceOptions (the sources' side adds the fields)."""
+    from glimmer.runtime.tools.run import source_options
+
+    cfg = load_config(
+        write(tmp_path, "[runtime]\nstall_timeout = 2\nreconnects = 3\nconnect_timeout = 4\n")
+    )
+    options = source_options(cfg)
+    assert (options.stall_timeout_s, options.retries, options.connect_timeout_s) == (2.0, 3, 4.0)
+
+
+def test_output_sub_tables_are_handed_on_raw(tmp_path):
+    cfg = load_config(
+        write(
+            tmp_path,
+            '[outputs]\njsonl = "r.jsonl"\n[outputs.mavlink]\nurl = "udp:127.0.0.1:14550"\n'
+            'rate = 2\n[outputs.mqtt]\nhost = "broker"\nqos = { level = 1 }\n',
+        )
+    )
+    assert cfg["outputs.mavlink"] == {"url": "udp:127.0.0.1:14550", "rate": 2}
+    assert cfg["outputs.mqtt"] == {"host": "broker", "qos": {"level": 1}}
+    assert cfg["outputs.jsonl"] == tmp_path / "r.jsonl"
+    assert DeployConfig()["outputs.mavlink"] is None and DeployConfig()["outputs.mqtt"] is None
+    with pytest.raises(
+        GlimmerError, match=r"key 'outputs.mqtt' must be a table \(\[outputs.mqtt\]\)"
+    ):
+        load_config(write(tmp_path, '[outputs]\nmqtt = "broker"\n'))
+    with pytest.raises(GlimmerError, match="unknown key 'outputs.mavlnk'"):
+        load_config(write(tmp_path, "[outputs.mavlnk]\nurl = 1\n"))
+
+
+def test_a_profile_that_is_not_utf8_is_one_line(tmp_path, capsys):
+    path = tmp_path / "deploy.toml"
+    path.write_bytes('[model]\n# caf\u00e9 profile\npath = "m.onnx"\n'.encode("latin-1"))
+    with pytest.raises(GlimmerError, match=r"not UTF-8 \(byte 0xe9 on line 2\)"):
+        load_config(path)
+    assert run_cli("glimmer-run", main, ["--config", str(path), "--source", "x.mp4"]) == 1
+    err = capsys.readouterr().err
+    assert err == (
+        f"glimmer-run: error: {path}: not UTF-8 (byte 0xe9 on line 2); TOML files must be UTF-8: "
+        "save it as UTF-8\n"
+    )
+
+
+def test_normal_class_defaults_to_none_meaning_normal_if_present(tmp_path):
+    assert DeployConfig()["classify.normal_class"] is None
+    assert (
+        load_config(write(tmp_path, '[classify]\nnormal_class = ""\n'))["classify.normal_class"]
+        == ""
+    )
