@@ -15,13 +15,14 @@ DRONE_STAMP := $(DRONE)/.installed
 # cannot coexist with it); OpenCV 4.8.0.76: 4.8.0.74 is yanked. Test-only additions, never torch:
 # onnx (the tests build models with onnx.helper; 1.14 writes the IR and opsets ORT 1.16 reads),
 # pytest 8.3 (the last for 3.8), and what glimmer-check's tests need from [check] (tomlkit,
-# faster-coco-eval, pyyaml) at their last 3.8 releases, and the alert sinks' pymavlink, pyserial and
-# paho-mqtt at the releases JetPack 5 gets. Tests needing torch or ultralytics skip there.
+# faster-coco-eval, pyyaml) at their last 3.8 releases; the alert sinks' pymavlink, pyserial and
+# paho-mqtt at the releases JetPack 5 gets; jsonschema 4.23 (the last for 3.8) for the result
+# schemas. Tests needing torch or ultralytics skip there.
 PY38VENV := .venv-py38
 PY38_STAMP := $(PY38VENV)/.installed
 PY38_PINS := numpy==1.21.6 onnxruntime==1.16.0 opencv-python-headless==4.8.0.76 tomli==2.0.0 \
 	onnx==1.14.1 pytest==8.3.5 faster-coco-eval==1.7.2 tomlkit==0.13.3 pyyaml==6.0.3 \
-	pymavlink==2.4.49 pyserial==3.5 paho-mqtt==2.1.0
+	pymavlink==2.4.49 pyserial==3.5 paho-mqtt==2.1.0 jsonschema==4.23.0
 
 .PHONY: demo test lint bench clean drone py38
 

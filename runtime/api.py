@@ -7,7 +7,7 @@ prediction from code is the one the drone makes. No torch: this ships to the dro
     with load("glimmernet.onnx") as model:
         prediction = model(frame)                  # one BGR uint8 HxWx3 frame
     for result in run("frames/", "glimmernet.onnx", max_frames=100):
-        print(result.index, result.prediction["label"])
+        print(result.index, result.prediction["name"])
     report = bench("glimmernet.onnx", iters=50)
 """
 
@@ -322,7 +322,9 @@ def run(
             pipeline = Pipeline(
                 src,
                 opened,
-                build_task(meta, classify_settings, detect_settings),
+                build_task(
+                    meta, classify_settings, detect_settings, still=getattr(src, "still", False)
+                ),
                 [handoff],
                 max_frames=max_frames,
                 duration=duration,

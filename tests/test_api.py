@@ -107,14 +107,14 @@ def test_load_a_classifier_and_classify_one_frame(classifier, frames):
     with glimmer.load(classifier, classify={"top_k": 4}) as model:
         assert (model.task, model.class_names) == ("classify", CLASSES)
         red = model(solid((0, 0, 255)))
-        assert red["label"] == "Flood" and [t["class"] for t in red["top"]][:2] == [
+        assert red["name"] == "Flood" and [t["name"] for t in red["top"]][:2] == [
             "Flood",
             "Normal",
         ]
-        assert sum(t["score"] for t in red["top"]) == pytest.approx(1.0, abs=1e-3)
+        assert sum(t["confidence"] for t in red["top"]) == pytest.approx(1.0, abs=1e-3)
         green = model(frames / "01.png")  # an image file's path is read as a BGR frame
         assert (
-            green["label"] == "Fire" and green["score"] == red["score"]
+            green["name"] == "Fire" and green["confidence"] == red["confidence"]
         )  # no smoothing across calls
         for bad, message in (
             (np.zeros((8, 8), np.uint8), "HxWx3"),
@@ -138,8 +138,8 @@ def test_load_a_detector_gives_boxes_in_frame_pixels(tmp_path):
         wide = model(np.zeros((64, 128, 3), np.uint8))  # letterboxed: gain 0.5, 16 px padding top
     assert wide["count"] == 2
     car = wide["detections"][0]
-    assert (car["class"], car["index"], car["score"]) == ("car", 1, 0.9)
-    assert car["box"] == pytest.approx([48.0, 16.0, 80.0, 48.0])
+    assert (car["name"], car["class"], car["confidence"]) == ("car", 1, 0.9)
+    assert car["box"] == pytest.approx({"x1": 48.0, "y1": 16.0, "x2": 80.0, "y2": 48.0})
     with glimmer.load(tmp_path / "det.onnx") as model:
         assert model(np.zeros((64, 128, 3), np.uint8))["count"] == 1
     with pytest.raises(GlimmerError, match="unknown DetectSettings field 'threshold'"):
@@ -153,7 +153,7 @@ def test_run_over_a_folder_yields_every_frame_in_order(classifier, frames):
     stream = glimmer.run(frames, classifier, classify={"smoothing": 0.0}, keep_frames=True)
     results = list(stream)
     assert [r.index for r in results] == list(range(6))
-    assert [r.prediction["label"] for r in results] == ["Flood", "Fire", "Earthquake"] * 2
+    assert [r.prediction["name"] for r in results] == ["Flood", "Fire", "Earthquake"] * 2
     assert results[0].frame.shape == (48, 64, 3) and set(results[0].latency_ms) >= {
         "inference",
         "end_to_end",
@@ -168,7 +168,7 @@ def test_run_stops_early_and_leaves_a_loaded_model_open(classifier, frames):
             first = [next(stream).index for _ in range(8)]
         assert first == list(range(8)) and stream.report is None
         assert [r.index for r in glimmer.run(frames, model, max_frames=2)] == [0, 1]
-        assert model(solid((255, 0, 0)))["label"] == "Earthquake"
+        assert model(solid((255, 0, 0)))["name"] == "Earthquake"
     with pytest.raises(GlimmerError, match="flip"):
         glimmer.run(frames, classifier, flip="sideways")
     with pytest.raises(GlimmerError, match="no such file or folder"):
@@ -208,7 +208,7 @@ def test_import_glimmer_and_load_without_torch(classifier, frames):
         "import glimmer\n"
         "assert not any(m.startswith('glimmer.runtime') for m in sys.modules)\n"
         f"with glimmer.load({str(classifier)!r}) as model:\n"
-        f"    print(model({str(frames / '00.png')!r})['label'])\n"
+        f"    print(model({str(frames / '00.png')!r})['name'])\n"
         f"print(len(list(glimmer.run({str(frames)!r}, {str(classifier)!r}))))\n"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)

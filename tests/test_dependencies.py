@@ -17,11 +17,13 @@ IMPORT_NAMES = {
     "pyyaml": "yaml",
     "scikit-learn": "sklearn",
     "paho-mqtt": "paho",
+    "pyserial": "serial",
 }
 TOOLS = {"ruff", "vermin"}
 # Pinned for what another requirement pulls in, not imported by us: ultralytics needs torchvision,
-# and only the torchvision built for the pinned torch imports beside it.
-PINS = {"torchvision"}
+# and only the torchvision built for the pinned torch imports beside it; its multi-GPU workers need
+# cloudpickle, which it would otherwise try to pip-install at run time.
+PINS = {"torchvision", "cloudpickle"}
 
 
 def _requirements():

@@ -119,7 +119,7 @@ def test_glimmer_check_and_the_python_api_on_python38(artifacts):
         "import os, glimmer\n"
         "frame = 'data/Val/Fire/' + sorted(os.listdir('data/Val/Fire'))[0]\n"
         "with glimmer.load('tiny.int8.onnx') as m:\n"
-        "    print(m(frame)['label'])\n"
+        "    print(m(frame)['name'])\n"
         "print(len(list(glimmer.run('data/Val/Fire', 'tiny.onnx'))))\n"
     )
     api = drone(DRONE, "-c", code, cwd=artifacts)

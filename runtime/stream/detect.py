@@ -24,12 +24,14 @@ score (ties in index order) and suppress a box whose IoU with a kept one exceeds
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
-import cv2
 import numpy as np
 
 from glimmer.runtime.core.errors import GlimmerError
 from glimmer.runtime.core.metadata import ModelMeta
-from glimmer.runtime.core.preprocess import LetterboxTransform
+from glimmer.runtime.core.preprocess import LetterboxTransform, _cv2
+
+# A box as ultralytics' Results.summary() writes it: corners in frame pixels.
+BOX_KEYS = ("x1", "y1", "x2", "y2")
 
 RAW, END2END = "raw", "end2end"
 
@@ -123,7 +125,7 @@ def batched_nms_numpy(
 def _opencv(name: str) -> Optional[Callable[..., Any]]:
     """``cv2.dnn.<name>``, or None where this OpenCV lacks it (looked up per call, so a test can
     take it away)."""
-    return getattr(getattr(cv2, "dnn", None), name, None)
+    return getattr(getattr(_cv2(), "dnn", None), name, None)
 
 
 def nms_implementation(agnostic: bool = False) -> str:
@@ -300,10 +302,10 @@ class Detector:
                     "count": int(len(scores)),
                     "detections": [
                         {
-                            "class": self.class_names[int(c)],
-                            "index": int(c),
-                            "score": round(float(p), 4),
-                            "box": [round(float(v), 2) for v in b],
+                            "name": self.class_names[int(c)],
+                            "class": int(c),
+                            "confidence": round(float(p), 4),
+                            "box": dict(zip(BOX_KEYS, (round(float(v), 2) for v in b))),
                         }
                         for b, p, c in zip(boxes, scores, classes)
                     ],
@@ -315,7 +317,7 @@ class Detector:
     def summary(pred: Dict[str, Any]) -> str:
         counts: Dict[str, int] = {}
         for det in pred["detections"]:
-            counts[det["class"]] = counts.get(det["class"], 0) + 1
+            counts[det["name"]] = counts.get(det["name"], 0) + 1
         parts = ", ".join(
             f"{n} {name}" for name, n in sorted(counts.items(), key=lambda kv: -kv[1])
         )

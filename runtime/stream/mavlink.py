@@ -199,8 +199,8 @@ class AlertEvent:
     def as_dict(self, merged: int = 0) -> Dict[str, Any]:
         out: Dict[str, Any] = {
             "task": "detect" if self.count else "classify",
-            "class": self.label,
-            "score": self.score,
+            "name": self.label,
+            "confidence": self.score,
         }
         if self.count:
             out["count"] = self.count
@@ -232,9 +232,9 @@ class AlertTracker:
                 return []
             return [
                 AlertEvent(
-                    str(alert["class"]),
-                    str(alert["class"]),
-                    float(alert["score"]),
+                    str(alert["name"]),
+                    str(alert["name"]),
+                    float(alert["confidence"]),
                     int(alert.get("frames", 0)),
                     0,
                     result.index,
@@ -246,8 +246,8 @@ class AlertTracker:
             return []
         best: Dict[str, Tuple[float, int]] = {}
         for det in pred.get("detections", []):
-            score, count = best.get(det["class"], (0.0, 0))
-            best[det["class"]] = (max(score, float(det["score"])), count + 1)
+            score, count = best.get(det["name"], (0.0, 0))
+            best[det["name"]] = (max(score, float(det["confidence"])), count + 1)
         started = [c for c in best if c not in self._present]
         self._present = set(best)
         return [

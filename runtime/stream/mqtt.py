@@ -3,7 +3,7 @@
 The same alert starts and per-class rate limit as the MAVLink sink (:mod:`.mavlink`), published to
 ``topic`` as one JSON object each::
 
-    {"event": "alert", "task": "classify", "class": "Fire", "score": 0.97, "frames": 5,
+    {"event": "alert", "task": "classify", "name": "Fire", "confidence": 0.97, "frames": 5,
      "frame": 412, "timestamp": 13.7, "merged": 0, "position": {...} | null}
 
 ``position`` is there when a MAVLink sink runs before this one. With ``frames_interval_s`` > 0, a
@@ -120,9 +120,9 @@ def summary(result: FrameResult) -> Dict[str, Any]:
     if pred.get("task") == "detect":
         out["count"] = pred.get("count", 0)
     else:
-        out["label"], out["score"] = pred.get("label"), pred.get("score")
+        out["name"], out["confidence"] = pred.get("name"), pred.get("confidence")
         alert = pred.get("alert")
-        out["alert"] = alert["class"] if isinstance(alert, dict) else None
+        out["alert"] = alert["name"] if isinstance(alert, dict) else None
     return out
 
 

@@ -41,7 +41,7 @@ from glimmer.runtime.core.errors import GlimmerError
 from glimmer.runtime.core.images import labelled_images, list_images, read_image
 from glimmer.runtime.core.metadata import ModelMeta
 from glimmer.runtime.core.preprocess import Preprocessor
-from glimmer.runtime.stream.detect import Detector, DetectSettings
+from glimmer.runtime.stream.detect import BOX_KEYS, Detector, DetectSettings
 from glimmer.runtime.tools.metrics import classification_report
 
 #: ultralytics' validation thresholds: low conf so the precision-recall curve is complete
@@ -391,7 +391,12 @@ def evaluate_detector(backend: Backend, data: Path) -> Dict[str, Any]:
         ground_truth.append(read_labels(label_path(path), w, h, meta.num_classes))
         outputs, transforms = _infer_one(backend, pre, image)
         pred = detector(outputs, transforms)[0]
-        detections.append([(d["index"], d["score"], d["box"]) for d in pred["detections"]])
+        detections.append(
+            [
+                (d["class"], d["confidence"], [d["box"][k] for k in BOX_KEYS])
+                for d in pred["detections"]
+            ]
+        )
     if not sizes:
         raise _no_images(Path(data), None)
     report = coco_map(ground_truth, detections, meta.class_names, sizes, detector.settings.max_det)

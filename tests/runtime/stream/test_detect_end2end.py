@@ -12,6 +12,7 @@ from typing import Dict, List, Optional
 import cv2
 import numpy as np
 import pytest
+from boxes import xyxy
 
 from glimmer.runtime import api
 from glimmer.runtime.core.errors import GlimmerError
@@ -56,8 +57,11 @@ def test_end2end_head_with_80_classes_is_read_from_its_shape_alone():
     meta = _meta(COCO80)
     pred = Detector(meta)([_end2end(ROWS)], _transforms(meta, np.zeros((64, 64, 3), np.uint8)))[0]
     assert pred["count"] == 2  # no second NMS, the padding and the low score dropped
-    assert [d["box"] for d in pred["detections"]] == [[10, 12, 30, 40], [11, 12, 31, 40]]
-    assert [(d["class"], d["score"]) for d in pred["detections"]] == [("c1", 0.9), ("c1", 0.8)]
+    assert [xyxy(d) for d in pred["detections"]] == [[10, 12, 30, 40], [11, 12, 31, 40]]
+    assert [(d["name"], d["class"], d["confidence"]) for d in pred["detections"]] == [
+        ("c1", 1, 0.9),
+        ("c1", 1, 0.8),
+    ]
 
 
 def test_two_classes_the_metadata_decides_or_the_shape_is_refused():
@@ -71,14 +75,14 @@ def test_two_classes_the_metadata_decides_or_the_shape_is_refused():
 
     meta = _meta(["a", "b"], end2end=True)
     pred = Detector(meta)([head], _transforms(meta, frame))[0]
-    assert [d["class"] for d in pred["detections"]] == ["b", "b"]
+    assert [d["name"] for d in pred["detections"]] == ["b", "b"]
 
     # said raw: the same numbers are 300 anchors of xywh + 2 class scores, so rows 0 and 1 become
     # two overlapping 'b' boxes scoring 1.0 (channel 5), and NMS keeps the first
     meta = _meta(["a", "b"], end2end=False)
     pred = Detector(meta)([head], _transforms(meta, frame))[0]
-    assert [(d["class"], d["score"]) for d in pred["detections"]] == [("b", 1.0)]
-    assert pred["detections"][0]["box"] == [0.0, 0.0, 25.0, 32.0]  # xywh (10, 12, 30, 40), clipped
+    assert [(d["name"], d["confidence"]) for d in pred["detections"]] == [("b", 1.0)]
+    assert xyxy(pred["detections"][0]) == [0.0, 0.0, 25.0, 32.0]  # xywh (10, 12, 30, 40), clipped
 
 
 def test_square_six_by_six_output_is_refused_without_metadata():
@@ -117,8 +121,8 @@ def test_end2end_threshold_max_det_and_letterbox_undo():
     )
     assert pred[0]["count"] == 5  # scores 0.9..0.55 pass conf 0.5, max_det keeps the top 5
     first = pred[0]["detections"][0]
-    assert first["box"] == [8.0, 0.0, 28.0, 20.0]  # ((4, 8, 14, 18) - (0, 8)) / 0.5
-    assert [d["index"] for d in pred[0]["detections"]] == [0, 1, 2, 3, 4]
+    assert xyxy(first) == [8.0, 0.0, 28.0, 20.0]  # ((4, 8, 14, 18) - (0, 8)) / 0.5
+    assert [d["class"] for d in pred[0]["detections"]] == [0, 1, 2, 3, 4]
 
 
 # -- ultralytics' metadata -------------------------------------------------------------------------
@@ -200,7 +204,7 @@ def test_onnx_models_in_both_layouts_with_two_classes(tmp_path):
             pred = model(frame)
         assert pred["count"] == 1, path.name
         det = pred["detections"][0]
-        assert (det["class"], det["score"], det["box"]) == ("b", 0.9, [10.0, 12.0, 30.0, 40.0])
+        assert (det["name"], det["confidence"], xyxy(det)) == ("b", 0.9, [10.0, 12.0, 30.0, 40.0])
     # an older export without the keys: [1, 300, 6] with 2 classes is refused, not guessed
     old = fixed_output(tmp_path / "old.onnx", _end2end([[10, 12, 30, 40, 0.9, 1]]), ULTRALYTICS)
     with api.load(old, backend="onnxruntime") as model:
@@ -307,9 +311,9 @@ def test_ultralytics_nms_export_through_glimmer_matches_ultralytics(yolov8n_nms,
     with api.load(yolov8n_nms, backend="onnxruntime", detect={"conf": 0.05, "max_det": 20}) as m:
         ours = m(frame)
     assert ours["count"] == len(theirs) == 20  # max_det: plenty of boxes to compare
-    boxes = np.array([d["box"] for d in ours["detections"]])
+    boxes = np.array([xyxy(d) for d in ours["detections"]])
     np.testing.assert_allclose(boxes, theirs.xyxy.numpy(), atol=0.02)
     np.testing.assert_allclose(
-        [d["score"] for d in ours["detections"]], theirs.conf.numpy(), atol=1e-4
+        [d["confidence"] for d in ours["detections"]], theirs.conf.numpy(), atol=1e-4
     )
-    assert [d["index"] for d in ours["detections"]] == theirs.cls.numpy().astype(int).tolist()
+    assert [d["class"] for d in ours["detections"]] == theirs.cls.numpy().astype(int).tolist()

@@ -172,7 +172,7 @@ def test_detector_respects_max_det_and_the_candidate_cap(agnostic):
         pred = Detector(_meta(), settings)([_head(9)], transforms)[0]
         assert pred["count"] == count
         # the highest scores survive, in score order
-        assert [d["score"] for d in pred["detections"]] == [
+        assert [d["confidence"] for d in pred["detections"]] == [
             round(0.9 - 0.01 * i, 4) for i in range(count)
         ]
 

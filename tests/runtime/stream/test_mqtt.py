@@ -84,15 +84,15 @@ def test_alerts_and_summaries_reach_a_real_subscriber_rate_limited(broker):
             "timestamp": 0.0,
             "fps": 10.0,
             "latency_ms": {"inference": 1.5},
-            "label": "Fire",
-            "score": 0.87,
+            "name": "Fire",
+            "confidence": 0.87,
             "alert": None,
         }
     ]
-    fire = {"event": "alert", "task": "classify", "class": "Fire", "score": 0.87, "frames": K}
+    fire = {"event": "alert", "task": "classify", "name": "Fire", "confidence": 0.87, "frames": K}
     assert alerts == [
         dict(fire, frame=2, timestamp=0.2, merged=0, position=None),
-        dict(fire, **{"class": "Flood"}, frame=10, timestamp=1.0, merged=0, position=None),
+        dict(fire, name="Flood", frame=10, timestamp=1.0, merged=0, position=None),
         dict(fire, frame=6, timestamp=0.6, merged=0, position=None),  # held, sent at close
     ]
     assert logs == [

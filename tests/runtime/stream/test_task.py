@@ -33,7 +33,7 @@ def test_metadata_picks_a_task_that_implements_the_protocol(meta, kind):
 def test_a_task_turns_one_batch_into_one_prediction_per_frame():
     task = build_task(CLASSIFIER, ClassifySettings(smoothing=0.0))
     preds = task([np.array([[2.0, 0.0], [0.0, 2.0], [2.0, 0.0]], np.float32)])
-    assert [p["label"] for p in preds] == ["Fire", "Normal", "Fire"]
+    assert [p["name"] for p in preds] == ["Fire", "Normal", "Fire"]
     assert task.summary(preds[1]).startswith("Normal 0.88")
 
 

@@ -232,7 +232,7 @@ SENDER = textwrap.dedent(
     sink = open_video_output(sys.argv[1], 30.0)
     for i in range(int(sys.argv[2])):
         frame = np.full((120, 160, 3), (i * 4) % 256, np.uint8)
-        sink.write(FrameResult(i, i / 30.0, {"label": "Fire", "score": 0.9}, frame=frame))
+        sink.write(FrameResult(i, i / 30.0, {"name": "Fire", "confidence": 0.9}, frame=frame))
         time.sleep(1 / 30.0)
     sink.close()
     print("sent", sink.frames, type(sink).__name__)
