@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional
 
 from glimmer.runtime.core.errors import GlimmerError
-from glimmer.runtime.stream.mavlink import AlertTracker, RateLimiter, TableKey, check_table
+from glimmer.runtime.stream.alerts import AlertTracker, RateLimiter, TableKey, check_table
 from glimmer.runtime.stream.sinks import FrameResult, Sink
 
 SECTION = "outputs.mqtt"

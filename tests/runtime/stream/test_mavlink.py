@@ -21,9 +21,10 @@ import pytest
 from glimmer.runtime.core.errors import GlimmerError
 from glimmer.runtime.core.metadata import ModelMeta
 from glimmer.runtime.core.preprocess import LetterboxTransform
+from glimmer.runtime.stream.alerts import AlertEvent, RateLimiter
 from glimmer.runtime.stream.classify import Classifier, ClassifySettings
 from glimmer.runtime.stream.detect import Detector
-from glimmer.runtime.stream.mavlink import AlertEvent, MavlinkSettings, MavlinkSink, RateLimiter
+from glimmer.runtime.stream.mavlink import MavlinkSettings, MavlinkSink
 from glimmer.runtime.stream.sinks import FrameResult, JsonLinesSink
 
 mavutil = pytest.importorskip(
