@@ -6,7 +6,8 @@
     [runtime]   source (URI or camera index), width, height, rate, loop, flip, max_frames,
                 duration, show, print_interval, schedule (auto|latency|throughput),
                 stall_timeout, reconnects, connect_timeout (live streams)
-    [outputs]   jsonl (or CSV), video (a path or an output URI), report, format (jsonl|csv);
+    [outputs]   output (JSON lines or CSV), format (jsonl|csv), save (a video path or an output
+                URI), report; the keys carry their flags' names (--output, --save, --report);
                 sub-tables [outputs.mavlink] and [outputs.mqtt] are handed
                 on as read (a dict), validated by the modules that use them
     [classify]  top_k, smoothing, normal_class, alert_threshold, alert_frames
@@ -74,8 +75,8 @@ SCHEMA: Dict[str, Dict[str, Key]] = {
         "connect_timeout": Key("float", 10.0, minimum=0.1),
     },
     "outputs": {
-        "jsonl": Key("path"),
-        "video": Key("output"),
+        "output": Key("path"),
+        "save": Key("output"),
         "report": Key("path"),
         "format": Key("str", None, FORMATS),
         "mavlink": Key("table"),
@@ -97,6 +98,9 @@ SCHEMA: Dict[str, Dict[str, Key]] = {
     },
 }
 RESERVED = ("checks",)
+# Keys renamed to their flags' names (one vocabulary for flags and keys): an old profile is told
+# the new name instead of "unknown key".
+RENAMED = {"outputs.jsonl": "outputs.output", "outputs.video": "outputs.save"}
 _KIND_NAMES = {
     "int": "an integer",
     "float": "a number",
@@ -265,6 +269,10 @@ def load_config(path: Path) -> DeployConfig:
         values[section] = {}
         for name, value in table.items():
             dotted = f"{section}.{name}"
+            if dotted in RENAMED:
+                raise GlimmerError(
+                    f"{origin}: key {dotted!r} is now {RENAMED[dotted]!r}, the name of its flag"
+                )
             if name not in keys:
                 suggestion = _did_you_mean(name, keys)
                 if not suggestion:  # a key put in the wrong table

@@ -195,8 +195,8 @@ def settings_from(args: argparse.Namespace) -> DeployConfig:
         ("runtime.loop", args.loop, "--loop"),
         ("runtime.show", args.show, "--show"),
         ("runtime.schedule", args.schedule, "--schedule"),
-        ("outputs.jsonl", args.output, "--output"),
-        ("outputs.video", args.save, "--save"),
+        ("outputs.output", args.output, "--output"),
+        ("outputs.save", args.save, "--save"),
         ("outputs.report", args.report, "--report"),
     ):
         if isinstance(value, Path):
@@ -249,14 +249,14 @@ def make_sinks(
     try:
         if mavlink is not None:
             sinks.append(MavlinkSink(mavlink))
-        if config["outputs.jsonl"]:
-            path = Path(config["outputs.jsonl"])
+        if config["outputs.output"]:
+            path = Path(config["outputs.output"])
             if format_for(path, config["outputs.format"]) == "csv":
                 sinks.append(CsvSink(path, meta_task))
             else:
                 sinks.append(JsonLinesSink(path))
-        if config["outputs.video"]:
-            sinks.append(open_video_output(str(config["outputs.video"]), fps or 30.0, "--save"))
+        if config["outputs.save"]:
+            sinks.append(open_video_output(str(config["outputs.save"]), fps or 30.0, "--save"))
         if config["runtime.show"]:
             sinks.append(DisplaySink())
         if mqtt is not None:
@@ -286,12 +286,12 @@ def output_files(config: DeployConfig) -> List[Tuple[str, Path]]:
     """(flag, path) of every file the run writes (a network or display --save writes none)."""
     found = []
     for flag, key in (
-        ("--output", "outputs.jsonl"),
-        ("--save", "outputs.video"),
+        ("--output", "outputs.output"),
+        ("--save", "outputs.save"),
         ("--report", "outputs.report"),
     ):
         value = config[key]
-        if value and key == "outputs.video":
+        if value and key == "outputs.save":
             target = parse_output_uri(str(value), flag)
             value = target.path if target.scheme == "file" else None
         if value:

@@ -143,7 +143,7 @@ def test_flags_override_config_max_frames(work, tmp_path):
     config = tmp_path / "deploy.toml"
     config.write_text(
         f'[model]\npath = "{model}"\n[runtime]\nsource = "{clip}"\nmax_frames = 3\n'
-        f'[outputs]\njsonl = "from_config.jsonl"\n'
+        f'[outputs]\noutput = "from_config.jsonl"\n'
     )
     assert main(["--config", str(config), "--threads", "1"]) == 0
     assert [r["index"] for r in read_jsonl(tmp_path / "from_config.jsonl")] == [0, 1, 2]

@@ -7,7 +7,7 @@ import pytest
 
 from glimmer.runtime.core.console import run_cli
 from glimmer.runtime.core.errors import GlimmerError
-from glimmer.runtime.tools.config import DeployConfig, load_config
+from glimmer.runtime.tools.config import SCHEMA, DeployConfig, load_config
 from glimmer.runtime.tools.run import build_parser, main, settings_from
 
 REPO = Path(__file__).resolve().parents[3]
@@ -90,7 +90,7 @@ def test_flags_override_the_config(tmp_path):
         tmp_path,
         '[model]\npath = "a.onnx"\nbackend = "tensorrt"\n'
         '[runtime]\nsource = "clip.mp4"\nmax_frames = 3\nduration = 9.0\n'
-        '[outputs]\njsonl = "r.jsonl"\n',
+        '[outputs]\noutput = "r.jsonl"\n',
     )
     args = build_parser().parse_args(
         [
@@ -108,7 +108,7 @@ def test_flags_override_the_config(tmp_path):
     )
     cfg = settings_from(args)
     assert cfg["model.backend"] == "onnxruntime" and cfg["runtime.source"] == "2"
-    assert cfg["runtime.max_frames"] == 10 and cfg["outputs.jsonl"] == "other.jsonl"
+    assert cfg["runtime.max_frames"] == 10 and cfg["outputs.output"] == "other.jsonl"
     assert (
         cfg["model.path"] == tmp_path / "a.onnx" and cfg["runtime.duration"] == 9.0
     )  # not overridden
@@ -185,13 +185,13 @@ def test_output_sub_tables_are_handed_on_raw(tmp_path):
     cfg = load_config(
         write(
             tmp_path,
-            '[outputs]\njsonl = "r.jsonl"\n[outputs.mavlink]\nurl = "udp:127.0.0.1:14550"\n'
+            '[outputs]\noutput = "r.jsonl"\n[outputs.mavlink]\nurl = "udp:127.0.0.1:14550"\n'
             'rate = 2\n[outputs.mqtt]\nhost = "broker"\nqos = { level = 1 }\n',
         )
     )
     assert cfg["outputs.mavlink"] == {"url": "udp:127.0.0.1:14550", "rate": 2}
     assert cfg["outputs.mqtt"] == {"host": "broker", "qos": {"level": 1}}
-    assert cfg["outputs.jsonl"] == tmp_path / "r.jsonl"
+    assert cfg["outputs.output"] == tmp_path / "r.jsonl"
     assert DeployConfig()["outputs.mavlink"] is None and DeployConfig()["outputs.mqtt"] is None
     with pytest.raises(
         GlimmerError, match=r"key 'outputs.mqtt' must be a table \(\[outputs.mqtt\]\)"
@@ -220,3 +220,24 @@ def test_normal_class_defaults_to_none_meaning_normal_if_present(tmp_path):
         load_config(write(tmp_path, '[classify]\nnormal_class = ""\n'))["classify.normal_class"]
         == ""
     )
+
+
+def test_flags_and_keys_share_one_vocabulary():
+    """Every glimmer-run flag that a deploy.toml key can also set has that key's name."""
+    keys = {name for section in SCHEMA.values() for name in section}
+    # flags with no key of their own, and the few whose key reads better in its table
+    own = {"--config", "--verbose", "--meta", "--help", "--headless", "--camera"}
+    named_by_table = {"--model": "path", "--no-cuda-graph": "cuda_graph"}
+    for action in build_parser()._actions:
+        for flag in action.option_strings:
+            if not flag.startswith("--") or flag in own:
+                continue
+            name = named_by_table.get(flag, flag[2:].replace("-", "_"))
+            assert name in keys, f"{flag} sets no deploy.toml key named {name!r}"
+
+
+def test_a_renamed_key_says_its_new_name(tmp_path):
+    path = tmp_path / "deploy.toml"
+    path.write_text('[outputs]\njsonl = "r.jsonl"\n')
+    with pytest.raises(GlimmerError, match="key 'outputs.jsonl' is now 'outputs.output'"):
+        load_config(path)
