@@ -97,6 +97,15 @@ def check_one_frame(backend: Backend, origin: str = "the model") -> TensorSpec:
     return spec
 
 
+class SourceFailed(GlimmerError):
+    """The source failed for good (a live stream that did not come back) after frames were
+    processed: those frames' outputs are complete, and ``report`` covers them."""
+
+    def __init__(self, error: GlimmerError, report: Dict[str, Any]) -> None:
+        super().__init__(str(error))
+        self.report = report
+
+
 @dataclass
 class _Item:
     seq: int
@@ -166,6 +175,8 @@ class Pipeline:
         self.interrupted = False
         #: the signal that stopped the run (SIGINT for Ctrl-C), None when it ran to its end
         self.stop_signal: Optional[int] = None
+        #: the source's failure (a stream lost for good); set, the run ends as at the source's end
+        self.source_error: Optional[GlimmerError] = None
         self._stop_requests: List[int] = []  # appended by a signal handler: no locks there
         self._stops_handled = 0
         self._latency: Optional[LatencyFirst] = None
@@ -232,11 +243,16 @@ class Pipeline:
                 self._put(out, _END)
 
     def _read_one(self, seq: int) -> Optional[_Item]:
-        """The source's next frame as the ``seq``-th item read; None at its end."""
+        """The source's next frame as the ``seq``-th item read; None at its end, or when the source
+        failed (a stream lost for good): the frames already read are then finished and written
+        like at a normal end, and :meth:`run` raises the failure after, with the report."""
         t0 = time.perf_counter()
         try:
             frame, timestamp, index = next(self.source)
         except StopIteration:
+            return None
+        except GlimmerError as exc:
+            self.source_error = exc
             return None
         t1 = time.perf_counter()
         item = _Item(seq, index, timestamp, frame, t1, {"capture": (t1 - t0) * 1e3})
@@ -426,7 +442,10 @@ class Pipeline:
             raise self._errors[0]
         if closing:
             raise closing[0]
-        return self._report()
+        report = self._report()
+        if self.source_error is not None:
+            raise SourceFailed(self.source_error, report)
+        return report
 
     def _close_sinks(self, complete: bool) -> List[BaseException]:
         """Close every sink, even after one fails (a failing video must not leave the JSON lines

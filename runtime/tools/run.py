@@ -41,7 +41,7 @@ from glimmer.runtime.stream.detect import DetectSettings
 from glimmer.runtime.stream.mavlink import MavlinkSettings, MavlinkSink
 from glimmer.runtime.stream.meter import format_report
 from glimmer.runtime.stream.mqtt import MqttSettings, MqttSink
-from glimmer.runtime.stream.pipeline import Pipeline, build_task
+from glimmer.runtime.stream.pipeline import Pipeline, SourceFailed, build_task
 from glimmer.runtime.stream.records import SCHEMA_VERSION, format_for
 from glimmer.runtime.stream.schedule import describe_schedule, resolve_schedule
 from glimmer.runtime.stream.sinks import (
@@ -433,7 +433,11 @@ def _run(args: argparse.Namespace) -> int:
         for signum in late:  # arrived while the sinks were opened
             pipeline.request_stop(signum)
         del late[:]
-        report = pipeline.run()
+        lost: Optional[SourceFailed] = None
+        try:
+            report = pipeline.run()
+        except SourceFailed as failed:  # a stream gone for good: keep what it gave
+            report, lost = failed.report, failed
         report.update(
             {
                 "schema_version": SCHEMA_VERSION,
@@ -447,6 +451,8 @@ def _run(args: argparse.Namespace) -> int:
         )
         if int8:
             report["int8_execution"] = int8
+        if lost is not None:
+            report["source_error"] = str(lost)
         say("")
         say(format_report(report))
         if note:
@@ -459,6 +465,11 @@ def _run(args: argparse.Namespace) -> int:
         if config["outputs.report"]:
             write_report(Path(config["outputs.report"]), report)
             say(f"report written to {config['outputs.report']}")
+        if lost is not None:
+            raise GlimmerError(
+                f"{lost} (the {report['frames']} frames before it are in the outputs and the "
+                "report)"
+            )
     stop = pipeline.stop_signal if report["interrupted"] else (late[0] if late else None)
     if stop is not None and not report["interrupted"]:
         print(f"glimmer-run: {describe(stop)} after the run ended", file=sys.stderr)

@@ -8,6 +8,7 @@
   blocked in that open ends it at once with exit code 130.
 """
 
+import json
 import os
 import signal
 import subprocess
@@ -16,6 +17,7 @@ import threading
 import time
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 from silent_server import SilentServer
@@ -98,10 +100,12 @@ def test_glimmer_run_on_a_stream_that_stalls_for_good_ends_non_zero(
 ):
     config = deploy_toml(tmp_path, stall_timeout=STALL_S, connect_timeout=1.0, reconnects=2)
     probes = set(mjpeg_server.sent)  # the fixture's own check
+    out, report, video = tmp_path / "r.jsonl", tmp_path / "report.json", tmp_path / "v.avi"
     proc = subprocess.Popen(
         glimmer_run_command()
         + ["--model", str(tiny_model), "--source", mjpeg_server.url, "--config", str(config)]
-        + ["--threads", "1", "--headless"],
+        + ["--threads", "1", "--headless", "--output", str(out), "--report", str(report)]
+        + ["--save", str(video)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
@@ -126,9 +130,15 @@ def test_glimmer_run_on_a_stream_that_stalls_for_good_ends_non_zero(
         f"glimmer-run: error: {url}: the stream stopped delivering frames (no frame for 1.0 s) "
         "and 2 reconnect attempts over "
     )
+    # nothing already produced is lost: the frames before the loss are in every output
+    written = json.loads(report.read_text())
+    frames = written["frames"]
+    assert frames > 0 and frames == len(out.read_text().splitlines())
+    assert written["stalls"] == 1 and written["source_error"] in lines[-1]
+    assert cv2.VideoCapture(str(video)).get(cv2.CAP_PROP_FRAME_COUNT) == frames
     assert lines[-1].endswith(
         "failed (last: no answer within 1.0 s (connect timeout); check the address and that the "
-        "camera is reachable)"
+        f"camera is reachable) (the {frames} frames before it are in the outputs and the report)"
     )
     assert "Traceback" not in err
     # stall 1 s, back-off 0.5 s + open 1 s, back-off 1 s + open 1 s, then exit
