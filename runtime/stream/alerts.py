@@ -8,11 +8,11 @@
   into the next one sent, never dropped without a count.
 """
 
-import difflib
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence, Set, Tuple
 
 from glimmer.runtime.core.errors import GlimmerError
+from glimmer.runtime.core.settings import Key, check_key, did_you_mean, type_name
 from glimmer.runtime.stream.sinks import FrameResult
 
 TEXT_BYTES = 50  # STATUSTEXT.text is char[50]: the one-line form of an alert fits it
@@ -20,65 +20,19 @@ TEXT_PREFIX = "GLIMMER"
 
 
 # -- settings tables ---------------------------------------------------------------------------
-@dataclass(frozen=True)
-class TableKey:
-    """One typed key of a sink's table: ``kind`` is str, int, float or bool."""
-
-    kind: str
-    choices: Optional[Tuple[str, ...]] = None
-    minimum: Optional[float] = None
-    maximum: Optional[float] = None
-
-
-_KINDS = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a string"}
-_TOML_TYPES = {bool: "boolean", int: "integer", float: "number", str: "string", list: "array"}
-
-
 def check_table(
-    table: Any, section: str, keys: Dict[str, TableKey], origin: str, required: Sequence[str] = ()
+    table: Any, section: str, keys: Dict[str, Key], origin: str, required: Sequence[str] = ()
 ) -> Dict[str, Any]:
-    """The table's values, type-checked; any mistake is one line naming ``[section] key``.
-
-    The same wording as deploy.toml's other tables (runtime/tools/config.py), which this layer
-    cannot import."""
+    """The table's values, type-checked; any mistake is one line naming ``[section] key``, worded
+    as deploy.toml's other keys are."""
     where = f"{origin}: [{section}]"
     if not isinstance(table, dict):
-        raise GlimmerError(f"{where} must be a table, got {_TOML_TYPES.get(type(table), 'value')}")
+        raise GlimmerError(f"{where} must be a table, got {type_name(table)}")
     values: Dict[str, Any] = {}
     for name, value in table.items():
         if name not in keys:
-            close = difflib.get_close_matches(name, list(keys), n=1, cutoff=0.6)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise GlimmerError(f"{where} unknown key {name!r}{hint}")
-        key = keys[name]
-        ok = {
-            "int": isinstance(value, int) and not isinstance(value, bool),
-            "float": isinstance(value, (int, float)) and not isinstance(value, bool),
-            "bool": isinstance(value, bool),
-            "str": isinstance(value, str),
-        }[key.kind]
-        if not ok:
-            got = _TOML_TYPES.get(type(value), type(value).__name__)
-            raise GlimmerError(
-                f"{where} key {name!r} must be {_KINDS[key.kind]}, got {got} {value!r}"
-            )
-        if key.kind == "float":
-            value = float(value)
-        if key.choices is not None and value not in key.choices:
-            close = difflib.get_close_matches(str(value), list(key.choices), n=1, cutoff=0.6)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise GlimmerError(
-                f"{where} key {name!r} must be one of {', '.join(key.choices)}, got {value!r}{hint}"
-            )
-        if key.minimum is not None and value < key.minimum:
-            raise GlimmerError(
-                f"{where} key {name!r} must be at least {key.minimum:g}, got {value!r}"
-            )
-        if key.maximum is not None and value > key.maximum:
-            raise GlimmerError(
-                f"{where} key {name!r} must be at most {key.maximum:g}, got {value!r}"
-            )
-        values[name] = value
+            raise GlimmerError(f"{where} unknown key {name!r}{did_you_mean(name, keys)}")
+        values[name] = check_key(value, keys[name], f"{where} key {name!r}")
     for name in required:
         if name not in values:
             raise GlimmerError(f"{where} key {name!r} is required")

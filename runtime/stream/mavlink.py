@@ -37,12 +37,12 @@ from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 
 from glimmer.runtime.core.errors import GlimmerError
+from glimmer.runtime.core.settings import Key
 from glimmer.runtime.stream.alerts import (
     TEXT_BYTES,
     AlertEvent,
     AlertTracker,
     RateLimiter,
-    TableKey,
     check_table,
 )
 from glimmer.runtime.stream.sinks import FrameResult, Sink
@@ -91,15 +91,15 @@ class MavlinkSettings:
     heartbeat_s: float = 1.0
 
     KEYS = {
-        "connect": TableKey("str"),
-        "position": TableKey("str"),
-        "baud": TableKey("int", minimum=50),
-        "source_system": TableKey("int", minimum=1, maximum=255),
-        "source_component": TableKey("int", minimum=1, maximum=255),
-        "min_interval_s": TableKey("float", minimum=0.0),
-        "named_values": TableKey("bool"),
-        "severity": TableKey("str", choices=SEVERITIES),
-        "heartbeat_s": TableKey("float", minimum=0.1, maximum=60.0),
+        "connect": Key("str"),
+        "position": Key("str"),
+        "baud": Key("int", minimum=50),
+        "source_system": Key("int", minimum=1, maximum=255),
+        "source_component": Key("int", minimum=1, maximum=255),
+        "min_interval_s": Key("float", minimum=0.0),
+        "named_values": Key("bool"),
+        "severity": Key("str", choices=SEVERITIES),
+        "heartbeat_s": Key("float", minimum=0.1, maximum=60.0),
     }
 
     @classmethod

@@ -25,7 +25,8 @@ from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional
 
 from glimmer.runtime.core.errors import GlimmerError
-from glimmer.runtime.stream.alerts import AlertTracker, RateLimiter, TableKey, check_table
+from glimmer.runtime.core.settings import Key
+from glimmer.runtime.stream.alerts import AlertTracker, RateLimiter, check_table
 from glimmer.runtime.stream.sinks import FrameResult, Sink
 
 SECTION = "outputs.mqtt"
@@ -64,19 +65,19 @@ class MqttSettings:
     connect_timeout_s: float = 10.0
 
     KEYS = {
-        "host": TableKey("str"),
-        "port": TableKey("int", minimum=1, maximum=65535),
-        "topic": TableKey("str"),
-        "qos": TableKey("int", minimum=0, maximum=2),
-        "client_id": TableKey("str"),
-        "username": TableKey("str"),
-        "password": TableKey("str"),
-        "tls_ca": TableKey("str"),
-        "min_interval_s": TableKey("float", minimum=0.0),
-        "frames_topic": TableKey("str"),
-        "frames_interval_s": TableKey("float", minimum=0.0),
-        "keepalive_s": TableKey("int", minimum=5),
-        "connect_timeout_s": TableKey("float", minimum=0.1),
+        "host": Key("str"),
+        "port": Key("int", minimum=1, maximum=65535),
+        "topic": Key("str"),
+        "qos": Key("int", minimum=0, maximum=2),
+        "client_id": Key("str"),
+        "username": Key("str"),
+        "password": Key("str"),
+        "tls_ca": Key("str"),
+        "min_interval_s": Key("float", minimum=0.0),
+        "frames_topic": Key("str"),
+        "frames_interval_s": Key("float", minimum=0.0),
+        "keepalive_s": Key("int", minimum=5),
+        "connect_timeout_s": Key("float", minimum=0.1),
     }
 
     @classmethod

@@ -102,12 +102,16 @@ class JsonLinesSink(Sink):
         self.lines = 0  # frames written
         self._size = 0  # bytes of complete frames
 
-    def encode(self, result: FrameResult) -> str:
-        """One frame's text: a JSON line."""
-        record = frame_record(
+    @staticmethod
+    def record(result: FrameResult) -> Dict[str, Any]:
+        """The frame's versioned record (``schemas/frame.schema.json``)."""
+        return frame_record(
             result.index, result.timestamp, result.prediction, result.latency_ms, result.file
         )
-        return json.dumps(record) + "\n"
+
+    def encode(self, result: FrameResult) -> str:
+        """One frame's text: a JSON line."""
+        return json.dumps(self.record(result)) + "\n"
 
     def write(self, result: FrameResult) -> None:
         self._append(self.encode(result))
@@ -164,10 +168,7 @@ class CsvSink(JsonLinesSink):
         return out.getvalue()
 
     def encode(self, result: FrameResult) -> str:
-        record = frame_record(
-            result.index, result.timestamp, result.prediction, result.latency_ms, result.file
-        )
-        return self._csv(csv_rows(record))
+        return self._csv(csv_rows(self.record(result)))
 
 
 def annotate(frame: np.ndarray, pred: Dict[str, Any], fps: float = 0.0) -> np.ndarray:

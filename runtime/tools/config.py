@@ -20,29 +20,17 @@ paths are relative to the file's folder, so a profile works from any working dir
 ``tomllib`` (Python 3.11+) or ``tomli`` (3.8-3.10, the same parser).
 """
 
-import difflib
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, Optional
 
 from glimmer.runtime.backends.ort.int8 import INT8_KERNELS
 from glimmer.runtime.core.errors import GlimmerError
+from glimmer.runtime.core.settings import Key, check_key, did_you_mean, type_name
 from glimmer.runtime.stream.capture import FLIPS
 from glimmer.runtime.stream.records import FORMATS
 from glimmer.runtime.stream.schedule import SCHEDULES
 
 BACKENDS = ("auto", "onnxruntime", "tensorrt")
-
-
-@dataclass(frozen=True)
-class Key:
-    """One typed key: ``kind`` is int, float, bool, str, path or source (a URI or camera index)."""
-
-    kind: str
-    default: Any = None
-    choices: Optional[Tuple[str, ...]] = None
-    minimum: Optional[float] = None
-    maximum: Optional[float] = None
 
 
 SCHEMA: Dict[str, Dict[str, Key]] = {
@@ -101,74 +89,18 @@ RESERVED = ("checks",)
 # Keys renamed to their flags' names (one vocabulary for flags and keys): an old profile is told
 # the new name instead of "unknown key".
 RENAMED = {"outputs.jsonl": "outputs.output", "outputs.video": "outputs.save"}
-_KIND_NAMES = {
-    "int": "an integer",
-    "float": "a number",
-    "bool": "true or false",
-    "str": "a string",
-    "path": "a path string",
-    "source": "a source URI string or a camera index",
-    "table": "a table",
-    "output": "a path or an output URI string",
-}
-
-
-def _did_you_mean(name: str, known) -> str:
-    close = difflib.get_close_matches(name, list(known), n=1, cutoff=0.6)
-    return f" (did you mean {close[0]!r}?)" if close else ""
-
-
-def _type_name(value: Any) -> str:
-    return {
-        bool: "boolean",
-        int: "integer",
-        float: "number",
-        str: "string",
-        list: "array",
-        dict: "table",
-    }.get(type(value), type(value).__name__)
 
 
 def check_value(dotted: str, key: Key, value: Any, origin: str, base: Optional[Path] = None) -> Any:
     """``value`` converted to the key's type, or an error naming ``dotted``; a table is handed on
     as read."""
-    ok = {
-        "int": isinstance(value, int) and not isinstance(value, bool),
-        "float": isinstance(value, (int, float)) and not isinstance(value, bool),
-        "bool": isinstance(value, bool),
-        "str": isinstance(value, str),
-        "path": isinstance(value, str),
-        "output": isinstance(value, str),
-        "source": isinstance(value, str)
-        or (isinstance(value, int) and not isinstance(value, bool)),
-        "table": isinstance(value, dict),
-    }[key.kind]
-    if not ok:
-        if key.kind == "table":
-            section, _, name = dotted.partition(".")
-            raise GlimmerError(
-                f"{origin}: key {dotted!r} must be a table ([{section}.{name}]), got "
-                f"{_type_name(value)} {value!r}"
-            )
+    if key.kind == "table" and not isinstance(value, dict):
+        section, _, name = dotted.partition(".")
         raise GlimmerError(
-            f"{origin}: key {dotted!r} must be {_KIND_NAMES[key.kind]}, got "
-            f"{_type_name(value)} {value!r}"
+            f"{origin}: key {dotted!r} must be a table ([{section}.{name}]), got "
+            f"{type_name(value)} {value!r}"
         )
-    if key.kind == "float":
-        value = float(value)
-    if key.choices is not None and value not in key.choices:
-        raise GlimmerError(
-            f"{origin}: key {dotted!r} must be one of {', '.join(key.choices)}, got "
-            f"{value!r}{_did_you_mean(str(value), key.choices)}"
-        )
-    if key.minimum is not None and value < key.minimum:
-        raise GlimmerError(
-            f"{origin}: key {dotted!r} must be at least {key.minimum:g}, got {value!r}"
-        )
-    if key.maximum is not None and value > key.maximum:
-        raise GlimmerError(
-            f"{origin}: key {dotted!r} must be at most {key.maximum:g}, got {value!r}"
-        )
+    value = check_key(value, key, f"{origin}: key {dotted!r}")
     if key.kind == "path" and base is not None:
         path = Path(value).expanduser()
         return path if path.is_absolute() else base / path
@@ -259,11 +191,11 @@ def load_config(path: Path) -> DeployConfig:
         if section not in SCHEMA:
             raise GlimmerError(
                 f"{origin}: unknown key {section!r}"
-                f"{_did_you_mean(section, list(SCHEMA) + list(RESERVED))}"
+                f"{did_you_mean(section, list(SCHEMA) + list(RESERVED))}"
             )
         if not isinstance(table, dict):
             raise GlimmerError(
-                f"{origin}: key {section!r} must be a table ([{section}]), got {_type_name(table)}"
+                f"{origin}: key {section!r} must be a table ([{section}]), got {type_name(table)}"
             )
         keys = SCHEMA[section]
         values[section] = {}
@@ -274,7 +206,7 @@ def load_config(path: Path) -> DeployConfig:
                     f"{origin}: key {dotted!r} is now {RENAMED[dotted]!r}, the name of its flag"
                 )
             if name not in keys:
-                suggestion = _did_you_mean(name, keys)
+                suggestion = did_you_mean(name, keys)
                 if not suggestion:  # a key put in the wrong table
                     homes = [f"{s}.{name}" for s, k in SCHEMA.items() if name in k]
                     suggestion = f" (did you mean {homes[0]!r}?)" if homes else ""

@@ -26,7 +26,8 @@ from typing import Any, Callable, Dict, List, Optional
 
 from glimmer.runtime.backends.ort.int8 import INT8_KERNELS, int8_note
 from glimmer.runtime.core.errors import GlimmerError
-from glimmer.runtime.tools.config import BACKENDS, Key, _did_you_mean, _type_name, check_value
+from glimmer.runtime.core.settings import Key, did_you_mean, type_name
+from glimmer.runtime.tools.config import BACKENDS, check_value
 
 SPEED_BOUNDS = ("min_fps", "max_p99_ms")
 ACCURACY_BOUNDS = ("min_accuracy", "min_f1_weighted", "min_map50", "min_map50_95")
@@ -99,13 +100,13 @@ def parse_check(name: str, table: Any, origin: str, base: Path) -> Check:
     prefix = f"checks.{name}"
     if not isinstance(table, dict):
         raise GlimmerError(
-            f"{origin}: key {prefix!r} must be a table ([{prefix}]), got {_type_name(table)}"
+            f"{origin}: key {prefix!r} must be a table ([{prefix}]), got {type_name(table)}"
         )
     values: Dict[str, Any] = {}
     for key, value in table.items():
         dotted = f"{prefix}.{key}"
         if key not in SCHEMA:
-            hint = _did_you_mean(key, SCHEMA).replace("'", f"'{prefix}.", 1)
+            hint = did_you_mean(key, SCHEMA).replace("'", f"'{prefix}.", 1)
             raise GlimmerError(f"{origin}: unknown key {dotted!r}{hint}")
         values[key] = check_value(dotted, SCHEMA[key], value, origin, base)
     for required in ("model", "data"):
