@@ -209,22 +209,30 @@ class GStreamerSink(Sink):
             self._writer = None
 
 
-def open_video_output(uri: str, fps: float, flag: str = "--save") -> Sink:
-    """The sink for ``uri`` (see the module's table); every problem known before the first frame
-    is one line naming ``flag`` and the URI."""
+def check_video_output(uri: str, flag: str = "--save") -> OutputURI:
+    """``uri`` parsed, and refused when this machine cannot write it (no display, no GStreamer):
+    checked before a model load or an engine build, not after."""
     target = parse_output_uri(uri, flag)
-    if target.scheme == "file":
-        assert target.path is not None
-        return VideoSink(target.path, fps, flag)
     if target.scheme == "display":
         reason = display_available()
         if reason:
             raise GlimmerError(f"{flag} {uri}: {reason}")
-        return DisplaySink()
-    if not gstreamer_available():
+    elif target.scheme != "file" and not gstreamer_available():
         raise GlimmerError(
             f"{flag} {redact(target.uri)}: this OpenCV has no GStreamer, which {target.scheme}:// "
             "output needs (PyPI's opencv-python wheels are built without it): use JetPack's "
             "OpenCV on a Jetson, or Debian/Ubuntu's python3-opencv, or save to a file"
         )
+    return target
+
+
+def open_video_output(uri: str, fps: float, flag: str = "--save") -> Sink:
+    """The sink for ``uri`` (see the module's table); every problem known before the first frame
+    is one line naming ``flag`` and the URI (:func:`check_video_output`)."""
+    target = check_video_output(uri, flag)
+    if target.scheme == "file":
+        assert target.path is not None
+        return VideoSink(target.path, fps, flag)
+    if target.scheme == "display":
+        return DisplaySink()
     return GStreamerSink(target, fps, flag, jetson=on_jetson())

@@ -53,7 +53,7 @@ from glimmer.runtime.stream.sinks import (
     display_available,
 )
 from glimmer.runtime.stream.sources import NETWORK_SCHEMES, SourceOptions, open_source
-from glimmer.runtime.stream.video_out import open_video_output, parse_output_uri
+from glimmer.runtime.stream.video_out import check_video_output, open_video_output
 from glimmer.runtime.tools.config import BACKENDS, DeployConfig, load_config
 
 _UNTRAINED_WORDS = ("synthetic", "random", "untrained", "demo")
@@ -292,7 +292,7 @@ def output_files(config: DeployConfig) -> List[Tuple[str, Path]]:
     ):
         value = config[key]
         if value and key == "outputs.save":
-            target = parse_output_uri(str(value), flag)
+            target = check_video_output(str(value), flag)  # before the model load
             value = target.path if target.scheme == "file" else None
         if value:
             found.append((flag, Path(value)))

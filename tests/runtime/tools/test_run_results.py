@@ -172,3 +172,36 @@ def test_imgsz_matching_the_model_is_accepted(classifier_run, tmp_path):
     argv = ["--model", str(model), "--source", str(clip), "--max-frames", "1"]
     assert main(argv + ["--imgsz", "16"]) == 0
     assert main(argv + ["--imgsz", "16", "16", "--device", "cpu"]) == 0
+
+
+@pytest.mark.parametrize(
+    "toml, extra, message",
+    [
+        (
+            '[outputs.mavlink]\nconect = "udpout:127.0.0.1:14550"\n',
+            [],
+            "[outputs.mavlink] unknown key 'conect' (did you mean 'connect'?)",
+        ),
+        ('[outputs.mqtt]\nport = "1883"\n', [], "[outputs.mqtt] key 'port' must be an integer"),
+        ("", ["--save", "rtp://127.0.0.1:5000"], "--save rtp://127.0.0.1:5000: this OpenCV"),
+    ],
+)
+def test_sink_mistakes_fail_before_the_model_loads(
+    classifier_run, tmp_path, monkeypatch, capsys, toml, extra, message
+):
+    """A wrong sink table or an output this OpenCV cannot write costs no model load or engine
+    build: it is refused first."""
+    from glimmer.runtime.stream import video_out
+    from glimmer.runtime.tools import run as run_module
+
+    model, clip, _ = classifier_run
+    monkeypatch.setattr(video_out, "gstreamer_available", lambda: False)
+    monkeypatch.setattr(
+        run_module, "open_backend", lambda *a, **k: pytest.fail("the model was loaded")
+    )
+    config = tmp_path / "sinks.toml"
+    config.write_text(toml)
+    argv = ["--model", str(model), "--source", str(clip), "--config", str(config)] + extra
+    assert run_cli("glimmer-run", main, argv) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0], err
